@@ -1,0 +1,93 @@
+"""Throughput of the hash encoding and a full NGP-style train step: torch reference vs native kernels.
+
+    python benchmarks/bench_kernels.py [--n 65536] [--log2 15 17 19] [--reps 3] [--impls torch native]
+
+Reports M points/s (min time over --reps after one warm-up) for:
+  fwd      encoding forward only
+  fwd+bwd  encoding forward + backward (table gradient)
+  step     encoding + density MLP 32->64->64->16 + colour MLP (15 geo + 16 dir feats)->64->64->3,
+           forward, backward, fused Adam on all parameters (the table included), zero_grad(set_to_none)
+  adam     fused Adam step on the table alone (ms), for comparison with the encoding cost
+The machine is shared: the minimum over repetitions is the most stable statistic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torch import nn
+
+from nerf_mapping.fields.hash_encoding import HashEncoding, HashEncodingConfig
+
+
+def _mlp(i: int, o: int, width: int = 64) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(i, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, o))
+
+
+def _time(fn, reps: int) -> float:
+    fn()  # warm-up (allocator, optimizer state, lazy build)
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def bench(impl: str, log2: int, n: int, reps: int) -> dict[str, float]:
+    torch.manual_seed(0)
+    enc = HashEncoding(HashEncodingConfig(log2_hashmap_size=log2, impl=impl))
+    density = _mlp(enc.n_output_dims, 16)
+    color = _mlp(15 + 16, 3)
+    x = torch.rand(n, 3)
+    dirs = torch.randn(n, 16)
+    target = torch.rand(n, 3)
+    g = torch.randn(n, enc.n_output_dims)
+    res: dict[str, float] = {}
+    with torch.no_grad():
+        res["fwd"] = n / _time(lambda: enc(x), reps) / 1e6
+
+    def fwd_bwd():
+        enc(x).backward(g)
+        enc.table.grad = None
+
+    res["fwd+bwd"] = n / _time(fwd_bwd, reps) / 1e6
+    params = list(enc.parameters()) + list(density.parameters()) + list(color.parameters())
+    opt = torch.optim.Adam(params, lr=1e-2, eps=1e-15, fused=True)
+
+    def step():
+        h = density(enc(x))
+        sigma = torch.nn.functional.softplus(h[:, :1])
+        rgb = torch.sigmoid(color(torch.cat([h[:, 1:], dirs], dim=-1)))
+        loss = ((rgb * (1 - torch.exp(-sigma)) - target) ** 2).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    res["step"] = n / _time(step, reps) / 1e6
+    tab_opt = torch.optim.Adam([enc.table], lr=1e-2, eps=1e-15, fused=True)
+    enc.table.grad = torch.zeros_like(enc.table)
+    res["adam_ms"] = _time(tab_opt.step, reps) * 1e3
+    return res
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=1 << 16, help="points per step")
+    ap.add_argument("--log2", type=int, nargs="+", default=[15, 17, 19])
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--impls", nargs="+", default=["torch", "native"])
+    args = ap.parse_args()
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, N = {args.n} points/step")
+    print(f"{'impl':>7} {'log2T':>5} {'fwd Mpt/s':>10} {'fwd+bwd':>9} {'step':>8} {'adam(table) ms':>15}")
+    for log2 in args.log2:
+        for impl in args.impls:
+            r = bench(impl, log2, args.n, args.reps)
+            print(f"{impl:>7} {log2:>5} {r['fwd']:>10.3f} {r['fwd+bwd']:>9.3f} {r['step']:>8.3f} {r['adam_ms']:>15.1f}",
+                  flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,259 @@
+"""``nerf-mapping``: offline training, evaluation, rendering, benchmarks, the demo scene and the demo.
+
+Each sub-command is a thin layer over the core library; heavy imports happen inside the handlers so that
+``nerf-mapping --help`` is instant.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def _add_impl_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--field-impl", choices=["auto", "native", "torch", "tcnn"], default="auto",
+                   help="hash-encoding implementation (auto: tcnn on CUDA if installed, else the native CPU kernel, "
+                        "else pure PyTorch)")
+
+
+def _add_config_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any trainer config field, e.g. --set field.encoding.log2_hashmap_size=17")
+
+
+def _apply_overrides(cfg, items: list[str]) -> None:
+    from nerf_mapping.training.offline import override
+
+    for it in items:
+        if "=" not in it:
+            raise SystemExit(f"--set expects KEY=VALUE, got '{it}'")
+        k, v = it.split("=", 1)
+        try:
+            override(cfg, k.strip(), v.strip())
+        except (ValueError, AttributeError) as e:
+            raise SystemExit(f"--set {it}: {e}")
+
+
+def _load(path, split, downscale, max_frames=None, background=None):
+    from nerf_mapping.data import DataError, load_dataset
+
+    kw = {}
+    if background is not None:
+        kw["background"] = background
+    try:
+        return load_dataset(path, split=split, downscale=downscale, max_frames=max_frames, **kw)
+    except (DataError, FileNotFoundError) as e:
+        raise SystemExit(f"error: {e}")
+
+
+# ------------------------------------------------------------------------------------------------------------ train
+def cmd_train(args) -> int:
+    from nerf_mapping.training.offline import build_trainer, checkpoint_extra, default_config
+    from nerf_mapping.training.trainer import Trainer
+
+    if args.steps is None and args.time_budget is None:
+        args.time_budget = 300.0
+    data = _load(args.data, "train", args.downscale, args.max_frames)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.resume:
+        from nerf_mapping.training.offline import frame_store_from
+
+        trainer = Trainer.load(args.resume, frames=frame_store_from(data))
+        print(f"resumed from {args.resume} at step {trainer.step_count}")
+    else:
+        cfg = default_config(data, args.field_impl)
+        cfg.seed = args.seed
+        _apply_overrides(cfg, args.set)
+        trainer = build_trainer(data, cfg)
+    print(f"training on {len(data)} frames ({data.format}, {'unbounded' if data.unbounded else 'bounded'}), "
+          f"hash encoding: {trainer.field.encoding.impl}")
+    summary = trainer.train(max_steps=args.steps, time_budget=args.time_budget, progress=not args.quiet)
+    ckpt = out / "checkpoint.pt"
+    trainer.save(ckpt, extra=checkpoint_extra(data, args.data, args.downscale))
+    (out / "train_summary.json").write_text(json.dumps({**summary, "final_train_psnr": trainer.last_stats.get("psnr")}, indent=2))
+    print(f"{summary['steps']} steps in {summary['train_seconds']:.1f} s "
+          f"({summary['rays_per_second']:.0f} rays/s, {summary['samples_per_second'] / 1e6:.2f} M samples/s)")
+    print(f"checkpoint: {ckpt}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------------- eval
+def _load_trainer(path):
+    from nerf_mapping.training.trainer import Trainer
+
+    p = Path(path)
+    if not p.is_file():
+        raise SystemExit(f"error: checkpoint {p} not found")
+    try:
+        return Trainer.load(p, with_optimizer=False)
+    except Exception as e:  # noqa: BLE001 - report any unreadable checkpoint cleanly
+        raise SystemExit(f"error: cannot load checkpoint {p}: {e}")
+
+
+def cmd_eval(args) -> int:
+    from nerf_mapping.evaluation import evaluate
+
+    trainer = _load_trainer(args.checkpoint)
+    extra = getattr(trainer, "extra", {})
+    data_path = args.data or extra.get("data")
+    if not data_path:
+        raise SystemExit("error: --data is required (the checkpoint does not record its dataset)")
+    downscale = args.downscale if args.downscale is not None else int(extra.get("downscale", 1))
+    data = _load(data_path, args.split, downscale, background=tuple(trainer.cfg.background))
+    out_dir = Path(args.output_dir) if args.output_dir else Path(args.checkpoint).parent / f"eval_{args.split}"
+    indices = list(range(0, len(data), args.every))
+    res = evaluate(trainer.render, data, indices, output_dir=out_dir)
+    summary = {k: v for k, v in res.items() if k != "per_image"}
+    print(json.dumps(summary, indent=2))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(res, indent=2))
+        print(f"metrics: {args.json}")
+    print(f"renders: {out_dir}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------- render
+def cmd_render(args) -> int:
+    import torch
+
+    from nerf_mapping.cameras import CAMERA_MODELS, Cameras
+    from nerf_mapping.evaluation import to_uint8
+    from nerf_mapping.export.camera_path import generate_trajectory, load_camera_path, write_video
+
+    trainer = _load_trainer(args.checkpoint)
+    extra = getattr(trainer, "extra", {})
+    if args.camera_path:
+        try:
+            cams, fps = load_camera_path(Path(args.camera_path))
+        except ValueError as e:
+            raise SystemExit(f"error: {e}")
+    else:
+        if "train_c2w" not in extra:
+            raise SystemExit("error: the checkpoint has no training poses; pass --camera-path")
+        c2w = generate_trajectory(args.trajectory, extra["train_c2w"], args.frames)
+        fx, fy, cx, cy = extra["train_intrinsics"][0].tolist()
+        w, h = extra["train_size"][0].tolist()
+        s = args.scale
+        n = c2w.shape[0]
+        cams = Cameras(c2w=c2w, fx=torch.full((n,), fx * s), fy=torch.full((n,), fy * s),
+                       cx=torch.full((n,), cx * s), cy=torch.full((n,), cy * s),
+                       width=torch.full((n,), int(round(w * s)), dtype=torch.long),
+                       height=torch.full((n,), int(round(h * s)), dtype=torch.long),
+                       distortion=torch.zeros(n, 6),
+                       model=torch.full((n,), CAMERA_MODELS.index("PINHOLE"), dtype=torch.long))
+        fps = args.fps
+    from tqdm import tqdm
+
+    def frames():
+        for i in tqdm(range(len(cams)), desc="render", unit="frame", dynamic_ncols=True):
+            yield to_uint8(trainer.render(cams, i)["rgb"])
+
+    write_video(Path(args.output), frames(), fps=fps)
+    print(f"video: {args.output}")
+    return 0
+
+
+# -------------------------------------------------------------------------------------------------------- benchmark
+def cmd_benchmark(args) -> int:
+    from nerf_mapping import benchmark
+
+    res = benchmark.run(args.dataset, args)
+    text = json.dumps({k: v for k, v in res.items() if k not in ("curve", "per_image")}, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(res, indent=2))
+        print(f"results: {args.json}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------------------- demo
+def cmd_demo(args) -> int:
+    from nerf_mapping import demo
+
+    return demo.run(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="nerf-mapping", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a map on a dataset (nerfstudio / Blender / DTU format)")
+    p.add_argument("--data", required=True, type=Path)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--time-budget", type=float, help="seconds of training (default 300 when --steps is absent)")
+    g.add_argument("--steps", type=int)
+    p.add_argument("--downscale", type=int, default=1)
+    p.add_argument("--max-frames", type=int, default=None, help="evenly subsample the training frames")
+    p.add_argument("--output", required=True, type=Path)
+    p.add_argument("--resume", type=Path, default=None, help="continue from a checkpoint")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    _add_impl_arg(p)
+    _add_config_arg(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="render a split and report PSNR / SSIM")
+    p.add_argument("--checkpoint", required=True, type=Path)
+    p.add_argument("--data", type=Path, default=None, help="default: the dataset recorded in the checkpoint")
+    p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
+    p.add_argument("--downscale", type=int, default=None)
+    p.add_argument("--every", type=int, default=1, help="evaluate every N-th image of the split")
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--output-dir", type=Path, default=None, help="where side-by-side renders go")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("render", help="render videos")
+    rs = p.add_subparsers(dest="render_kind", required=True)
+    q = rs.add_parser("camera-path", help="render a nerfstudio camera_path.json (or a generated trajectory) to mp4")
+    q.add_argument("--checkpoint", required=True, type=Path)
+    src = q.add_mutually_exclusive_group(required=True)
+    src.add_argument("--camera-path", type=Path)
+    src.add_argument("--trajectory", choices=["spiral", "interpolate"])
+    q.add_argument("--frames", type=int, default=120)
+    q.add_argument("--fps", type=float, default=24.0)
+    q.add_argument("--scale", type=float, default=1.0, help="resolution scale for generated trajectories")
+    q.add_argument("--output", required=True, type=Path)
+    q.set_defaults(func=cmd_render)
+
+    p = sub.add_parser("benchmark", help="reproducible benchmarks on real datasets")
+    p.add_argument("dataset", choices=["lego", "dtu", "fox"])
+    p.add_argument("--data", required=True, type=Path)
+    p.add_argument("--downscale", type=int, default=None)
+    p.add_argument("--time-budget", type=float, default=300.0)
+    p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--output", type=Path, default=None, help="folder for renders and the PSNR-vs-time plot")
+    p.add_argument("--eval-every", type=float, default=60.0, help="training seconds between PSNR-curve points")
+    _add_impl_arg(p)
+    _add_config_arg(p)
+    p.set_defaults(func=cmd_benchmark)
+
+    p = sub.add_parser("scene", help="the built-in labeled demo scene")
+    ss = p.add_subparsers(dest="scene_command", required=True)
+    from nerf_mapping.scene import add_cli as scene_add_cli
+
+    scene_add_cli(ss)
+
+    p = sub.add_parser("demo", help="the main job on the bundled demo scene")
+    p.add_argument("--output", type=Path, default=Path("outputs/demo"))
+    p.add_argument("--time-budget", type=float, default=120.0)
+    p.add_argument("--frames", type=int, default=90, help="video frames")
+    p.set_defaults(func=cmd_demo)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    t0 = time.perf_counter()
+    rc = args.func(args)
+    if rc == 0 and getattr(args, "command", "") not in ("scene",):
+        print(f"done in {time.perf_counter() - t0:.1f} s")
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+// Ray marching through a multi-level occupancy grid (CPU counterpart of nerfacc's OccGridEstimator.sampling).
+//
+// Must agree *exactly* with nerf_mapping.rendering.marching.march_rays_torch, so every floating-point
+// expression below mirrors the torch reference operation by operation, in double precision, and FMA
+// contraction is switched off for this file (torch evaluates o + d * t as a rounded multiply then a
+// rounded add; a fused multiply-add would round once and occasionally pick a different cell).
+//
+// Sample sequence of a ray (clipped to [t0, t1] = [t_min, t_max] intersected with the outermost box):
+//   t_0 = t0, dt_k = clamp(t_k * cone_angle, step, 1e10), t_{k+1} = t_k + dt_k, while t_k < t1;
+//   sample k = [t_k, min(t_k + dt_k, t1)], emitted iff the finest-level cell containing its midpoint is
+//   occupied (at most max_samples emitted per ray).
+// Empty-space skipping: when a sample's cell is empty we compute where the ray leaves that cell (or enters
+// the next finer level's box, whichever comes first) and advance the sample sequence to it without any
+// more grid look-ups. The sequence itself is still advanced step by step (a few flops per step) so that
+// sample positions stay bitwise identical to the reference; only samples whose midpoint is safely (by a
+// margin of 1e-4 steps) inside the empty cell are skipped, everything else is tested normally.
+#pragma GCC optimize("fp-contract=off")
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace nm {
+
+namespace {
+
+struct Grid {
+  const uint8_t* occ;  // [L, Gx, Gy, Gz]
+  int64_t L;
+  int64_t G[3];
+  double lo[3], size[3];  // level-0 box
+};
+
+// Slab intersection with the box lo + size * ((u - 0.5) * s + 0.5), u in [0,1] (s = 2^k scales about the centre).
+// Direction components with |d| < 1e-12 are replaced by 1e-12 (same as the torch reference).
+inline void box_hit(const double* o, const double* inv, const double* blo, const double* bhi, double& tn,
+                    double& tf) {
+  tn = -INFINITY;
+  tf = INFINITY;
+  for (int d = 0; d < 3; ++d) {
+    const double ta = (blo[d] - o[d]) * inv[d];
+    const double tb = (bhi[d] - o[d]) * inv[d];
+    tn = std::max(tn, std::min(ta, tb));
+    tf = std::min(tf, std::max(ta, tb));
+  }
+}
+
+inline void level_box(const Grid& g, int64_t k, double* blo, double* bhi) {
+  const double s = std::ldexp(1.0, static_cast<int>(k));
+  for (int d = 0; d < 3; ++d) {
+    blo[d] = g.lo[d] + g.size[d] * ((0.0 - 0.5) * s + 0.5);
+    bhi[d] = g.lo[d] + g.size[d] * ((1.0 - 0.5) * s + 0.5);
+  }
+}
+
+struct RayMarcher {
+  const Grid& g;
+  double step, cone;
+  int64_t max_samples;
+
+  // Marches one ray; calls emit(t_start, t_end) for each emitted sample, returns their count.
+  template <typename Emit>
+  int64_t march(const double* o, const double* dir, double tmin, double tmax, Emit&& emit) const {
+    double inv[3], dsafe[3];
+    for (int d = 0; d < 3; ++d) {
+      dsafe[d] = std::abs(dir[d]) < 1e-12 ? 1e-12 : dir[d];
+      inv[d] = 1.0 / dsafe[d];
+    }
+    double olo[3], ohi[3], tn, tf;
+    level_box(g, g.L - 1, olo, ohi);
+    box_hit(o, inv, olo, ohi, tn, tf);
+    const double t0 = std::max(tmin, tn);
+    const double t1 = std::min(tmax, tf);
+    if (!(t0 < t1)) return 0;
+    int64_t count = 0;
+    double t = t0;
+    double skip_until = -INFINITY;  // midpoints below this lie in a known-empty cell
+    const double margin = 1e-4 * step;
+    while (t < t1 && count < max_samples) {
+      const double dt = std::min(std::max(t * cone, step), 1e10);
+      const double te = std::min(t + dt, t1);
+      const double mid = (t + te) * 0.5;
+      if (mid < skip_until) {
+        t = t + dt;
+        continue;
+      }
+      // finest level containing the midpoint, in normalised level-0 coordinates u
+      double u[3];
+      double m = 0.0;
+      for (int d = 0; d < 3; ++d) {
+        const double p = o[d] + dir[d] * mid;
+        u[d] = (p - g.lo[d]) / g.size[d];
+        m = std::max(m, std::abs(u[d] - 0.5));
+      }
+      int64_t lvl = -1;
+      for (int64_t k = 0; k < g.L; ++k) {
+        if (m <= 0.5 * std::ldexp(1.0, static_cast<int>(k))) {
+          lvl = k;
+          break;
+        }
+      }
+      if (lvl >= 0) {
+        const double inv_s = std::ldexp(1.0, -static_cast<int>(lvl));
+        int64_t c[3];
+        for (int d = 0; d < 3; ++d) {
+          const double uk = (u[d] - 0.5) * inv_s + 0.5;
+          int64_t ci = static_cast<int64_t>(std::floor(uk * static_cast<double>(g.G[d])));
+          c[d] = std::min(std::max<int64_t>(ci, 0), g.G[d] - 1);
+        }
+        const int64_t flat = ((lvl * g.G[0] + c[0]) * g.G[1] + c[1]) * g.G[2] + c[2];
+        if (g.occ[flat]) {
+          emit(t, te);
+          ++count;
+        } else {
+          // exit of the empty cell, or entry into the next finer box if that comes first
+          const double s = std::ldexp(1.0, static_cast<int>(lvl));
+          double clo[3], chi[3];
+          for (int d = 0; d < 3; ++d) {
+            const double a = static_cast<double>(c[d]) / static_cast<double>(g.G[d]);
+            const double b = static_cast<double>(c[d] + 1) / static_cast<double>(g.G[d]);
+            clo[d] = g.lo[d] + g.size[d] * ((a - 0.5) * s + 0.5);
+            chi[d] = g.lo[d] + g.size[d] * ((b - 0.5) * s + 0.5);
+          }
+          double cn, cf;
+          box_hit(o, inv, clo, chi, cn, cf);
+          double target = cf;
+          if (lvl > 0) {
+            double ilo[3], ihi[3], in_, if_;
+            level_box(g, lvl - 1, ilo, ihi);
+            box_hit(o, inv, ilo, ihi, in_, if_);
+            if (in_ > mid && in_ <= if_) target = std::min(target, in_);
+          }
+          skip_until = target - margin;
+        }
+      }
+      t = t + dt;
+    }
+    return count;
+  }
+};
+
+}  // namespace
+
+// Returns (ray_indices int64 [S], t_starts [S], t_ends [S]) sorted by ray then t.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> march_rays_forward(const at::Tensor& origins_in,
+                                                                  const at::Tensor& directions_in,
+                                                                  const at::Tensor& t_min_in,
+                                                                  const at::Tensor& t_max_in,
+                                                                  const at::Tensor& occupied_in,
+                                                                  const at::Tensor& aabb_in, double step_size,
+                                                                  double cone_angle, int64_t max_samples) {
+  TORCH_CHECK(origins_in.dim() == 2 && origins_in.size(1) == 3, "origins must be [R, 3]");
+  TORCH_CHECK(directions_in.sizes() == origins_in.sizes(), "directions must be [R, 3]");
+  const int64_t R = origins_in.size(0);
+  TORCH_CHECK(t_min_in.numel() == R && t_max_in.numel() == R, "t_min / t_max must be [R]");
+  TORCH_CHECK(occupied_in.dim() == 4, "occupied must be [L, Gx, Gy, Gz]");
+  TORCH_CHECK(aabb_in.numel() == 6, "aabb must have 6 entries");
+  TORCH_CHECK(step_size > 0.0, "step_size must be > 0");
+  const auto out_dtype = origins_in.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  auto o = origins_in.to(at::kDouble).contiguous();
+  auto dr = directions_in.to(at::kDouble).contiguous();
+  auto tmin = t_min_in.to(at::kDouble).contiguous();
+  auto tmax = t_max_in.to(at::kDouble).contiguous();
+  auto occ = occupied_in.to(at::kBool).contiguous();
+  auto aabb = aabb_in.to(at::kDouble).contiguous();
+
+  Grid g;
+  g.occ = reinterpret_cast<const uint8_t*>(occ.data_ptr<bool>());
+  g.L = occ.size(0);
+  for (int d = 0; d < 3; ++d) {
+    g.G[d] = occ.size(d + 1);
+    g.lo[d] = aabb.data_ptr<double>()[d];
+    g.size[d] = aabb.data_ptr<double>()[d + 3] - g.lo[d];
+    TORCH_CHECK(g.size[d] > 0.0, "aabb must have max > min");
+  }
+  TORCH_CHECK(g.L >= 1 && g.G[0] >= 1 && g.G[1] >= 1 && g.G[2] >= 1, "empty occupancy grid");
+  RayMarcher rm{g, step_size, cone_angle, std::max<int64_t>(max_samples, 0)};
+
+  const double* op = o.data_ptr<double>();
+  const double* dp = dr.data_ptr<double>();
+  const double* t0p = tmin.data_ptr<double>();
+  const double* t1p = tmax.data_ptr<double>();
+
+  // pass 1: count per ray
+  std::vector<int64_t> offsets(R + 1, 0);
+  at::parallel_for(0, R, 64, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r)
+      offsets[r + 1] = rm.march(op + 3 * r, dp + 3 * r, t0p[r], t1p[r], [](double, double) {});
+  });
+  for (int64_t r = 0; r < R; ++r) offsets[r + 1] += offsets[r];
+  const int64_t S = offsets[R];
+
+  auto ray_idx = at::empty({S}, o.options().dtype(at::kLong));
+  auto t_starts = at::empty({S}, o.options().dtype(at::kDouble));
+  auto t_ends = at::empty({S}, o.options().dtype(at::kDouble));
+  int64_t* rip = ray_idx.data_ptr<int64_t>();
+  double* tsp = t_starts.data_ptr<double>();
+  double* tep = t_ends.data_ptr<double>();
+  // pass 2: fill
+  at::parallel_for(0, R, 64, [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      int64_t pos = offsets[r];
+      rm.march(op + 3 * r, dp + 3 * r, t0p[r], t1p[r], [&](double ts, double te) {
+        rip[pos] = r;
+        tsp[pos] = ts;
+        tep[pos] = te;
+        ++pos;
+      });
+    }
+  });
+  return {ray_idx, t_starts.to(out_dtype), t_ends.to(out_dtype)};
+}
+
+}  // namespace nm

@@ -1,0 +1,111 @@
+"""Multi-level occupancy grid: the CPU empty-space skipper (nerfacc's OccGridEstimator needs CUDA).
+
+Two verbs, as in nerfacc: ``sampling`` (march rays, emit samples only in occupied cells) and
+``update_every_n_steps`` (refresh the grid from the field's density). Level 0 covers ``aabb``; level k covers the
+aabb scaled by 2^k about its centre (unbounded captures use several levels with a growing step, cone marching).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from nerf_mapping.rendering.marching import march_rays
+
+
+@dataclass
+class OccupancyGridConfig:
+    resolution: int = 128
+    """Cells per axis and level."""
+    levels: int | None = None
+    """None: 1 for bounded scenes, 4 for unbounded ones."""
+    update_every: int = 16
+    warmup_steps: int = 256
+    """Before this step every cell is re-evaluated at each update; afterwards a random quarter plus the occupied ones."""
+    ema_decay: float = 0.95
+    occ_thre: float = 0.01
+    """A cell is occupied when its (EMA) opacity over one render step exceeds this (or the grid mean, if lower)."""
+
+
+class OccupancyGrid(nn.Module):
+    def __init__(self, cfg: OccupancyGridConfig, aabb: torch.Tensor, levels: int):
+        super().__init__()
+        self.cfg = cfg
+        self.levels = levels
+        g = cfg.resolution
+        self.register_buffer("aabb", aabb.detach().clone().float().reshape(6))
+        self.register_buffer("density", torch.zeros(levels, g, g, g))
+        # Everything starts occupied so the first steps sample the whole volume.
+        self.register_buffer("occupied", torch.ones(levels, g, g, g, dtype=torch.bool))
+        self._gen = torch.Generator().manual_seed(0)
+
+    # -- geometry of the cells -------------------------------------------------------------------------------------
+    def level_boxes(self) -> torch.Tensor:
+        """[L, 2, 3] min/max corner of each level."""
+        lo, hi = self.aabb[:3], self.aabb[3:]
+        c, h = (lo + hi) / 2, (hi - lo) / 2
+        s = 2.0 ** torch.arange(self.levels, dtype=torch.float32)[:, None]
+        return torch.stack([c - h * s, c + h * s], dim=1)
+
+    def cell_centers(self, level: int, flat_idx: torch.Tensor, jitter: bool = True) -> torch.Tensor:
+        g = self.cfg.resolution
+        ix, iy, iz = flat_idx // (g * g), (flat_idx // g) % g, flat_idx % g
+        ijk = torch.stack([ix, iy, iz], -1).float()
+        off = torch.rand(ijk.shape, generator=self._gen) if jitter else torch.full_like(ijk, 0.5)
+        box = self.level_boxes()[level]
+        return box[0] + (ijk + off) / g * (box[1] - box[0])
+
+    # -- verbs -------------------------------------------------------------------------------------------------------
+    def sampling(
+        self,
+        origins: torch.Tensor,
+        directions: torch.Tensor,
+        near: torch.Tensor | float,
+        far: torch.Tensor | float,
+        step_size: float,
+        cone_angle: float = 0.0,
+        max_samples_per_ray: int = 1024,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Samples in occupied space. Returns packed (ray_indices [S], t_starts [S], t_ends [S]) sorted by ray."""
+        n = origins.shape[0]
+        t_min = torch.as_tensor(near, dtype=origins.dtype).expand(n).contiguous()
+        t_max = torch.as_tensor(far, dtype=origins.dtype).expand(n).contiguous()
+        return march_rays(
+            origins.contiguous(), directions.contiguous(), t_min, t_max, self.occupied, self.aabb,
+            step_size, cone_angle, max_samples_per_ray,
+        )
+
+    @torch.no_grad()
+    def update_every_n_steps(
+        self, step: int, density_fn: Callable[[torch.Tensor], torch.Tensor], step_size: float, chunk: int = 1 << 17
+    ) -> bool:
+        """Refresh the grid every ``cfg.update_every`` steps. ``density_fn([N,3] world) -> [N] sigma``."""
+        if step % self.cfg.update_every != 0:
+            return False
+        self.update(density_fn, step_size, all_cells=step < self.cfg.warmup_steps, chunk=chunk)
+        return True
+
+    @torch.no_grad()
+    def update(self, density_fn, step_size: float, all_cells: bool = True, chunk: int = 1 << 17) -> None:
+        g3 = self.cfg.resolution**3
+        for lvl in range(self.levels):
+            if all_cells:
+                idx = torch.arange(g3)
+            else:
+                rand = torch.randint(0, g3, (g3 // 4,), generator=self._gen)
+                occ = torch.nonzero(self.occupied[lvl].reshape(-1)).squeeze(1)
+                if occ.numel() > g3 // 4:
+                    occ = occ[torch.randint(0, occ.numel(), (g3 // 4,), generator=self._gen)]
+                idx = torch.cat([rand, occ])
+            pts = self.cell_centers(lvl, idx)
+            # Opacity over one render step (cells outside larger levels scale with the level's step growth).
+            occ_val = torch.cat([density_fn(p) for p in pts.split(chunk)]) * step_size
+            dens = self.density[lvl].view(-1)
+            dens[idx] = torch.maximum(dens[idx] * self.cfg.ema_decay, occ_val)
+        thre = min(self.cfg.occ_thre, float(self.density.mean()))
+        self.occupied.copy_(self.density > thre)
+
+    def occupancy_fraction(self) -> float:
+        return float(self.occupied.float().mean())

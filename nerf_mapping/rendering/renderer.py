@@ -1,0 +1,150 @@
+"""Ray and image rendering: occupancy-grid marching -> (pruning pass) -> field -> packed compositing.
+
+``render_rays`` returns per-ray rgb, depth (distance along the unit ray), opacity and any requested feature heads,
+for training (with gradients) and inference alike. ``render_camera`` renders a whole image of any camera.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+
+from nerf_mapping.cameras import Cameras, camera_directions, pixel_centers, rays_from_c2w
+from nerf_mapping.fields.ngp_field import NGPField
+from nerf_mapping.rendering.compositing import accumulate_along_rays, render_transmittance
+from nerf_mapping.rendering.occupancy_grid import OccupancyGrid
+
+
+@dataclass
+class RenderConfig:
+    step_size: float | None = None
+    """Marching step in scene units; None: scene-box diagonal / 1000 (nerfacc's 5e-3 for the Blender box)."""
+    cone_angle: float | None = None
+    """Step growth with distance; None: 0 for bounded scenes, 1/256 for unbounded ones."""
+    alpha_thre: float = 0.0
+    """Samples with a lower alpha are dropped before the gradient pass (0 keeps all)."""
+    early_stop_eps: float = 1e-4
+    """Samples behind a transmittance below this are dropped (transmittance early stop)."""
+    max_samples_per_ray: int = 1024
+    prune_pass: bool = True
+    """Evaluate density once without gradients to apply early stop / alpha pruning before the gradient pass."""
+
+    def resolved(self, scene_box: torch.Tensor, unbounded: bool) -> "RenderConfig":
+        diag = float(torch.linalg.norm(scene_box[1] - scene_box[0]))
+        return replace(
+            self,
+            step_size=self.step_size if self.step_size is not None else diag / 1000.0,
+            cone_angle=self.cone_angle if self.cone_angle is not None else (1.0 / 256.0 if unbounded else 0.0),
+        )
+
+
+def _empty(n_rays: int, background: torch.Tensor, feature_dims: dict[str, int]) -> dict[str, torch.Tensor]:
+    out = {
+        "rgb": background.expand(n_rays, 3).clone(),
+        "depth": torch.zeros(n_rays),
+        "opacity": torch.zeros(n_rays),
+        "n_samples": torch.tensor(0),
+    }
+    for k, d in feature_dims.items():
+        out[k] = torch.zeros(n_rays, d)
+    return out
+
+
+def render_rays(
+    field: NGPField,
+    grid: OccupancyGrid,
+    origins: torch.Tensor,
+    directions: torch.Tensor,
+    near: float | torch.Tensor,
+    far: float | torch.Tensor,
+    cfg: RenderConfig,
+    background: torch.Tensor,
+    feature_heads: list[str] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Render a batch of rays.
+
+    Args:
+        origins, directions: [R,3] (directions unit length). ``cfg`` must be ``resolved``.
+        background: [3] color composited behind the field (e.g. white for Blender scenes).
+        feature_heads: names of ``field.heads`` to render as extra outputs.
+    Returns:
+        dict with rgb [R,3], depth [R], opacity [R], n_samples (scalar), and one [R,D] entry per feature head.
+    """
+    n_rays = origins.shape[0]
+    ray_idx, t0, t1 = grid.sampling(
+        origins, directions, near, far, cfg.step_size, cfg.cone_angle, cfg.max_samples_per_ray
+    )
+    feat_dims = {}
+    n_marched = ray_idx.numel()
+    if ray_idx.numel() == 0:
+        return _empty(n_rays, background, feat_dims)
+
+    def positions(ri, a, b):
+        return origins[ri] + directions[ri] * ((a + b) * 0.5)[:, None]
+
+    if cfg.prune_pass and (cfg.early_stop_eps > 0 or cfg.alpha_thre > 0):
+        with torch.no_grad():
+            sig, _ = field.density(positions(ray_idx, t0, t1))
+            trans, alphas = render_transmittance(sig, t0, t1, ray_idx, n_rays)
+            keep = (trans > cfg.early_stop_eps) & (alphas > cfg.alpha_thre)
+            keep_idx = torch.nonzero(keep).squeeze(1)
+        ray_idx, t0, t1 = ray_idx[keep_idx], t0[keep_idx], t1[keep_idx]
+        if ray_idx.numel() == 0:
+            return _empty(n_rays, background, feat_dims)
+
+    pos = positions(ray_idx, t0, t1)
+    sigmas, geo = field.density(pos)
+    rgbs = field.color(geo, directions[ray_idx])
+    trans, alphas = render_transmittance(sigmas, t0, t1, ray_idx, n_rays)
+    weights = trans * alphas
+    opacity = accumulate_along_rays(weights, ray_idx, n_rays)[:, 0]
+    rgb = accumulate_along_rays(weights, ray_idx, n_rays, rgbs) + (1.0 - opacity)[:, None] * background
+    depth = accumulate_along_rays(weights, ray_idx, n_rays, ((t0 + t1) * 0.5)[:, None])[:, 0]
+    depth = depth / opacity.clamp_min(1e-6)
+    out = {"rgb": rgb, "depth": depth, "opacity": opacity, "n_samples": torch.tensor(ray_idx.numel()),
+           "n_marched": torch.tensor(n_marched),
+           "weights": weights, "ray_indices": ray_idx}
+    if feature_heads:
+        feats = field.features(pos, geo, feature_heads)
+        for k, v in feats.items():
+            out[k] = accumulate_along_rays(weights.detach(), ray_idx, n_rays, v) / opacity.detach().clamp_min(1e-6)[:, None]
+    return out
+
+
+@torch.no_grad()
+def render_camera(
+    field: NGPField,
+    grid: OccupancyGrid,
+    cameras: Cameras,
+    index: int,
+    cfg: RenderConfig,
+    background: torch.Tensor,
+    near: float,
+    far: float,
+    c2w: torch.Tensor | None = None,
+    chunk: int = 1 << 14,
+    feature_heads: list[str] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Render camera ``index`` of ``cameras`` (optionally at pose ``c2w`` [3,4]). Returns [H,W,*] images."""
+    w, h = int(cameras.width[index]), int(cameras.height[index])
+    px, py = pixel_centers(w, h)
+    idx = torch.full_like(px, index, dtype=torch.long)
+    dirs_cam = camera_directions(cameras, idx, px, py)
+    pose = (cameras.c2w[index] if c2w is None else c2w).to(dirs_cam.dtype)
+    origins, dirs = rays_from_c2w(pose.expand(dirs_cam.shape[0], 3, 4), dirs_cam)
+    valid = torch.isfinite(dirs).all(-1)
+    dirs = torch.where(valid[:, None], dirs, torch.tensor([0.0, 0.0, -1.0]))
+    parts: dict[str, list[torch.Tensor]] = {}
+    for s in range(0, origins.shape[0], chunk):
+        out = render_rays(field, grid, origins[s:s + chunk], dirs[s:s + chunk], near, far, cfg, background, feature_heads)
+        for k, v in out.items():
+            if v.dim() >= 1 and v.shape[0] == min(chunk, origins.shape[0] - s) and k not in ("weights", "ray_indices"):
+                parts.setdefault(k, []).append(v)
+    res = {k: torch.cat(v).reshape(h, w, *v[0].shape[1:]) for k, v in parts.items()}
+    res["rgb"] = res["rgb"].clamp(0, 1)
+    return res
+
+
+def psnr_from_mse(mse: float) -> float:
+    return -10.0 * math.log10(max(mse, 1e-12))

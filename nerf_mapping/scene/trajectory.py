@@ -1,0 +1,212 @@
+"""Handheld camera trajectory, the fixed base_link -> camera_optical extrinsic and small SE(3) helpers (numpy).
+
+Frames (REP 103/105):
+- ``world`` (= ``map``): z up, metres; the ground-truth ``odom`` frame coincides with it.
+- ``base_link``: x forward, y left, z up, rigidly attached to the hand-held rig.
+- ``camera_optical``: z forward, x right, y down (OpenCV), fixed w.r.t. base_link by ``base_to_camera_optical()``.
+
+The trajectory is a closed-form smooth function of time, so it can be sampled at image stamps and (denser, on another
+clock grid) at odometry stamps. Poses are 4x4 float64 matrices ``T_parent_child`` (maps child coords to parent).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# OpenCV optical axes (x right, y down, z forward) -> OpenGL/nerfstudio camera axes (x right, y up, z back).
+# Kept local because this module only needs the constant; the project-wide converter is nerf_mapping.geometry.
+CV_TO_GL = np.diag([1.0, -1.0, -1.0, 1.0])
+
+
+def rot_x(a: float) -> np.ndarray:
+    c, s = np.cos(a), np.sin(a)
+    return np.array([[1.0, 0, 0], [0, c, -s], [0, s, c]])
+
+
+def rot_y(a: float) -> np.ndarray:
+    c, s = np.cos(a), np.sin(a)
+    return np.array([[c, 0, s], [0, 1.0, 0], [-s, 0, c]])
+
+
+def rot_z(a) -> np.ndarray:
+    """Rotation(s) about z; ``a`` scalar -> [3,3], array [N] -> [N,3,3]."""
+    a = np.asarray(a, float)
+    c, s = np.cos(a), np.sin(a)
+    z, o = np.zeros_like(a), np.ones_like(a)
+    return np.stack([np.stack([c, -s, z], -1), np.stack([s, c, z], -1), np.stack([z, z, o], -1)], -2)
+
+
+def so3_exp(w: np.ndarray) -> np.ndarray:
+    """Rodrigues: rotation vectors [...,3] -> rotation matrices [...,3,3]."""
+    w = np.asarray(w, float)
+    theta = np.linalg.norm(w, axis=-1, keepdims=True)[..., None]  # [...,1,1]
+    k = w / np.maximum(theta[..., 0], 1e-12)
+    kx = np.zeros(w.shape[:-1] + (3, 3))
+    kx[..., 0, 1], kx[..., 0, 2] = -k[..., 2], k[..., 1]
+    kx[..., 1, 0], kx[..., 1, 2] = k[..., 2], -k[..., 0]
+    kx[..., 2, 0], kx[..., 2, 1] = -k[..., 1], k[..., 0]
+    eye = np.broadcast_to(np.eye(3), kx.shape)
+    return eye + np.sin(theta) * kx + (1.0 - np.cos(theta)) * (kx @ kx)
+
+
+def so3_log(r: np.ndarray) -> np.ndarray:
+    """Rotation matrices [...,3,3] -> rotation vectors [...,3] (angles < pi)."""
+    cos = np.clip((np.trace(r, axis1=-2, axis2=-1) - 1.0) / 2.0, -1.0, 1.0)
+    theta = np.arccos(cos)
+    v = np.stack([r[..., 2, 1] - r[..., 1, 2], r[..., 0, 2] - r[..., 2, 0], r[..., 1, 0] - r[..., 0, 1]], -1)
+    scale = np.where(theta < 1e-8, 0.5, theta / (2.0 * np.sin(np.maximum(theta, 1e-8))))
+    return v * scale[..., None]
+
+
+def make_pose(r: np.ndarray, t: np.ndarray) -> np.ndarray:
+    r, t = np.asarray(r, float), np.asarray(t, float)
+    out = np.zeros(r.shape[:-2] + (4, 4))
+    out[..., :3, :3] = r
+    out[..., :3, 3] = t
+    out[..., 3, 3] = 1.0
+    return out
+
+
+def inv_pose(t: np.ndarray) -> np.ndarray:
+    r = t[..., :3, :3]
+    rt = np.swapaxes(r, -1, -2)
+    return make_pose(rt, -(rt @ t[..., :3, 3:4])[..., 0])
+
+
+def quat_xyzw_from_matrix(r: np.ndarray) -> np.ndarray:
+    """Rotation matrices [...,3,3] -> unit quaternions [...,4] in ROS order (x, y, z, w), w >= 0."""
+    r = np.asarray(r, float)
+    m = r.reshape(-1, 3, 3)
+    q = np.empty((len(m), 4))
+    tr = np.trace(m, axis1=1, axis2=2)
+    # pick the numerically largest component per matrix (Shepperd's method)
+    diag = np.stack([m[:, 0, 0], m[:, 1, 1], m[:, 2, 2], tr], 1)
+    k = np.argmax(diag, 1)
+    for i in range(len(m)):
+        a = m[i]
+        if k[i] == 3:
+            s = 2.0 * np.sqrt(1.0 + tr[i])
+            q[i] = [(a[2, 1] - a[1, 2]) / s, (a[0, 2] - a[2, 0]) / s, (a[1, 0] - a[0, 1]) / s, 0.25 * s]
+        elif k[i] == 0:
+            s = 2.0 * np.sqrt(1.0 + a[0, 0] - a[1, 1] - a[2, 2])
+            q[i] = [0.25 * s, (a[0, 1] + a[1, 0]) / s, (a[0, 2] + a[2, 0]) / s, (a[2, 1] - a[1, 2]) / s]
+        elif k[i] == 1:
+            s = 2.0 * np.sqrt(1.0 + a[1, 1] - a[0, 0] - a[2, 2])
+            q[i] = [(a[0, 1] + a[1, 0]) / s, 0.25 * s, (a[1, 2] + a[2, 1]) / s, (a[0, 2] - a[2, 0]) / s]
+        else:
+            s = 2.0 * np.sqrt(1.0 + a[2, 2] - a[0, 0] - a[1, 1])
+            q[i] = [(a[0, 2] + a[2, 0]) / s, (a[1, 2] + a[2, 1]) / s, 0.25 * s, (a[1, 0] - a[0, 1]) / s]
+    q *= np.where(q[:, 3:4] < 0, -1.0, 1.0)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    return q.reshape(r.shape[:-2] + (4,))
+
+
+def matrix_from_quat_xyzw(q: np.ndarray) -> np.ndarray:
+    q = np.asarray(q, float)
+    x, y, z, w = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
+    return np.stack(
+        [
+            np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
+            np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
+            np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1),
+        ],
+        -2,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+
+# base_link -> camera_optical: camera 10 cm ahead of and 5 cm above base_link, pitched 10 deg down.
+CAMERA_OFFSET = np.array([0.10, 0.0, 0.05])
+CAMERA_PITCH_DOWN_DEG = 10.0
+
+
+def base_to_camera_optical() -> np.ndarray:
+    """T_base_cam (pose of camera_optical in base_link). Columns of the rotation are the optical axes in base_link:
+    optical z = forward (base +x), optical x = right (base -y), optical y = down (base -z), then pitched down."""
+    r_level = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+    # positive rotation about base +y tips the forward axis towards -z (nose down, REP 103)
+    return make_pose(rot_y(np.deg2rad(CAMERA_PITCH_DOWN_DEG)) @ r_level, CAMERA_OFFSET)
+
+
+@dataclass
+class TrajectoryParams:
+    """Closed-form handheld path: an ellipse around the room centre with slow radius/height/target variations and a
+    sum-of-sinusoids shake. All values are drawn from the seed once; the path itself is deterministic in time."""
+
+    duration: float
+    semi_axes: tuple[float, float] = (1.55, 1.0)
+    height: float = 1.4
+    start_angle: float = 0.0
+    direction: float = 1.0
+    phases: tuple[float, ...] = (0.0,) * 8
+    shake_freq: np.ndarray | None = None  # [6,3] Hz (3 sinusoids per axis: tx, ty, tz, rx, ry, rz)
+    shake_phase: np.ndarray | None = None  # [6,3]
+    shake_amp_trans: float = 0.004  # m per sinusoid
+    shake_amp_rot: float = np.deg2rad(0.35)  # rad per sinusoid
+
+    @staticmethod
+    def from_seed(seed: int, duration: float) -> "TrajectoryParams":
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 0x7A1EC]))
+        return TrajectoryParams(
+            duration=duration,
+            start_angle=float(rng.uniform(0, 2 * np.pi)),
+            direction=float(rng.choice([-1.0, 1.0])),
+            phases=tuple(float(x) for x in rng.uniform(0, 2 * np.pi, 8)),
+            shake_freq=rng.uniform(1.2, 4.0, (6, 3)),
+            shake_phase=rng.uniform(0, 2 * np.pi, (6, 3)),
+        )
+
+
+def camera_poses(params: TrajectoryParams, t: np.ndarray) -> np.ndarray:
+    """T_world_cam [N,4,4] (OpenCV optical axes) at times ``t`` [N] seconds since the start of the capture."""
+    t = np.asarray(t, float)
+    ph = params.phases
+    u = t / params.duration  # 0..1 over the capture; one loop around the room
+    ang = params.start_angle + params.direction * 2 * np.pi * u
+    radial = 1.0 + 0.08 * np.sin(2 * np.pi * 2.0 * u + ph[0])
+    eye = np.stack(
+        [
+            params.semi_axes[0] * radial * np.cos(ang),
+            params.semi_axes[1] * radial * np.sin(ang),
+            params.height + 0.12 * np.sin(2 * np.pi * 1.5 * u + ph[1]),
+        ],
+        -1,
+    )
+    # look at a point that wanders around the table so views sweep across the furniture, not only the room centre
+    target = np.stack(
+        [
+            0.45 * np.cos(2 * np.pi * 1.3 * u + ph[2]),
+            0.35 * np.sin(2 * np.pi * 0.9 * u + ph[3]),
+            0.7 + 0.15 * np.sin(2 * np.pi * 1.1 * u + ph[4]),
+        ],
+        -1,
+    )
+    fwd = target - eye
+    fwd /= np.linalg.norm(fwd, axis=-1, keepdims=True)
+    right = np.cross(fwd, np.array([0.0, 0.0, 1.0]))
+    right /= np.linalg.norm(right, axis=-1, keepdims=True)
+    down = np.cross(fwd, right)
+    r = np.stack([right, down, fwd], -1)  # columns: optical x, y, z in world
+    # small slow roll like a hand-held device, then high-frequency shake applied in the camera frame
+    roll = np.deg2rad(3.0) * np.sin(2 * np.pi * 0.7 * u + ph[5])
+    shake = np.zeros(t.shape + (6,))
+    if params.shake_freq is not None:
+        s = np.sin(2 * np.pi * params.shake_freq[None] * t[:, None, None] + params.shake_phase[None]).sum(-1)  # [N,6]
+        shake = s * np.array([params.shake_amp_trans] * 3 + [params.shake_amp_rot] * 3)
+    rot_vec = shake[:, 3:] + np.stack([np.zeros_like(roll), np.zeros_like(roll), roll], -1)
+    r = r @ so3_exp(rot_vec)
+    eye = eye + (r @ shake[:, :3, None])[..., 0]
+    return make_pose(r, eye)
+
+
+def camera_to_base_poses(t_world_cam: np.ndarray) -> np.ndarray:
+    """T_world_base = T_world_cam @ inv(T_base_cam)."""
+    return t_world_cam @ inv_pose(base_to_camera_optical())
+
+
+def opencv_c2w_to_opengl(t_world_cam: np.ndarray) -> np.ndarray:
+    """Camera-to-world with OpenCV axes -> nerfstudio/OpenGL camera axes (flip camera y and z)."""
+    return t_world_cam @ CV_TO_GL

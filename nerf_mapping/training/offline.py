@@ -1,0 +1,74 @@
+"""Offline training on a dataset: SceneData -> FrameStore + Trainer with defaults chosen from the scene."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from nerf_mapping.training.frame_store import FrameStore
+from nerf_mapping.training.trainer import SceneSpec, Trainer, TrainerConfig
+
+
+def scene_spec(data) -> SceneSpec:
+    return SceneSpec(scene_box=data.scene_box.tolist(), unbounded=bool(data.unbounded),
+                     near=float(data.near), far=float(data.far))
+
+
+def frame_store_from(data, capacity: int | None = None, seed: int = 0) -> FrameStore:
+    fs = FrameStore(capacity=capacity, seed=seed)
+    for i, img in enumerate(data.images):
+        fs.add(img, data.cameras[i : i + 1], depth=data.depths[i] if data.depths is not None else None)
+    return fs
+
+
+def default_config(data, field_impl: str = "auto", background=None) -> TrainerConfig:
+    """Defaults for an arbitrary scene: bounded scenes march finely; unbounded ones use cone marching
+    (set by ``RenderConfig.resolved``) and alpha pruning, which keeps far-away samples cheap."""
+    cfg = TrainerConfig()
+    cfg.field.encoding.impl = field_impl
+    if data.unbounded:
+        cfg.render.alpha_thre = 1e-2
+        cfg.field.encoding.max_resolution = 4096
+    if background is not None:
+        cfg.background = tuple(float(c) for c in background)
+    elif data.format == "dtu":
+        cfg.background = (0.0, 0.0, 0.0)
+    return cfg
+
+
+def checkpoint_extra(data, data_path: Path, downscale: int) -> dict:
+    """What eval/render need later without re-reading the dataset's training split."""
+    return {
+        "data": str(Path(data_path).resolve()),
+        "downscale": int(downscale),
+        "format": data.format,
+        "train_c2w": data.cameras.c2w.clone(),
+        "train_intrinsics": torch.stack([data.cameras.fx, data.cameras.fy, data.cameras.cx, data.cameras.cy], -1),
+        "train_size": torch.stack([data.cameras.width, data.cameras.height], -1),
+        "world_transform": data.world_transform.clone(),
+        "world_scale": float(data.world_scale),
+    }
+
+
+def build_trainer(data, cfg: TrainerConfig) -> Trainer:
+    return Trainer(cfg, scene_spec(data), frame_store_from(data, seed=cfg.seed))
+
+
+def override(cfg, path: str, value) -> None:
+    """Set a nested config field by dotted path, e.g. ``override(cfg, "field.encoding.log2_hashmap_size", 17)``."""
+    obj = cfg
+    parts = path.split(".")
+    for p in parts[:-1]:
+        obj = getattr(obj, p)
+    names = {f.name: f for f in dataclasses.fields(obj)}
+    if parts[-1] not in names:
+        raise ValueError(f"unknown config field '{path}'")
+    cur = getattr(obj, parts[-1])
+    if isinstance(cur, bool):
+        value = str(value).lower() in ("1", "true", "yes", "on")
+    elif isinstance(cur, int) and not isinstance(cur, bool):
+        value = int(value)
+    elif isinstance(cur, float) or cur is None and str(value).replace(".", "", 1).replace("e-", "").isdigit():
+        value = float(value)
+    setattr(obj, parts[-1], value)

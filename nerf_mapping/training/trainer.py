@@ -1,0 +1,279 @@
+"""The training loop: sample rays from the frame store, render, photometric loss, optimise field and poses.
+
+The trainer accepts new frames while it runs (``frames.add`` from another thread), grows its per-frame pose
+parameters accordingly, and adapts the number of rays per step to keep the number of samples per step constant
+(as nerfacc's examples do), which keeps step time steady while the occupancy grid sharpens.
+"""
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass
+from dataclasses import field as _field
+from typing import Callable
+
+import torch
+
+from nerf_mapping.cameras import Cameras, camera_directions, rays_from_c2w
+from nerf_mapping.config import from_dict, to_dict
+from nerf_mapping.fields.ngp_field import FieldConfig, NGPField
+from nerf_mapping.rendering.occupancy_grid import OccupancyGrid, OccupancyGridConfig
+from nerf_mapping.rendering.renderer import RenderConfig, psnr_from_mse, render_camera, render_rays
+from nerf_mapping.training.frame_store import FrameStore
+from nerf_mapping.training.pose_correction import PoseCorrection, PoseCorrectionConfig
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-2
+    """Adam learning rate of the field (hash table and MLPs)."""
+    eps: float = 1e-15
+    weight_decay: float = 1e-6
+    """Applied to the MLP weights only (never to the hash table)."""
+    warmup_steps: int = 100
+    decay_milestones: tuple[float, ...] = (0.5, 0.75, 0.9)
+    """Fractions of the run (steps or time budget) at which the lr is multiplied by ``decay_gamma``."""
+    decay_gamma: float = 0.33
+
+
+@dataclass
+class TrainerConfig:
+    field: FieldConfig = _field(default_factory=FieldConfig)
+    grid: OccupancyGridConfig = _field(default_factory=OccupancyGridConfig)
+    render: RenderConfig = _field(default_factory=RenderConfig)
+    optim: OptimConfig = _field(default_factory=OptimConfig)
+    pose: PoseCorrectionConfig = _field(default_factory=PoseCorrectionConfig)
+    target_samples_per_step: int = 1 << 16
+    """Rays per step are adapted so that about this many samples are rendered per step."""
+    init_rays_per_step: int = 2048
+    max_rays_per_step: int = 1 << 14
+    background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    seed: int = 0
+    threads: int | None = None
+    """torch intra-op threads; None keeps torch's default (all cores)."""
+
+
+@dataclass
+class SceneSpec:
+    """What the trainer needs to know about the scene (serialised into checkpoints)."""
+
+    scene_box: list[list[float]]
+    unbounded: bool
+    near: float
+    far: float
+
+
+class Trainer:
+    def __init__(self, cfg: TrainerConfig, scene: SceneSpec, frames: FrameStore | None = None):
+        self.cfg = cfg
+        self.scene = scene
+        torch.manual_seed(cfg.seed)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        box = torch.tensor(scene.scene_box, dtype=torch.float32)
+        self.frames = frames if frames is not None else FrameStore(seed=cfg.seed)
+        self.field = NGPField(cfg.field, box, scene.unbounded)
+        levels = cfg.grid.levels or (4 if scene.unbounded else 1)
+        self.grid = OccupancyGrid(cfg.grid, box.reshape(6), levels)
+        self.render_cfg = cfg.render.resolved(box, scene.unbounded)
+        self.background = torch.tensor(cfg.background, dtype=torch.float32)
+        self.pose = PoseCorrection(cfg.pose, self.frames.num_ids)
+        self.step_count = 0
+        self.n_rays = cfg.init_rays_per_step
+        self.lock = threading.RLock()  # guards parameters against concurrent render calls
+        self._make_optimizers()
+        self.progress = 0.0
+        self.last_stats: dict[str, float] = {}
+
+    # -- optimisation ---------------------------------------------------------------------------------------------
+    def _make_optimizers(self) -> None:
+        oc = self.cfg.optim
+        mlp = [p for n, p in self.field.named_parameters() if not n.startswith("encoding.")]
+        enc = list(self.field.encoding.parameters())
+        self.optimizer = torch.optim.Adam(
+            [{"params": enc, "weight_decay": 0.0}, {"params": mlp, "weight_decay": oc.weight_decay}],
+            lr=oc.lr, eps=oc.eps, betas=(0.9, 0.99), fused=True,
+        )
+        self.pose_optimizer = torch.optim.Adam(
+            [self.pose.params], lr=self.cfg.pose.lr, weight_decay=self.cfg.pose.weight_decay
+        ) if self.pose.enabled else None
+
+    def lr_factor(self) -> float:
+        oc = self.cfg.optim
+        warm = min(1.0, (self.step_count + 1) / max(oc.warmup_steps, 1))
+        decay = oc.decay_gamma ** sum(self.progress >= m for m in oc.decay_milestones)
+        return warm * decay
+
+    def _sync_pose_params(self) -> None:
+        if self.pose.ensure_size(self.frames.num_ids) and self.pose.enabled:
+            # Pose parameters grew (new frames arrived): rebuild its optimizer, keeping nothing stale.
+            self.pose_optimizer = torch.optim.Adam(
+                [self.pose.params], lr=self.cfg.pose.lr, weight_decay=self.cfg.pose.weight_decay
+            )
+
+    def density_fn(self, x: torch.Tensor) -> torch.Tensor:
+        return self.field.density(x)[0]
+
+    def step(self) -> dict[str, float]:
+        """One optimisation step. Returns stats (loss, psnr, n_rays, n_samples)."""
+        with self.lock:
+            self._sync_pose_params()
+            self.field.train()
+            self.grid.update_every_n_steps(self.step_count, self.density_fn, self.render_cfg.step_size)
+            batch, cams, slot = self.frames.sample(self.n_rays)
+            dirs_cam = camera_directions(cams, slot, batch.px, batch.py)
+            c2w = self.pose(cams.c2w[slot], batch.frame_ids)
+            origins, dirs = rays_from_c2w(c2w, dirs_cam)
+            out = render_rays(self.field, self.grid, origins, dirs, self.scene.near, self.scene.far,
+                              self.render_cfg, self.background)
+            n_samples = int(out["n_samples"])
+            err = (out["rgb"] - batch.rgb) ** 2
+            loss = err.mean()
+            f = self.lr_factor()
+            for g in self.optimizer.param_groups:
+                g["lr"] = self.cfg.optim.lr * f
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.pose_optimizer is not None:
+                self.pose_optimizer.zero_grad(set_to_none=True)
+            if n_samples > 0:
+                loss.backward()
+                self.optimizer.step()
+                if self.pose_optimizer is not None:
+                    self.pose_optimizer.step()
+            self.step_count += 1
+            # Keep samples per step near the target: the grid gets sparser as training proceeds.
+            if n_samples > 0:
+                ratio = self.cfg.target_samples_per_step / n_samples
+                self.n_rays = int(min(max(self.n_rays * ratio, 256), self.cfg.max_rays_per_step))
+            mse = float(loss.detach())
+            self.last_stats = {
+                "loss": mse, "psnr": psnr_from_mse(mse), "n_rays": float(batch.rgb.shape[0]),
+                "n_samples": float(n_samples), "n_marched": float(out.get("n_marched", n_samples)),
+                "step": float(self.step_count),
+            }
+            return self.last_stats
+
+    def train(
+        self,
+        max_steps: int | None = None,
+        time_budget: float | None = None,
+        callback: Callable[["Trainer", dict], None] | None = None,
+        progress: bool = True,
+        stop_event: threading.Event | None = None,
+        eval_every: float | None = None,
+        on_eval: Callable[["Trainer", float], None] | None = None,
+    ) -> dict[str, float]:
+        """Train until ``max_steps`` or ``time_budget`` seconds (whichever first; at least one must be given).
+
+        The lr schedule follows the fraction of the run elapsed. Every ``eval_every`` training seconds
+        ``on_eval(trainer, train_seconds)`` is called; its own time is not counted against the budget.
+        Returns summary stats.
+        """
+        if max_steps is None and time_budget is None:
+            raise ValueError("give max_steps or time_budget")
+        start_step = self.step_count
+        t0 = time.perf_counter()
+        rays = samples = 0
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=max_steps if max_steps is not None else int(time_budget), unit="step" if max_steps else "s",
+                       dynamic_ncols=True, mininterval=1.0)
+        last_shown = 0
+        next_eval = eval_every if eval_every else float("inf")
+        while True:
+            el = time.perf_counter() - t0
+            if on_eval is not None and el >= next_eval:
+                t_pause = time.perf_counter()
+                on_eval(self, el)
+                t0 += time.perf_counter() - t_pause
+                next_eval += eval_every
+                continue
+            done = self.step_count - start_step
+            fracs = []
+            if max_steps is not None:
+                fracs.append(done / max_steps)
+            if time_budget is not None:
+                fracs.append(el / time_budget)
+            self.progress = max(fracs)
+            if self.progress >= 1.0 or (stop_event is not None and stop_event.is_set()):
+                break
+            st = self.step()
+            rays += st["n_rays"]
+            samples += st["n_samples"]
+            if callback is not None:
+                callback(self, st)
+            if bar is not None:
+                el = time.perf_counter() - t0
+                now = done + 1 if max_steps is not None else int(el)
+                if now > last_shown:
+                    bar.update(now - last_shown)
+                    last_shown = now
+                bar.set_postfix(loss=f"{st['loss']:.4f}", psnr=f"{st['psnr']:.2f}", rays_s=f"{rays / max(el, 1e-9):.0f}",
+                                refresh=False)
+        if bar is not None:
+            bar.close()
+        el = time.perf_counter() - t0
+        return {
+            "steps": self.step_count - start_step, "train_seconds": el,
+            "rays_per_second": rays / max(el, 1e-9), "samples_per_second": samples / max(el, 1e-9),
+        }
+
+    # -- inference ------------------------------------------------------------------------------------------------
+    def render(self, cameras: Cameras, index: int, c2w: torch.Tensor | None = None, **kw) -> dict[str, torch.Tensor]:
+        with self.lock:
+            self.field.eval()
+            return render_camera(self.field, self.grid, cameras, index, self.render_cfg, self.background,
+                                 self.scene.near, self.scene.far, c2w=c2w, **kw)
+
+    # -- checkpoints ----------------------------------------------------------------------------------------------
+    def state(self) -> dict:
+        with self.lock:
+            return {
+                "format": "nerf_mapping.checkpoint.v1",
+                "config": to_dict(self.cfg),
+                "scene": to_dict(self.scene),
+                "step": self.step_count,
+                "n_rays": self.n_rays,
+                "field": self.field.state_dict(),
+                "grid": self.grid.state_dict(),
+                "pose": self.pose.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "pose_optimizer": self.pose_optimizer.state_dict() if self.pose_optimizer else None,
+            }
+
+    def save(self, path, extra: dict | None = None) -> None:
+        from pathlib import Path
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        st = self.state()
+        if extra:
+            st["extra"] = extra
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        torch.save(st, tmp)
+        tmp.replace(path)  # atomic: a crash never leaves a half-written checkpoint
+
+    @classmethod
+    def load(cls, path, frames: FrameStore | None = None, with_optimizer: bool = True) -> "Trainer":
+        st = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(st, dict) or st.get("format") != "nerf_mapping.checkpoint.v1":
+            raise ValueError(f"{path}: not a nerf_mapping checkpoint")
+        cfg = from_dict(TrainerConfig, st["config"])
+        scene = from_dict(SceneSpec, st["scene"])
+        tr = cls(cfg, scene, frames)
+        tr.field.load_state_dict(st["field"])
+        tr.grid.load_state_dict(st["grid"])
+        tr.pose.ensure_size(st["pose"]["params"].shape[0])
+        tr.pose.load_state_dict(st["pose"])
+        tr._make_optimizers()
+        if with_optimizer:
+            tr.optimizer.load_state_dict(st["optimizer"])
+            if tr.pose_optimizer is not None and st.get("pose_optimizer"):
+                tr.pose_optimizer.load_state_dict(st["pose_optimizer"])
+        tr.step_count = int(st["step"])
+        tr.n_rays = int(st.get("n_rays", cfg.init_rays_per_step))
+        tr.extra = st.get("extra", {})
+        return tr

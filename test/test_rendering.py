@@ -1,0 +1,76 @@
+"""Packed volume rendering vs a per-ray reference loop; contraction; SH basis; occupancy-grid behaviour."""
+import math
+
+import torch
+
+from nerf_mapping.fields.contraction import contract, to_unit_cube
+from nerf_mapping.fields.sh_encoding import sh_encode
+from nerf_mapping.rendering.compositing import accumulate_along_rays, render_transmittance, render_weights
+
+
+def _packed_example(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    counts = torch.tensor([3, 0, 5, 1, 7])
+    ray_idx = torch.repeat_interleave(torch.arange(5), counts)
+    s = ray_idx.numel()
+    dt = torch.rand(s, generator=g) * 0.1 + 0.01
+    t_starts = torch.zeros(s)
+    for r in range(5):
+        m = ray_idx == r
+        t_starts[m] = torch.cumsum(dt[m], 0) - dt[m] + 1.0
+    sig = torch.rand(s, generator=g) * 20
+    return ray_idx, t_starts, t_starts + dt, sig
+
+
+def test_weights_match_per_ray_loop():
+    ray_idx, t0, t1, sig = _packed_example()
+    w = render_weights(sig, t0, t1, ray_idx, 5)
+    for r in range(5):
+        m = ray_idx == r
+        T = 1.0
+        for k, i in enumerate(torch.nonzero(m).squeeze(1).tolist()):
+            a = 1 - math.exp(-float(sig[i]) * float(t1[i] - t0[i]))
+            assert abs(float(w[i]) - T * a) < 1e-5
+            T *= 1 - a
+    # opacity <= 1 and the empty ray gets zero
+    op = accumulate_along_rays(w, ray_idx, 5)[:, 0]
+    assert float(op.max()) <= 1.0 + 1e-6 and float(op[1]) == 0.0
+
+
+def test_weights_gradient_matches_finite_differences():
+    ray_idx, t0, t1, sig = _packed_example(1)
+    sig = sig.double().requires_grad_()
+    rgb = torch.rand(sig.shape[0], 3, dtype=torch.float64)
+
+    def f(s):
+        w = render_weights(s, t0.double(), t1.double(), ray_idx, 5)
+        return accumulate_along_rays(w, ray_idx, 5, rgb).sum()
+
+    assert torch.autograd.gradcheck(f, (sig,), eps=1e-6, atol=1e-5)
+
+
+def test_transmittance_starts_at_one_per_ray():
+    ray_idx, t0, t1, sig = _packed_example(2)
+    trans, _ = render_transmittance(sig, t0, t1, ray_idx, 5)
+    first = torch.cat([torch.tensor([True]), ray_idx[1:] != ray_idx[:-1]])
+    assert torch.allclose(trans[first], torch.ones(int(first.sum())))
+    assert bool((trans[1:][~first[1:]] <= trans[:-1][~first[1:]] + 1e-6).all())
+
+
+def test_contraction_keeps_inner_box_and_bounds_outside():
+    x = torch.tensor([[0.3, -0.9, 0.5], [10.0, 0.0, 0.0], [-1e6, 2.0, 3.0]])
+    y = contract(x)
+    assert torch.allclose(y[0], x[0])
+    assert bool((y.abs() < 2.0).all())
+    box = torch.tensor([[-2.0, -2.0, -2.0], [2.0, 2.0, 2.0]])
+    u = to_unit_cube(torch.tensor([[0.0, 0.0, 0.0], [2.0, 2.0, 2.0]]), box, unbounded=False)
+    assert torch.allclose(u, torch.tensor([[0.5, 0.5, 0.5], [1.0, 1.0, 1.0]]))
+
+
+def test_sh_basis_is_orthonormal_on_the_sphere():
+    g = torch.Generator().manual_seed(0)
+    d = torch.randn(200000, 3, generator=g, dtype=torch.float64)
+    d = d / d.norm(dim=-1, keepdim=True)
+    b = sh_encode(d, 4)
+    gram = (b.T @ b) * (4 * math.pi / d.shape[0])
+    assert torch.allclose(gram, torch.eye(16, dtype=torch.float64), atol=0.03)
