@@ -178,6 +178,19 @@ def cmd_demo(args) -> int:
     return demo.run(args)
 
 
+def _register_optional(subparsers, module: str, fn: str = "add_cli") -> None:
+    """Let a module register its own sub-commands (keeps each feature's CLI next to its code)."""
+    import importlib
+
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name == module:
+            return  # feature not present in this build
+        raise
+    getattr(mod, fn)(subparsers)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="nerf-mapping", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
@@ -221,22 +234,31 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=cmd_render)
 
     p = sub.add_parser("benchmark", help="reproducible benchmarks on real datasets")
-    p.add_argument("dataset", choices=["lego", "dtu", "fox"])
-    p.add_argument("--data", required=True, type=Path)
-    p.add_argument("--downscale", type=int, default=None)
-    p.add_argument("--time-budget", type=float, default=300.0)
-    p.add_argument("--json", type=Path, default=None)
-    p.add_argument("--output", type=Path, default=None, help="folder for renders and the PSNR-vs-time plot")
-    p.add_argument("--eval-every", type=float, default=60.0, help="training seconds between PSNR-curve points")
-    _add_impl_arg(p)
-    _add_config_arg(p)
-    p.set_defaults(func=cmd_benchmark)
+    bs = p.add_subparsers(dest="benchmark_name", required=True)
+    for name, desc in (("lego", "NeRF-synthetic lego: 100 train views, test r_0, r_10, ..., r_190"),
+                       ("dtu", "DTU scan65: every 8th view held out, masked PSNR"),
+                       ("fox", "instant-ngp fox: real capture, OpenCV distortion, unbounded")):
+        q = bs.add_parser(name, help=desc)
+        q.add_argument("--data", required=True, type=Path)
+        q.add_argument("--downscale", type=int, default=None)
+        q.add_argument("--time-budget", type=float, default=300.0)
+        q.add_argument("--json", type=Path, default=None)
+        q.add_argument("--output", type=Path, default=None, help="folder for renders and the PSNR-vs-time plot")
+        q.add_argument("--eval-every", type=float, default=60.0, help="training seconds between PSNR-curve points")
+        _add_impl_arg(q)
+        _add_config_arg(q)
+        q.set_defaults(func=cmd_benchmark, dataset=name)
+    _register_optional(bs, "nerf_mapping.benchmark_poses", "add_cli")
 
     p = sub.add_parser("scene", help="the built-in labeled demo scene")
     ss = p.add_subparsers(dest="scene_command", required=True)
     from nerf_mapping.scene import add_cli as scene_add_cli
 
     scene_add_cli(ss)
+
+    # Feature modules register their own commands: poses (export/inspect), ROS bag tools, node, launch.
+    _register_optional(sub, "nerf_mapping.pose_cli", "add_cli")
+    _register_optional(sub, "nerf_mapping.ros.cli", "add_cli")
 
     p = sub.add_parser("demo", help="the main job on the bundled demo scene")
     p.add_argument("--output", type=Path, default=Path("outputs/demo"))

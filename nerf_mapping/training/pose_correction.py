@@ -42,6 +42,18 @@ class PoseCorrection(nn.Module):
         self.params = nn.Parameter(torch.cat([self.params.data, grow]))
         return True
 
+    def make_optimizer(self) -> torch.optim.Optimizer | None:
+        """The pose parameters' own optimizer (None when disabled)."""
+        if not self.enabled:
+            return None
+        return torch.optim.Adam([self.params], lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+
+    def on_step(self, trainer) -> None:
+        """Called by the trainer before every step (schedules, coarse-to-fine)."""
+
+    def regularizer(self, frame_ids: torch.Tensor) -> torch.Tensor:
+        return self.params.new_zeros(())
+
     def deltas(self, frame_ids: torch.Tensor) -> torch.Tensor:
         """[R] -> [R,3,4] camera-frame corrections."""
         p = self.params[frame_ids]

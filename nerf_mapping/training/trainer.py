@@ -95,9 +95,7 @@ class Trainer:
             [{"params": enc, "weight_decay": 0.0}, {"params": mlp, "weight_decay": oc.weight_decay}],
             lr=oc.lr, eps=oc.eps, betas=(0.9, 0.99), fused=True,
         )
-        self.pose_optimizer = torch.optim.Adam(
-            [self.pose.params], lr=self.cfg.pose.lr, weight_decay=self.cfg.pose.weight_decay
-        ) if self.pose.enabled else None
+        self.pose_optimizer = self.pose.make_optimizer()
 
     def lr_factor(self) -> float:
         oc = self.cfg.optim
@@ -106,11 +104,9 @@ class Trainer:
         return warm * decay
 
     def _sync_pose_params(self) -> None:
-        if self.pose.ensure_size(self.frames.num_ids) and self.pose.enabled:
+        if self.pose.ensure_size(self.frames.num_ids):
             # Pose parameters grew (new frames arrived): rebuild its optimizer, keeping nothing stale.
-            self.pose_optimizer = torch.optim.Adam(
-                [self.pose.params], lr=self.cfg.pose.lr, weight_decay=self.cfg.pose.weight_decay
-            )
+            self.pose_optimizer = self.pose.make_optimizer()
 
     def density_fn(self, x: torch.Tensor) -> torch.Tensor:
         return self.field.density(x)[0]
@@ -119,6 +115,7 @@ class Trainer:
         """One optimisation step. Returns stats (loss, psnr, n_rays, n_samples)."""
         with self.lock:
             self._sync_pose_params()
+            self.pose.on_step(self)  # pose lr schedule, coarse-to-fine level weights
             self.field.train()
             self.grid.update_every_n_steps(self.step_count, self.density_fn, self.render_cfg.step_size)
             batch, cams, slot = self.frames.sample(self.n_rays)
@@ -130,6 +127,8 @@ class Trainer:
             n_samples = int(out["n_samples"])
             err = (out["rgb"] - batch.rgb) ** 2
             loss = err.mean()
+            if self.pose.enabled:
+                loss = loss + self.pose.regularizer(batch.frame_ids)
             f = self.lr_factor()
             for g in self.optimizer.param_groups:
                 g["lr"] = self.cfg.optim.lr * f
@@ -146,7 +145,7 @@ class Trainer:
             if n_samples > 0:
                 ratio = self.cfg.target_samples_per_step / n_samples
                 self.n_rays = int(min(max(self.n_rays * ratio, 256), self.cfg.max_rays_per_step))
-            mse = float(loss.detach())
+            mse = float(err.detach().mean())
             self.last_stats = {
                 "loss": mse, "psnr": psnr_from_mse(mse), "n_rays": float(batch.rgb.shape[0]),
                 "n_samples": float(n_samples), "n_marched": float(out.get("n_marched", n_samples)),
