@@ -56,6 +56,11 @@ def cmd_train(args) -> int:
     if args.steps is None and args.time_budget is None:
         args.time_budget = 300.0
     data = _load(args.data, "train", args.downscale, args.max_frames)
+    # --- pose refinement (issue 5): optional synthetic pose noise on the training poses
+    from nerf_mapping import pose_cli
+
+    pose_cli.apply_pose_noise(args, data)
+    # --- end pose refinement
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     if args.resume:
@@ -67,12 +72,14 @@ def cmd_train(args) -> int:
         cfg = default_config(data, args.field_impl)
         cfg.seed = args.seed
         _apply_overrides(cfg, args.set)
+        pose_cli.apply_pose_config(args, cfg)  # --pose-opt / --c2f (issue 5)
         trainer = build_trainer(data, cfg)
     print(f"training on {len(data)} frames ({data.format}, {'unbounded' if data.unbounded else 'bounded'}), "
           f"hash encoding: {trainer.field.encoding.impl}")
     summary = trainer.train(max_steps=args.steps, time_budget=args.time_budget, progress=not args.quiet)
     ckpt = out / "checkpoint.pt"
-    trainer.save(ckpt, extra=checkpoint_extra(data, args.data, args.downscale))
+    trainer.save(ckpt, extra={**checkpoint_extra(data, args.data, args.downscale),
+                              **pose_cli.train_extra(args, data)})  # pose export / errors (issue 5)
     (out / "train_summary.json").write_text(json.dumps({**summary, "final_train_psnr": trainer.last_stats.get("psnr")}, indent=2))
     print(f"{summary['steps']} steps in {summary['train_seconds']:.1f} s "
           f"({summary['rays_per_second']:.0f} rays/s, {summary['samples_per_second'] / 1e6:.2f} M samples/s)")
@@ -208,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     _add_impl_arg(p)
     _add_config_arg(p)
+    from nerf_mapping.pose_cli import add_train_args  # --pose-noise-rot-deg/--pose-noise-trans/--pose-opt/--c2f
+
+    add_train_args(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="render a split and report PSNR / SSIM")

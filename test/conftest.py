@@ -21,3 +21,13 @@ def shared_data() -> Path:
     if not p.is_dir():
         pytest.skip(f"shared real data not found at {p} (set NERF_MAPPING_DATA)")
     return p
+
+
+@pytest.fixture(scope="session")
+def tiny_scene(tmp_path_factory) -> Path:
+    """A small generated demo scene (nerfstudio format with depth, labels, mesh and bag), shared by a session."""
+    from nerf_mapping.scene import SceneConfig, generate_scene
+
+    out = tmp_path_factory.mktemp("tiny_scene") / "scene"
+    generate_scene(SceneConfig(frames=24, width=96, height=72, seed=3), out, progress=False)
+    return out

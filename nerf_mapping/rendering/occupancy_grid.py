@@ -22,9 +22,14 @@ class OccupancyGridConfig:
     levels: int | None = None
     """None: 1 for bounded scenes, 4 for unbounded ones."""
     update_every: int = 16
-    warmup_steps: int = 256
-    """Before this step every cell is re-evaluated at each update; afterwards a random quarter plus the occupied ones."""
+    warmup_steps: int = 64
+    """Before this step every cell is re-evaluated at each update; afterwards a random subset plus occupied ones."""
+    update_fraction: float = 0.125
+    """After warm-up, each update evaluates this fraction of the cells at random plus as many occupied cells (on
+    CPU a full 128^3 sweep costs as much as several training steps, so it is kept short)."""
     ema_decay: float = 0.95
+    impl: str = "auto"
+    """Ray-marching kernel: auto (native C++ when built), native, torch (the pure-PyTorch reference)."""
     occ_thre: float = 0.01
     """A cell is occupied when its (EMA) opacity over one render step exceeds this (or the grid mean, if lower)."""
 
@@ -74,7 +79,7 @@ class OccupancyGrid(nn.Module):
         t_max = torch.as_tensor(far, dtype=origins.dtype).expand(n).contiguous()
         return march_rays(
             origins.contiguous(), directions.contiguous(), t_min, t_max, self.occupied, self.aabb,
-            step_size, cone_angle, max_samples_per_ray,
+            step_size, cone_angle, max_samples_per_ray, impl=self.cfg.impl,
         )
 
     @torch.no_grad()
@@ -82,7 +87,9 @@ class OccupancyGrid(nn.Module):
         self, step: int, density_fn: Callable[[torch.Tensor], torch.Tensor], step_size: float, chunk: int = 1 << 17
     ) -> bool:
         """Refresh the grid every ``cfg.update_every`` steps. ``density_fn([N,3] world) -> [N] sigma``."""
-        if step % self.cfg.update_every != 0:
+        # Not at step 0: an untrained field has near-uniform density, and thresholding it at its mean would mark a
+        # random half of the cells empty.
+        if step == 0 or step % self.cfg.update_every != 0:
             return False
         self.update(density_fn, step_size, all_cells=step < self.cfg.warmup_steps, chunk=chunk)
         return True
@@ -94,10 +101,11 @@ class OccupancyGrid(nn.Module):
             if all_cells:
                 idx = torch.arange(g3)
             else:
-                rand = torch.randint(0, g3, (g3 // 4,), generator=self._gen)
+                n = max(1, int(g3 * self.cfg.update_fraction))
+                rand = torch.randint(0, g3, (n,), generator=self._gen)
                 occ = torch.nonzero(self.occupied[lvl].reshape(-1)).squeeze(1)
-                if occ.numel() > g3 // 4:
-                    occ = occ[torch.randint(0, occ.numel(), (g3 // 4,), generator=self._gen)]
+                if occ.numel() > n:
+                    occ = occ[torch.randint(0, occ.numel(), (n,), generator=self._gen)]
                 idx = torch.cat([rand, occ])
             pts = self.cell_centers(lvl, idx)
             # Opacity over one render step (cells outside larger levels scale with the level's step growth).

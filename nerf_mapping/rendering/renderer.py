@@ -28,7 +28,10 @@ class RenderConfig:
     """Samples behind a transmittance below this are dropped (transmittance early stop)."""
     max_samples_per_ray: int = 1024
     prune_pass: bool = True
-    """Evaluate density once without gradients to apply early stop / alpha pruning before the gradient pass."""
+    """Find the contributing samples first (density only, no gradients, in rounds with early stop), then run the
+    full field with gradients on those only."""
+    samples_per_round: int = 64
+    """Samples per ray and round of the early-stop marching."""
 
     def resolved(self, scene_box: torch.Tensor, unbounded: bool) -> "RenderConfig":
         diag = float(torch.linalg.norm(scene_box[1] - scene_box[0]))
@@ -49,6 +52,66 @@ def _empty(n_rays: int, background: torch.Tensor, feature_dims: dict[str, int]) 
     for k, d in feature_dims.items():
         out[k] = torch.zeros(n_rays, d)
     return out
+
+
+def _positions(origins, directions, ray_idx, t0, t1):
+    return origins[ray_idx] + directions[ray_idx] * ((t0 + t1) * 0.5)[:, None]
+
+
+@torch.no_grad()
+def early_stop_samples(
+    field: NGPField,
+    grid: OccupancyGrid,
+    origins: torch.Tensor,
+    directions: torch.Tensor,
+    near: float | torch.Tensor,
+    far: float | torch.Tensor,
+    cfg: RenderConfig,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+    """Find the samples that matter, marching in rounds with transmittance early stop.
+
+    Each round marches at most ``cfg.samples_per_round`` occupied samples per live ray, evaluates density only
+    (no gradients), keeps samples whose transmittance > ``early_stop_eps`` and alpha > ``alpha_thre``, and retires
+    rays that became opaque or left the grid. Samples behind the first surface are thus never evaluated, which
+    matters most for inside-out scenes (rooms) where rays cross many occupied cells.
+
+    Returns (ray_indices [S], t_starts [S], t_ends [S]) sorted by ray then t, and the number of samples evaluated.
+    """
+    n = origins.shape[0]
+    t_cur = torch.as_tensor(near, dtype=origins.dtype).expand(n).clone()
+    t_far = torch.as_tensor(far, dtype=origins.dtype).expand(n).contiguous()
+    trans = torch.ones(n, dtype=origins.dtype)
+    alive = torch.arange(n)
+    n_eval = torch.zeros(n, dtype=torch.long)
+    k = cfg.samples_per_round
+    kept_r, kept_a, kept_b = [], [], []
+    evaluated = 0
+    while alive.numel() > 0:
+        ri, a, b = grid.sampling(origins[alive], directions[alive], t_cur[alive], t_far[alive], cfg.step_size,
+                                 cfg.cone_angle, k)
+        if ri.numel() == 0:
+            break
+        evaluated += ri.numel()
+        n_alive = alive.numel()
+        sig, _ = field.density(_positions(origins[alive], directions[alive], ri, a, b))
+        t_local, alphas = render_transmittance(sig, a, b, ri, n_alive)
+        t_glob = trans[alive][ri] * t_local
+        keep = (t_glob > cfg.early_stop_eps) & (alphas > cfg.alpha_thre)
+        kept_r.append(alive[ri[keep]])
+        kept_a.append(a[keep])
+        kept_b.append(b[keep])
+        tau = torch.zeros(n_alive, dtype=sig.dtype).index_add_(0, ri, sig * (b - a))
+        trans[alive] = trans[alive] * torch.exp(-tau)
+        counts = torch.bincount(ri, minlength=n_alive)
+        t_cur[alive] = torch.zeros(n_alive, dtype=b.dtype).scatter_reduce_(0, ri, b, "amax", include_self=False)
+        n_eval[alive] += counts
+        alive = alive[(counts == k) & (trans[alive] > cfg.early_stop_eps) & (n_eval[alive] < cfg.max_samples_per_ray)]
+    if not kept_r:
+        e = torch.zeros(0)
+        return torch.zeros(0, dtype=torch.long), e, e, evaluated
+    r, a, b = torch.cat(kept_r), torch.cat(kept_a), torch.cat(kept_b)
+    order = torch.argsort(r, stable=True)  # rounds append in t order per ray; a stable sort keeps it
+    return r[order], a[order], b[order], evaluated
 
 
 def render_rays(
@@ -72,28 +135,20 @@ def render_rays(
         dict with rgb [R,3], depth [R], opacity [R], n_samples (scalar), and one [R,D] entry per feature head.
     """
     n_rays = origins.shape[0]
-    ray_idx, t0, t1 = grid.sampling(
-        origins, directions, near, far, cfg.step_size, cfg.cone_angle, cfg.max_samples_per_ray
-    )
-    feat_dims = {}
-    n_marched = ray_idx.numel()
-    if ray_idx.numel() == 0:
-        return _empty(n_rays, background, feat_dims)
-
-    def positions(ri, a, b):
-        return origins[ri] + directions[ri] * ((a + b) * 0.5)[:, None]
+    feat_dims: dict[str, int] = {}
 
     if cfg.prune_pass and (cfg.early_stop_eps > 0 or cfg.alpha_thre > 0):
-        with torch.no_grad():
-            sig, _ = field.density(positions(ray_idx, t0, t1))
-            trans, alphas = render_transmittance(sig, t0, t1, ray_idx, n_rays)
-            keep = (trans > cfg.early_stop_eps) & (alphas > cfg.alpha_thre)
-            keep_idx = torch.nonzero(keep).squeeze(1)
-        ray_idx, t0, t1 = ray_idx[keep_idx], t0[keep_idx], t1[keep_idx]
+        ray_idx, t0, t1, n_marched = early_stop_samples(field, grid, origins, directions, near, far, cfg)
+        if ray_idx.numel() == 0:
+            return _empty(n_rays, background, feat_dims)
+    else:
+        ray_idx, t0, t1 = grid.sampling(origins, directions, near, far, cfg.step_size, cfg.cone_angle,
+                                        cfg.max_samples_per_ray)
+        n_marched = ray_idx.numel()
         if ray_idx.numel() == 0:
             return _empty(n_rays, background, feat_dims)
 
-    pos = positions(ray_idx, t0, t1)
+    pos = _positions(origins, directions, ray_idx, t0, t1)
     sigmas, geo = field.density(pos)
     rgbs = field.color(geo, directions[ray_idx])
     trans, alphas = render_transmittance(sigmas, t0, t1, ray_idx, n_rays)

@@ -72,9 +72,13 @@ class FrameStore:
         return fid
 
     def _evict_locked(self) -> None:
-        # Drop the oldest frame, keeping the very first one (it anchors the gauge for pose refinement).
+        # Drop the most redundant frame (its temporal neighbours are closest to it in pose), never the very first one
+        # (it anchors the gauge for pose refinement) nor the newest: coverage of the whole run is kept instead of
+        # a sliding window that forgets where the robot has been.
+        from nerf_mapping.training.keyframes import redundancy_victim
+
         ids = sorted(self._images)
-        victim = ids[1] if len(ids) > 1 else ids[0]
+        victim = redundancy_victim(ids, {i: self._cameras[i].c2w[0].numpy() for i in ids}, protect=1)
         for d in (self._images, self._depths, self._masks, self._cameras):
             d.pop(victim, None)
 

@@ -22,14 +22,26 @@ def frame_store_from(data, capacity: int | None = None, seed: int = 0) -> FrameS
     return fs
 
 
+def _cameras_inside(data) -> bool:
+    c = data.cameras.c2w[:, :, 3]
+    lo, hi = data.scene_box[0], data.scene_box[1]
+    return bool(((c > lo) & (c < hi)).all(dim=-1).float().mean() > 0.5)
+
+
 def default_config(data, field_impl: str = "auto", background=None) -> TrainerConfig:
     """Defaults for an arbitrary scene: bounded scenes march finely; unbounded ones use cone marching
     (set by ``RenderConfig.resolved``) and alpha pruning, which keeps far-away samples cheap."""
     cfg = TrainerConfig()
     cfg.field.encoding.impl = field_impl
+    if field_impl == "torch":
+        cfg.grid.impl = "torch"  # the pure-PyTorch reference path end to end
     if data.unbounded:
         cfg.render.alpha_thre = 1e-2
         cfg.field.encoding.max_resolution = 4096
+    elif _cameras_inside(data):
+        # Inside-out capture (a room): rays cross metres of space, so let the step grow with distance like the
+        # pixel footprint does (instant-ngp's cone marching) instead of marching the whole room at a fixed step.
+        cfg.render.cone_angle = 1.0 / 256.0
     if background is not None:
         cfg.background = tuple(float(c) for c in background)
     elif data.format == "dtu":

@@ -1,34 +1,162 @@
 """Learnable per-frame SE(3) pose corrections applied in the ray generator: c2w_refined = c2w @ delta(frame).
 
-The correction is expressed in the camera frame (right-multiplied), so a zero parameter is the identity and the
-gradient does not depend on where the camera is in the world.
+The correction is expressed in the camera frame (right-multiplied), so a zero parameter is the identity, the rotation
+part turns the camera about its own centre and the gradient does not depend on where the camera is in the world
+(rotation and translation stay decoupled, which conditions the problem far better than world-frame corrections).
+
+Parametrisations (``PoseCorrectionConfig.mode``); every one stores *zero = identity*, so new frames start at zero
+and a pull towards zero is a pull towards the input pose:
+
+=========  ===  ====================================================================================================
+mode       D    parameters per frame
+=========  ===  ====================================================================================================
+so3xr3     6    axis-angle rotation (so(3) exp map, Rodrigues) | translation (independent R3 part)
+se3        6    twist (rho, omega) through the full SE(3) exp map (translation coupled through V(omega))
+quat       7    unit quaternion offset q = (1,0,0,0) + p[:4] (normalised in the map) | translation
+6d         9    continuous 6D representation (Zhou et al., CVPR 2019): the first two rotation columns e1 + p[0:3],
+                e2 + p[3:6], Gram-Schmidt-orthonormalised, third column = cross product | translation
+=========  ===  ====================================================================================================
+
+Gauge: the photometric loss is invariant to moving every camera *and* the scene by one rigid transform, so the
+corrections have a 6-dof null space. ``gauge="fix_first"`` keeps the first frame id (the map's anchor: the frame
+store never evicts it) at zero correction; ``gauge="mean"`` subtracts the mean parameter over all frames (a
+first-order constraint on the mean correction); ``gauge="none"`` leaves it free. Errors are reported after a Sim(3)
+alignment anyway (:mod:`nerf_mapping.training.pose_eval`), so the gauge only keeps the map from drifting.
+
+Regulariser: ``reg_weight * mean ||p||^2`` over the ray batch's frames (a light pull towards the input poses), plus
+for ``quat`` a unit-norm penalty that keeps the quaternion's scale (and so its effective learning rate) fixed.
+
+Schedule: the pose parameters have their own Adam optimizer; the learning rate warms up linearly over
+``warmup_steps`` and then decays exponentially from ``lr`` to ``lr_final`` over the run (``trainer.progress``).
+
+Coarse-to-fine (``c2f=(start, end)``, fractions of the run), BARF adapted to the hash grid. BARF (Lin et al. 2021)
+shows that the high-frequency positional-encoding bands make the photometric loss, seen as a function of the pose,
+rugged: their gradients with respect to the pose are large, change sign every few pixels and pull poses into local
+minima, while the low bands give smooth, wide basins. The hash grid has the same structure by level (level l has
+resolution R_l = base * b^l, i.e. it carries frequencies around R_l), so instead of frequency bands we weight the
+*levels*: level l is multiplied by
+
+    w_l(alpha) = (1 - cos(pi * clamp(alpha * (L - k) - (l - k), 0, 1))) / 2     for l >= k,   w_l = 1 for l < k,
+
+with alpha going linearly from 0 at ``start`` to 1 at ``end`` of the run. The first ``c2f_base_levels`` (= k) levels
+are always on: unlike BARF's encoding, a hash grid has no identity input channel, so with every level at zero the
+field could not represent anything. The weight multiplies both the level's output and (by the chain rule) the
+gradients reaching that level's table *and* the positions, so early pose updates only see the smooth coarse levels.
+After ``end`` the weights are removed (``set_level_weights(None)``): full speed, full detail.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
 
-from nerf_mapping.geometry import so3_exp
+from nerf_mapping.geometry import quat_to_rotmat, rotmat_to_quat, se3_exp, se3_log, so3_exp, so3_log
+
+MODES = ("off", "so3xr3", "se3", "quat", "6d")
+PARAM_DIMS = {"off": 6, "so3xr3": 6, "se3": 6, "quat": 7, "6d": 9}
 
 
 @dataclass
 class PoseCorrectionConfig:
-    mode: Literal["off", "so3xr3"] = "off"
-    """off: poses are trusted; so3xr3: axis-angle rotation + translation per frame."""
-    lr: float = 1e-3
-    """Learning rate of the pose parameters (own Adam optimizer)."""
+    mode: Literal["off", "so3xr3", "se3", "quat", "6d"] = "off"
+    """off: poses are trusted; so3xr3: axis-angle + translation; se3: SE(3) twist; quat: unit quaternion +
+    translation; 6d: continuous 6D rotation (Zhou et al. 2019) + translation."""
+    lr: float = 3e-3
+    """Initial learning rate of the pose parameters (own Adam optimizer)."""
+    lr_final: float = 1e-4
+    """Learning rate at the end of the run (exponential decay over trainer.progress)."""
+    warmup_steps: int = 50
+    """Linear warm-up of the pose lr (the field is random at first, its pose gradients are noise)."""
     weight_decay: float = 0.0
-    """Light L2 pull of corrections towards identity."""
+    """Adam L2 weight decay on the pose parameters (kept for compatibility; prefer reg_weight)."""
+    reg_weight: float = 1e-6
+    """Light L2 pull of the corrections towards identity (the input poses)."""
+    gauge: Literal["fix_first", "mean", "none"] = "fix_first"
+    """How the 6-dof gauge freedom is removed (see the module docstring)."""
+    c2f: tuple[float, float] | None = None
+    """Coarse-to-fine hash-level annealing window (start, end) as fractions of the run; None = off."""
+    c2f_base_levels: int = 2
+    """Hash levels that are always fully on during coarse-to-fine."""
+
+
+def _rot6d_to_rotmat(d6: torch.Tensor) -> torch.Tensor:
+    """[..., 6] (first two columns, unnormalised) -> [..., 3, 3] by Gram-Schmidt (Zhou et al. 2019)."""
+    a1, a2 = d6[..., 0:3], d6[..., 3:6]
+    b1 = a1 / torch.linalg.vector_norm(a1, dim=-1, keepdim=True).clamp_min(1e-8)
+    a2 = a2 - (b1 * a2).sum(-1, keepdim=True) * b1
+    b2 = a2 / torch.linalg.vector_norm(a2, dim=-1, keepdim=True).clamp_min(1e-8)
+    b3 = torch.cross(b1, b2, dim=-1)
+    return torch.stack([b1, b2, b3], dim=-1)  # columns
+
+
+_EYE6 = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+_QUAT_ID = torch.tensor([1.0, 0.0, 0.0, 0.0])
+
+
+def params_to_deltas(p: torch.Tensor, mode: str) -> torch.Tensor:
+    """Parameters [N, D] of ``mode`` -> camera-frame corrections [N, 3, 4] (differentiable)."""
+    if mode in ("so3xr3", "off"):
+        return torch.cat([so3_exp(p[:, :3]), p[:, 3:6, None]], dim=-1)
+    if mode == "se3":
+        return se3_exp(p[:, :6])
+    if mode == "quat":
+        rot = quat_to_rotmat(p[:, :4] + _QUAT_ID.to(p))
+        return torch.cat([rot, p[:, 4:7, None]], dim=-1)
+    if mode == "6d":
+        rot = _rot6d_to_rotmat(p[:, :6] + _EYE6.to(p))
+        return torch.cat([rot, p[:, 6:9, None]], dim=-1)
+    raise ValueError(f"unknown pose-correction mode {mode!r}; expected one of {MODES}")
+
+
+def deltas_to_params(d: torch.Tensor, mode: str) -> torch.Tensor:
+    """Inverse of :func:`params_to_deltas`: rigid [N, 3, 4] -> parameters [N, D] (canonical representative)."""
+    rot, t = d[:, :3, :3], d[:, :3, 3]
+    if mode in ("so3xr3", "off"):
+        return torch.cat([so3_log(rot), t], dim=-1)
+    if mode == "se3":
+        return se3_log(d[:, :3, :4])
+    if mode == "quat":
+        return torch.cat([rotmat_to_quat(rot) - _QUAT_ID.to(d), t], dim=-1)
+    if mode == "6d":
+        return torch.cat([rot[:, :, 0] - _EYE6[:3].to(d), rot[:, :, 1] - _EYE6[3:].to(d), t], dim=-1)
+    raise ValueError(f"unknown pose-correction mode {mode!r}; expected one of {MODES}")
+
+
+def c2f_level_weights(alpha: float, n_levels: int, base_levels: int = 2) -> torch.Tensor:
+    """BARF-style smooth level weights for progress ``alpha`` in [0, 1] (see the module docstring)."""
+    k = min(max(int(base_levels), 0), n_levels)
+    lv = torch.arange(n_levels, dtype=torch.float32)
+    x = (float(alpha) * (n_levels - k) - (lv - k)).clamp(0.0, 1.0)
+    w = (1.0 - torch.cos(x * math.pi)) * 0.5
+    w[:k] = 1.0
+    return w
+
+
+def apply_deltas(c2w: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """c2w [N,3,4] @ delta [N,3,4] (camera-frame correction) -> [N,3,4]."""
+    rot = c2w[:, :, :3] @ d[:, :, :3]
+    trans = c2w[:, :, 3:] + c2w[:, :, :3] @ d[:, :, 3:]
+    return torch.cat([rot, trans], dim=-1)
 
 
 class PoseCorrection(nn.Module):
     def __init__(self, cfg: PoseCorrectionConfig, num_frames: int = 0):
         super().__init__()
+        if cfg.mode not in MODES:
+            raise ValueError(f"pose.mode must be one of {MODES}, got {cfg.mode!r}")
+        if cfg.gauge not in ("fix_first", "mean", "none"):
+            raise ValueError(f"pose.gauge must be fix_first, mean or none, got {cfg.gauge!r}")
+        if cfg.c2f is not None:
+            s, e = (float(v) for v in cfg.c2f)
+            if not (0.0 <= s <= e):
+                raise ValueError(f"pose.c2f must be (start, end) with 0 <= start <= end, got {cfg.c2f}")
         self.cfg = cfg
-        self.params = nn.Parameter(torch.zeros(max(num_frames, 1), 6))
+        self.dim = PARAM_DIMS[cfg.mode]
+        self.params = nn.Parameter(torch.zeros(max(num_frames, 1), self.dim))
+        self._c2f_active = False
 
     @property
     def enabled(self) -> bool:
@@ -38,7 +166,7 @@ class PoseCorrection(nn.Module):
         """Grow to hold ``n`` frames (new frames start at identity). Returns True when the parameter was replaced."""
         if n <= self.params.shape[0]:
             return False
-        grow = torch.zeros(n - self.params.shape[0], 6)
+        grow = torch.zeros(n - self.params.shape[0], self.dim, dtype=self.params.dtype)
         self.params = nn.Parameter(torch.cat([self.params.data, grow]))
         return True
 
@@ -48,23 +176,89 @@ class PoseCorrection(nn.Module):
             return None
         return torch.optim.Adam([self.params], lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
 
-    def on_step(self, trainer) -> None:
-        """Called by the trainer before every step (schedules, coarse-to-fine)."""
+    # -- schedules ------------------------------------------------------------------------------------------------
+    def lr_at(self, step: int, progress: float) -> float:
+        c = self.cfg
+        warm = min(1.0, (step + 1) / c.warmup_steps) if c.warmup_steps > 0 else 1.0
+        ratio = (c.lr_final / c.lr) if c.lr > 0 and c.lr_final > 0 else 1.0
+        return c.lr * warm * ratio ** min(max(progress, 0.0), 1.0)
 
-    def regularizer(self, frame_ids: torch.Tensor) -> torch.Tensor:
-        return self.params.new_zeros(())
+    def c2f_alpha(self, progress: float) -> float | None:
+        """Annealing progress in [0, 1], or None when coarse-to-fine is off."""
+        if self.cfg.c2f is None:
+            return None
+        s, e = (float(v) for v in self.cfg.c2f)
+        if e <= s:
+            return 1.0 if progress >= e else 0.0
+        return min(max((progress - s) / (e - s), 0.0), 1.0)
+
+    def on_step(self, trainer) -> None:
+        """Called by the trainer before every step: pose lr schedule and coarse-to-fine level weights."""
+        opt = getattr(trainer, "pose_optimizer", None)
+        if opt is not None:
+            lr = self.lr_at(trainer.step_count, trainer.progress)
+            for g in opt.param_groups:
+                g["lr"] = lr
+        alpha = self.c2f_alpha(trainer.progress)
+        enc = trainer.field.encoding
+        if alpha is None:
+            return
+        if alpha >= 1.0:
+            if self._c2f_active:
+                enc.set_level_weights(None)
+                self._c2f_active = False
+            return
+        enc.set_level_weights(c2f_level_weights(alpha, enc.cfg.n_levels, self.cfg.c2f_base_levels))
+        self._c2f_active = True
+
+    # -- corrections ----------------------------------------------------------------------------------------------
+    def effective_params(self) -> torch.Tensor:
+        """[F, D] parameters after the gauge constraint."""
+        p = self.params
+        if self.cfg.gauge == "fix_first":
+            mask = torch.ones(p.shape[0], 1, dtype=p.dtype, device=p.device)
+            mask[0] = 0.0
+            p = p * mask
+        elif self.cfg.gauge == "mean" and p.shape[0] > 1:
+            p = p - p.mean(0, keepdim=True)
+        return p
+
+    def all_deltas(self) -> torch.Tensor:
+        """[F, 3, 4] camera-frame corrections of every frame id."""
+        return params_to_deltas(self.effective_params(), self.cfg.mode)
 
     def deltas(self, frame_ids: torch.Tensor) -> torch.Tensor:
         """[R] -> [R,3,4] camera-frame corrections."""
-        p = self.params[frame_ids]
-        rot = so3_exp(p[:, :3])
-        return torch.cat([rot, p[:, 3:, None]], dim=-1)
+        return self.all_deltas()[frame_ids]
+
+    def regularizer(self, frame_ids: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return self.params.new_zeros(())
+        p = self.effective_params()[torch.unique(frame_ids)]
+        loss = self.params.new_zeros(())
+        if self.cfg.reg_weight > 0:
+            loss = loss + self.cfg.reg_weight * (p * p).sum(-1).mean()
+        if self.cfg.mode == "quat":
+            q = p[:, :4] + _QUAT_ID.to(p)
+            loss = loss + 1e-3 * ((q * q).sum(-1) - 1.0).pow(2).mean()
+        return loss
 
     def forward(self, c2w: torch.Tensor, frame_ids: torch.Tensor) -> torch.Tensor:
         """Apply corrections. c2w [R,3,4], frame_ids [R] -> [R,3,4]."""
         if not self.enabled:
             return c2w
-        d = self.deltas(frame_ids)
-        rot = c2w[:, :, :3] @ d[:, :, :3]
-        trans = c2w[:, :, 3:] + c2w[:, :, :3] @ d[:, :, 3:]
-        return torch.cat([rot, trans], dim=-1)
+        return apply_deltas(c2w, self.deltas(frame_ids).to(c2w.dtype))
+
+    @torch.no_grad()
+    def refined(self, c2w: torch.Tensor, frame_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Refined poses [F,3,4] of frames ``frame_ids`` (default 0..F-1) whose input poses are ``c2w``."""
+        if frame_ids is None:
+            frame_ids = torch.arange(c2w.shape[0])
+        if not self.enabled:
+            return c2w.clone()
+        d = self.all_deltas()
+        n = int(frame_ids.max()) + 1 if frame_ids.numel() else 0
+        if n > d.shape[0]:  # frames the trainer never saw keep their input pose (identity correction)
+            eye = torch.eye(3, 4, dtype=d.dtype).expand(n - d.shape[0], 3, 4)
+            d = torch.cat([d, eye])
+        return apply_deltas(c2w, d[frame_ids].to(c2w.dtype))

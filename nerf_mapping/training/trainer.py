@@ -46,7 +46,7 @@ class TrainerConfig:
     pose: PoseCorrectionConfig = _field(default_factory=PoseCorrectionConfig)
     target_samples_per_step: int = 1 << 16
     """Rays per step are adapted so that about this many samples are rendered per step."""
-    init_rays_per_step: int = 2048
+    init_rays_per_step: int = 512
     max_rays_per_step: int = 1 << 14
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
     seed: int = 0

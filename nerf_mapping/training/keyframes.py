@@ -1,0 +1,174 @@
+"""Keyframe selection for online mapping (core, no ROS).
+
+A frame becomes a keyframe when the camera moved enough since the last keyframe (translation or rotation) or enough
+time passed, unless it is blurry (variance of the Laplacian far below the running median of recent frames) or a
+near-duplicate of the last keyframe (mean absolute difference of small grey thumbnails). Accepted images are
+downscaled to the training resolution (``max_width``) by area averaging, with intrinsics scaled to match.
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ACCEPTED = "accepted"
+FIRST = "first"
+TOO_CLOSE = "too_close"
+BLURRY = "blurry"
+DUPLICATE = "duplicate"
+
+
+@dataclass
+class KeyframeConfig:
+    min_translation: float = 0.05
+    """Metres moved since the last keyframe that make a new one (either this or min_rotation_deg)."""
+    min_rotation_deg: float = 5.0
+    min_time_s: float = 0.0
+    """Minimum seconds between keyframes (rate limit; 0 = none)."""
+    max_time_s: float = 0.0
+    """If > 0: take a frame after this long without a keyframe even when nothing moved (0 = never)."""
+    blur_ratio: float = 0.35
+    """Reject a candidate whose Laplacian variance < blur_ratio * running median over recent candidates (0 = off)."""
+    blur_window: int = 30
+    duplicate_threshold: float = 0.01
+    """Reject when the mean abs. thumbnail difference to the last keyframe is below this (in [0,1]; 0 disables)."""
+    thumbnail_size: int = 32
+    capacity: int = 200
+    """Keyframes held by the training set (the store evicts the most redundant one beyond this)."""
+    max_width: int = 320
+    """Training resolution: keyframes wider than this are downscaled (integer factor, area averaging)."""
+
+
+def _gray(image: np.ndarray) -> np.ndarray:
+    a = np.asarray(image, dtype=np.float32)
+    if a.ndim == 3:
+        a = a[..., 0] * 0.299 + a[..., 1] * 0.587 + a[..., 2] * 0.114
+    return a / 255.0
+
+
+def laplacian_variance(image: np.ndarray) -> float:
+    """Sharpness measure: variance of the 4-neighbour Laplacian of the grey image (values in [0,1])."""
+    g = _gray(image)
+    if g.shape[0] < 3 or g.shape[1] < 3:
+        return 0.0
+    lap = g[1:-1, :-2] + g[1:-1, 2:] + g[:-2, 1:-1] + g[2:, 1:-1] - 4.0 * g[1:-1, 1:-1]
+    return float(lap.var())
+
+
+def thumbnail(image: np.ndarray, size: int = 32) -> np.ndarray:
+    """Small grey thumbnail [size*H/W, size] (area average) for duplicate tests."""
+    g = torch.from_numpy(_gray(image))[None, None]
+    h, w = g.shape[-2:]
+    th = max(1, round(size * h / max(w, 1)))
+    return F.adaptive_avg_pool2d(g, (th, size))[0, 0].numpy()
+
+
+def downscale_factor(width: int, max_width: int) -> int:
+    """Smallest integer factor k with width / k <= max_width (1 when max_width <= 0)."""
+    if max_width <= 0 or width <= max_width:
+        return 1
+    return int(math.ceil(width / max_width))
+
+
+def downscale_image(image: np.ndarray, factor: int) -> np.ndarray:
+    """uint8 [H,W,3] -> uint8 [H//k, W//k, 3] by area averaging (crops the remainder)."""
+    if factor <= 1:
+        return np.ascontiguousarray(image)
+    h, w = image.shape[:2]
+    hh, ww = h // factor, w // factor
+    a = np.asarray(image[: hh * factor, : ww * factor], dtype=np.float32)
+    a = a.reshape(hh, factor, ww, factor, -1).mean(axis=(1, 3))
+    return np.clip(np.round(a), 0, 255).astype(np.uint8)
+
+
+def pose_distance(T0, T1) -> tuple[float, float]:
+    """(translation distance, rotation angle in degrees) between two poses ([3,4] or [4,4])."""
+    T0 = np.asarray(T0, dtype=np.float64)
+    T1 = np.asarray(T1, dtype=np.float64)
+    dt = float(np.linalg.norm(T0[:3, 3] - T1[:3, 3]))
+    R = T0[:3, :3].T @ T1[:3, :3]
+    c = (np.trace(R) - 1.0) * 0.5
+    return dt, math.degrees(math.acos(max(-1.0, min(1.0, c))))
+
+
+class KeyframeSelector:
+    """Stateful keyframe decision. ``consider`` never stores the image; the caller adds accepted frames."""
+
+    def __init__(self, cfg: KeyframeConfig | None = None):
+        self.cfg = cfg or KeyframeConfig()
+        self._sharp = deque(maxlen=max(int(self.cfg.blur_window), 1))
+        self.last_pose: np.ndarray | None = None
+        self.last_stamp: int | None = None
+        self.last_thumb: np.ndarray | None = None
+        self.counts = {ACCEPTED: 0, FIRST: 0, TOO_CLOSE: 0, BLURRY: 0, DUPLICATE: 0}
+
+    def consider(self, image: np.ndarray, c2w, stamp_ns: int) -> tuple[bool, str]:
+        """Decide whether (image uint8 [H,W,3], pose [3,4]/[4,4], stamp) makes a keyframe.
+
+        Returns (accepted, reason) with reason in {first, accepted, too_close, blurry, duplicate}. An accepted frame
+        becomes the new reference (call order = time order).
+        """
+        cfg = self.cfg
+        if self.last_pose is not None:
+            dt, dr = pose_distance(self.last_pose, c2w)
+            elapsed = (int(stamp_ns) - int(self.last_stamp)) * 1e-9
+            if elapsed < cfg.min_time_s:
+                return self._count(False, TOO_CLOSE)
+            moved = dt >= cfg.min_translation or dr >= cfg.min_rotation_deg
+            stale = cfg.max_time_s > 0 and elapsed >= cfg.max_time_s
+            if not (moved or stale):
+                return self._count(False, TOO_CLOSE)
+        else:
+            stale = False
+        # image tests only for candidates (cheap path for the many frames that did not move enough)
+        if cfg.blur_ratio > 0:
+            sharp = laplacian_variance(image)
+            blurry = len(self._sharp) >= 5 and sharp < cfg.blur_ratio * float(np.median(self._sharp))
+            self._sharp.append(sharp)
+            if blurry:
+                return self._count(False, BLURRY)
+        if self.last_pose is None:
+            return self._accept(image, c2w, stamp_ns, FIRST)
+        if cfg.duplicate_threshold > 0 and self.last_thumb is not None and not stale:
+            th = thumbnail(image, cfg.thumbnail_size)
+            if th.shape == self.last_thumb.shape and float(np.abs(th - self.last_thumb).mean()) < cfg.duplicate_threshold:
+                return self._count(False, DUPLICATE)
+        return self._accept(image, c2w, stamp_ns, ACCEPTED)
+
+    def _count(self, ok: bool, reason: str) -> tuple[bool, str]:
+        self.counts[reason] += 1
+        return ok, reason
+
+    def _accept(self, image, c2w, stamp_ns, reason) -> tuple[bool, str]:
+        self.last_pose = np.asarray(c2w, dtype=np.float64)[:3, :4].copy()
+        self.last_stamp = int(stamp_ns)
+        self.last_thumb = thumbnail(image, self.cfg.thumbnail_size) if self.cfg.duplicate_threshold > 0 else None
+        return self._count(True, reason)
+
+
+def redundancy_victim(ids: list[int], c2w: dict[int, np.ndarray], protect: int = 1,
+                      trans_scale: float = 0.1, rot_scale_deg: float = 10.0) -> int:
+    """Choose the keyframe to evict: the one whose neighbours in time are closest to each other and to it (the most
+    redundant view), never the first ``protect`` ids (the gauge anchor) nor the newest frame.
+
+    Score of frame i = distance(i-1, i) + distance(i, i+1), distance = trans / trans_scale + rot / rot_scale.
+    """
+    ids = sorted(ids)
+    if len(ids) <= protect + 1:
+        return ids[-1] if len(ids) <= protect else ids[protect]
+    best, best_score = ids[protect], float("inf")
+
+    def dist(a, b):
+        t, r = pose_distance(c2w[a], c2w[b])
+        return t / trans_scale + r / rot_scale_deg
+
+    for k in range(protect, len(ids) - 1):  # never the newest (it has no successor and is the freshest view)
+        i = ids[k]
+        score = dist(ids[k - 1], i) + dist(i, ids[k + 1]) if k > 0 else 2 * dist(i, ids[k + 1])
+        if score < best_score:
+            best, best_score = i, score
+    return best

@@ -1,0 +1,110 @@
+"""Keyframe selection (motion thresholds, blur and duplicate rejection, downscaling) and the store's eviction."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nerf_mapping.cameras import Cameras
+from nerf_mapping.training.frame_store import FrameStore
+from nerf_mapping.training.keyframes import (BLURRY, DUPLICATE, FIRST, TOO_CLOSE, KeyframeConfig, KeyframeSelector,
+                                             downscale_factor, downscale_image, laplacian_variance, pose_distance,
+                                             redundancy_victim)
+
+S = 1_000_000_000
+
+
+def textured(seed: int, h: int = 48, w: int = 64) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def blur(img: np.ndarray, k: int = 7) -> np.ndarray:
+    a = img.astype(np.float32)
+    ker = np.ones(k) / k
+    a = np.apply_along_axis(lambda r: np.convolve(r, ker, mode="same"), 1, a)
+    a = np.apply_along_axis(lambda r: np.convolve(r, ker, mode="same"), 0, a)
+    return a.astype(np.uint8)
+
+
+def at(x: float, yaw_deg: float = 0.0) -> np.ndarray:
+    T = np.eye(4)
+    c, s = np.cos(np.radians(yaw_deg)), np.sin(np.radians(yaw_deg))
+    T[:3, :3] = [[c, -s, 0], [s, c, 0], [0, 0, 1]]
+    T[0, 3] = x
+    return T
+
+
+def test_motion_thresholds():
+    sel = KeyframeSelector(KeyframeConfig(min_translation=0.1, min_rotation_deg=10, blur_ratio=0, duplicate_threshold=0))
+    assert sel.consider(textured(0), at(0), 0) == (True, FIRST)
+    assert sel.consider(textured(1), at(0.05), S) == (False, TOO_CLOSE)
+    assert sel.consider(textured(2), at(0.12), 2 * S)[0]  # translation
+    assert not sel.consider(textured(3), at(0.12, 5), 3 * S)[0]
+    assert sel.consider(textured(4), at(0.12, 11), 4 * S)[0]  # rotation
+    assert sel.counts["accepted"] == 2 and sel.counts[TOO_CLOSE] == 2
+
+
+def test_min_and_max_time():
+    sel = KeyframeSelector(KeyframeConfig(min_translation=0.1, min_time_s=0.5, max_time_s=5.0, blur_ratio=0,
+                                          duplicate_threshold=0))
+    sel.consider(textured(0), at(0), 0)
+    assert sel.consider(textured(1), at(1.0), S // 10) == (False, TOO_CLOSE)  # moved but too soon
+    assert sel.consider(textured(2), at(1.0), S)[0]
+    assert not sel.consider(textured(3), at(1.0), 3 * S)[0]
+    assert sel.consider(textured(4), at(1.0), 7 * S)[0]  # standing still for > max_time_s
+
+
+def test_blur_rejected_relative_to_running_median():
+    sel = KeyframeSelector(KeyframeConfig(min_translation=0.01, duplicate_threshold=0, blur_ratio=0.35))
+    for i in range(6):
+        assert sel.consider(textured(i), at(0.1 * i), i * S)[0]
+    sharp = textured(99)
+    assert laplacian_variance(blur(sharp)) < 0.2 * laplacian_variance(sharp)
+    assert sel.consider(blur(sharp), at(1.0), 7 * S) == (False, BLURRY)
+    assert sel.consider(sharp, at(1.0), 8 * S)[0]
+
+
+def test_duplicate_rejected():
+    sel = KeyframeSelector(KeyframeConfig(min_translation=0.01, blur_ratio=0, duplicate_threshold=0.01))
+    img = textured(5)
+    sel.consider(img, at(0), 0)
+    assert sel.consider(img.copy(), at(0.5), S) == (False, DUPLICATE)
+    assert sel.consider(textured(6), at(0.5), 2 * S)[0]
+
+
+def test_downscale():
+    assert downscale_factor(640, 320) == 2 and downscale_factor(641, 320) == 3 and downscale_factor(320, 320) == 1
+    assert downscale_factor(640, 0) == 1
+    img = np.zeros((5, 7, 3), np.uint8)
+    img[:4, :6] = 100
+    img[0, 0] = 104
+    out = downscale_image(img, 2)
+    assert out.shape == (2, 3, 3) and out[0, 0, 0] == 101 and out[1, 2, 0] == 100
+
+
+def test_pose_distance():
+    dt, dr = pose_distance(at(0), at(0.3, 30))
+    assert dt == pytest.approx(0.3) and dr == pytest.approx(30)
+
+
+def test_redundancy_victim_keeps_first_and_newest():
+    poses = {i: at(x) for i, x in enumerate([0.0, 1.0, 1.01, 1.02, 2.0, 3.0])}
+    v = redundancy_victim(list(poses), poses)
+    assert v == 2  # between two nearly identical views
+    assert redundancy_victim([0, 1], {0: at(0), 1: at(1)}) == 1
+
+
+def _cam(x: float) -> Cameras:
+    c2w = np.eye(4)[:3]
+    c2w[0, 3] = x
+    return Cameras.create(c2w, 10.0, 10.0, 4.0, 4.0, 8, 8)
+
+
+def test_store_evicts_redundant_not_first():
+    fs = FrameStore(capacity=4)
+    for x in [0.0, 1.0, 1.001, 2.0]:
+        fs.add(torch.zeros(8, 8, 3, dtype=torch.uint8), _cam(x))
+    fid = fs.add(torch.zeros(8, 8, 3, dtype=torch.uint8), _cam(3.0))
+    ids = fs.frame_ids()
+    assert len(ids) == 4 and 0 in ids and fid in ids
+    assert 1 not in ids or 2 not in ids  # one of the two near-duplicates went

@@ -1,0 +1,238 @@
+"""Pose-correction module: parametrisations round-trip, gradients flow, gauge, schedules, coarse-to-fine, metrics."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from nerf_mapping.geometry import is_rigid, so3_exp
+from nerf_mapping.training.pose_correction import (
+    MODES,
+    PARAM_DIMS,
+    PoseCorrection,
+    PoseCorrectionConfig,
+    c2f_level_weights,
+    deltas_to_params,
+    params_to_deltas,
+)
+from nerf_mapping.training.pose_eval import (
+    align_poses,
+    apply_sim3,
+    perturb_poses,
+    pose_errors,
+    rotation_errors_deg,
+    to_file_frame,
+    umeyama,
+)
+
+PARAM_MODES = [m for m in MODES if m != "off"]
+
+
+def _random_rigid(n: int, seed: int = 0, max_angle: float = 2.5) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    w = w / w.norm(dim=-1, keepdim=True) * torch.rand(n, 1, generator=g, dtype=torch.float64) * max_angle
+    t = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    return torch.cat([so3_exp(w), t[:, :, None]], -1)
+
+
+@pytest.mark.parametrize("mode", PARAM_MODES)
+def test_parametrisation_round_trip(mode):
+    d = _random_rigid(32, seed=1)
+    p = deltas_to_params(d, mode)
+    assert p.shape == (32, PARAM_DIMS[mode])
+    d2 = params_to_deltas(p, mode)
+    assert torch.allclose(d2, d, atol=1e-9)
+    # and params -> deltas -> params for small random parameters (the canonical representative)
+    p0 = torch.randn(16, PARAM_DIMS[mode], dtype=torch.float64) * 0.1
+    d0 = params_to_deltas(p0, mode)
+    assert is_rigid(d0, tol=1e-9)
+    assert torch.allclose(params_to_deltas(deltas_to_params(d0, mode), mode), d0, atol=1e-9)
+    # zero parameters are the identity
+    z = params_to_deltas(torch.zeros(3, PARAM_DIMS[mode], dtype=torch.float64), mode)
+    assert torch.allclose(z, torch.eye(3, 4, dtype=torch.float64).expand(3, 3, 4))
+
+
+@pytest.mark.parametrize("mode", PARAM_MODES)
+def test_gradients_flow_and_match_finite_differences(mode):
+    pc = PoseCorrection(PoseCorrectionConfig(mode=mode, gauge="none"), num_frames=3).double()
+    with torch.no_grad():
+        pc.params.normal_(0, 0.05)
+    c2w = _random_rigid(3, seed=2)
+    ids = torch.tensor([0, 1, 2, 1])
+    target = torch.randn(4, 3, 4, dtype=torch.float64)
+
+    def loss_fn():
+        return ((pc(c2w[ids], ids) - target) ** 2).sum()
+
+    loss = loss_fn()
+    loss.backward()
+    g = pc.params.grad.clone()
+    assert torch.isfinite(g).all() and g.abs().sum() > 0
+    assert (g.abs().sum(-1) > 0).all()  # every frame in the batch gets a gradient
+    # finite differences on a few coordinates
+    eps = 1e-6
+    for (i, j) in [(0, 0), (1, 2), (2, PARAM_DIMS[mode] - 1)]:
+        with torch.no_grad():
+            pc.params[i, j] += eps
+            lp = float(loss_fn())
+            pc.params[i, j] -= 2 * eps
+            lm = float(loss_fn())
+            pc.params[i, j] += eps
+        assert abs((lp - lm) / (2 * eps) - float(g[i, j])) < 1e-4 * max(1.0, abs(float(g[i, j])))
+
+
+@pytest.mark.parametrize("mode", PARAM_MODES)
+def test_gradient_at_identity_is_finite(mode):
+    pc = PoseCorrection(PoseCorrectionConfig(mode=mode, gauge="none"), num_frames=2)
+    c2w = _random_rigid(2, seed=3).float()
+    out = pc(c2w, torch.tensor([0, 1]))
+    assert torch.allclose(out, c2w, atol=1e-6)
+    out.sum().backward()
+    assert torch.isfinite(pc.params.grad).all()
+
+
+def test_gradients_reach_poses_through_the_field():
+    """Pose parameters get a gradient through ray origins/directions and the (native or torch) hash encoding."""
+    from nerf_mapping.cameras import rays_from_c2w
+    from nerf_mapping.fields.ngp_field import FieldConfig, NGPField
+
+    cfg = FieldConfig()
+    cfg.encoding.log2_hashmap_size = 12
+    field = NGPField(cfg, torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]]), False)
+    with torch.no_grad():
+        field.encoding.table.uniform_(-1, 1)
+    pc = PoseCorrection(PoseCorrectionConfig(mode="se3", gauge="none"), num_frames=2)
+    c2w = torch.eye(3, 4).expand(2, 3, 4).clone()
+    c2w[:, 2, 3] = 0.5
+    ids = torch.tensor([0, 1, 1])
+    dirs_cam = torch.nn.functional.normalize(torch.tensor([[0.1, 0.0, -1.0], [0.0, 0.2, -1.0], [-0.1, 0.1, -1.0]]), dim=-1)
+    o, d = rays_from_c2w(pc(c2w[ids], ids), dirs_cam)
+    pos = o[:, None, :] + d[:, None, :] * torch.linspace(0.1, 1.0, 8)[None, :, None]
+    sigma, _ = field.density(pos.reshape(-1, 3))
+    sigma.sum().backward()
+    g = pc.params.grad
+    assert torch.isfinite(g).all()
+    assert g[0].abs().sum() > 0 and g[1].abs().sum() > 0
+
+
+def test_gauge_fix_first_and_mean():
+    pc = PoseCorrection(PoseCorrectionConfig(mode="so3xr3", gauge="fix_first"), num_frames=4)
+    with torch.no_grad():
+        pc.params.normal_(0, 0.1)
+    c2w = _random_rigid(4, seed=4).float()
+    out = pc(c2w, torch.arange(4))
+    assert torch.allclose(out[0], c2w[0])  # the anchor frame never moves
+    out.sum().backward()
+    assert pc.params.grad[0].abs().sum() == 0
+    pm = PoseCorrection(PoseCorrectionConfig(mode="so3xr3", gauge="mean"), num_frames=4)
+    with torch.no_grad():
+        pm.params.normal_(0, 0.1)
+    assert pm.effective_params().mean(0).abs().max() < 1e-6
+
+
+def test_ensure_size_keeps_values_and_state_dict_round_trip():
+    pc = PoseCorrection(PoseCorrectionConfig(mode="6d"), num_frames=2)
+    with torch.no_grad():
+        pc.params.normal_()
+    before = pc.params.detach().clone()
+    assert pc.ensure_size(5) and not pc.ensure_size(3)
+    assert pc.params.shape == (5, 9)
+    assert torch.equal(pc.params[:2].detach(), before) and pc.params[2:].abs().sum() == 0
+    pc2 = PoseCorrection(PoseCorrectionConfig(mode="6d"), num_frames=1)
+    pc2.ensure_size(pc.state_dict()["params"].shape[0])
+    pc2.load_state_dict(pc.state_dict())
+    assert torch.equal(pc2.params, pc.params)
+
+
+def test_lr_schedule_and_c2f_weights():
+    cfg = PoseCorrectionConfig(mode="so3xr3", lr=1e-2, lr_final=1e-4, warmup_steps=10, c2f=(0.2, 0.6))
+    pc = PoseCorrection(cfg, 2)
+    assert pc.lr_at(0, 0.0) == pytest.approx(1e-3)
+    assert pc.lr_at(100, 0.0) == pytest.approx(1e-2)
+    assert pc.lr_at(100, 0.5) == pytest.approx(1e-3)
+    assert pc.lr_at(100, 1.0) == pytest.approx(1e-4)
+    assert pc.c2f_alpha(0.1) == 0.0 and pc.c2f_alpha(0.4) == pytest.approx(0.5) and pc.c2f_alpha(0.9) == 1.0
+    w0 = c2f_level_weights(0.0, 16, 2)
+    assert torch.equal(w0[:2], torch.ones(2)) and w0[2:].abs().max() == 0
+    w = c2f_level_weights(0.5, 16, 2)
+    assert (w[1:] <= w[:-1] + 1e-7).all() and 0 < w[8] < 1 or w[8] in (0.0, 1.0)
+    assert torch.allclose(c2f_level_weights(1.0, 16, 2), torch.ones(16))
+
+    class _Enc:
+        class cfg:  # noqa: N801
+            n_levels = 16
+
+        def __init__(self):
+            self.w = "unset"
+
+        def set_level_weights(self, w):
+            self.w = w
+
+    class _Tr:
+        def __init__(self):
+            self.field = type("F", (), {})()
+            self.field.encoding = _Enc()
+            self.pose_optimizer = pc.make_optimizer()
+            self.step_count = 50
+            self.progress = 0.4
+
+    tr = _Tr()
+    pc.on_step(tr)
+    assert tr.field.encoding.w is not None and tr.field.encoding.w.shape == (16,)
+    assert tr.pose_optimizer.param_groups[0]["lr"] == pytest.approx(pc.lr_at(50, 0.4))
+    tr.progress = 0.7
+    pc.on_step(tr)
+    assert tr.field.encoding.w is None  # annealing done: weights removed
+
+
+def test_regularizer_is_light_and_differentiable():
+    pc = PoseCorrection(PoseCorrectionConfig(mode="quat", gauge="none", reg_weight=1e-3), 3)
+    with torch.no_grad():
+        pc.params.normal_(0, 0.1)
+    r = pc.regularizer(torch.tensor([0, 2, 2]))
+    assert r > 0
+    r.backward()
+    assert pc.params.grad[1].abs().sum() == 0 and pc.params.grad[0].abs().sum() > 0
+    assert float(PoseCorrection(PoseCorrectionConfig(mode="off"), 3).regularizer(torch.tensor([0]))) == 0.0
+
+
+def test_umeyama_alignment_and_errors():
+    gt = _random_rigid(20, seed=5).numpy()
+    gt[:, :, 3] *= 3.0
+    s, R = 2.5, so3_exp(torch.tensor([0.3, -0.2, 0.9], dtype=torch.float64)).numpy()
+    t = np.array([1.0, -2.0, 0.5])
+    moved = apply_sim3(s, R, t, gt)
+    s2, R2, t2 = umeyama(gt[:, :, 3], moved[:, :, 3])
+    assert s2 == pytest.approx(s) and np.allclose(R2, R) and np.allclose(t2, t)
+    aligned, _ = align_poses(moved, gt)
+    assert np.allclose(aligned, gt, atol=1e-9)
+    e = pose_errors(moved, gt, unit_to_mm=100.0)
+    assert e["median_rotation_deg"] < 1e-6 and e["median_translation"] < 1e-9 and e["median_translation_mm"] < 1e-6
+    e_raw = pose_errors(moved, gt, align=False)
+    assert e_raw["median_rotation_deg"] > 10
+
+
+def test_perturb_poses_statistics():
+    c2w = _random_rigid(400, seed=6).float()
+    noisy = perturb_poses(c2w, 5.0, 0.1, seed=3)
+    assert torch.equal(noisy[0], c2w[0])  # anchor frame kept exact
+    assert is_rigid(noisy, tol=1e-5)
+    r = rotation_errors_deg(noisy.numpy(), c2w.numpy())[1:]
+    assert math.sqrt((r ** 2).mean()) == pytest.approx(5.0, rel=0.1)
+    # the rotation noise turns the camera about its own centre: centres move only by the translation noise
+    dt = np.linalg.norm((noisy - c2w)[1:, :, 3].numpy(), axis=-1)
+    assert math.sqrt((dt ** 2).mean()) == pytest.approx(0.1, rel=0.1)
+    assert torch.equal(perturb_poses(c2w, 5.0, 0.1, seed=3), noisy)
+
+
+def test_to_file_frame_inverts_world_transform():
+    from nerf_mapping.geometry import transform_poses
+
+    c2w_file = _random_rigid(5, seed=7).numpy()
+    W = np.concatenate([0.25 * so3_exp(torch.tensor([0.1, 0.2, -0.3], dtype=torch.float64)).numpy(),
+                        np.array([[0.5], [-1.0], [2.0]])], 1)
+    scene = transform_poses(W, c2w_file)
+    assert np.allclose(to_file_frame(W, scene), c2w_file, atol=1e-9)
