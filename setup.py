@@ -26,6 +26,8 @@ setup(
     entry_points={
         "console_scripts": [
             "nerf-mapping = nerf_mapping.cli:main",
+            "mapper_node = nerf_mapping.ros.mapper_node:main",
+            "bag_player = nerf_mapping.ros.bag_player:main",
         ],
     },
 )

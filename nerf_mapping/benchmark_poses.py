@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 from pathlib import Path
 
@@ -146,8 +145,6 @@ def _entry(ref: dict, base: dict | None, mm: bool) -> dict:
 
 
 def run(args) -> dict:
-    import torch
-
     from nerf_mapping.cli import _load
     from nerf_mapping.data import DataError, load_dataset
     from nerf_mapping.pose_cli import parse_c2f

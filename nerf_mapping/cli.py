@@ -180,9 +180,13 @@ def cmd_benchmark(args) -> int:
 
 # ------------------------------------------------------------------------------------------------------------- demo
 def cmd_demo(args) -> int:
-    from nerf_mapping import demo
+    if args.offline:
+        from nerf_mapping import demo
 
-    return demo.run(args)
+        return demo.run(args)
+    from nerf_mapping.ros import demo as ros_demo
+
+    return ros_demo.run(args)
 
 
 def _register_optional(subparsers, module: str, fn: str = "add_cli") -> None:
@@ -270,10 +274,15 @@ def build_parser() -> argparse.ArgumentParser:
     _register_optional(sub, "nerf_mapping.pose_cli", "add_cli")
     _register_optional(sub, "nerf_mapping.ros.cli", "add_cli")
 
-    p = sub.add_parser("demo", help="the main job on the bundled demo scene")
+    p = sub.add_parser("demo", help="the main job on the bundled demo scene: ROS node + bag player over DDS "
+                                     "(--offline: the offline train/eval/video pipeline)")
     p.add_argument("--output", type=Path, default=Path("outputs/demo"))
-    p.add_argument("--time-budget", type=float, default=120.0)
-    p.add_argument("--frames", type=int, default=90, help="video frames")
+    p.add_argument("--offline", action="store_true", help="run the offline pipeline instead of the ROS demo")
+    p.add_argument("--psnr-bar", type=float, default=20.0,
+                   help="ROS demo: stop when a live render reaches this PSNR against ground truth")
+    p.add_argument("--timeout", type=float, default=600.0, help="ROS demo: give up after this many seconds")
+    p.add_argument("--time-budget", type=float, default=120.0, help="offline demo: training seconds")
+    p.add_argument("--frames", type=int, default=90, help="offline demo: video frames")
     p.set_defaults(func=cmd_demo)
     return ap
 

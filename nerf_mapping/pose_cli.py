@@ -46,8 +46,6 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 
 def apply_pose_noise(args, data):
     """Perturb ``data``'s training poses in place when noise flags are set; remembers the exact poses."""
-    import torch
-
     from nerf_mapping.training.pose_eval import perturb_poses
 
     rot = float(getattr(args, "pose_noise_rot_deg", 0.0) or 0.0)

@@ -227,6 +227,12 @@ class MapperNode(Node):
         self._count("image_" + reason, image=True)
         self._warn(f"image_{reason}", f"image dropped ({reason})" + (f": {detail}" if detail else ""))
 
+    def _publish(self, pub, msg) -> None:
+        """Publish unless the context is shutting down (the training thread may outlive the executor briefly)."""
+        if self._stop.is_set() or not self.context.ok():
+            return
+        pub.publish(msg)
+
     def _warn(self, key: str, text: str, period: float = 5.0) -> None:
         """Warning throttled per key (rclpy's throttle is per call site, which would hide distinct reasons)."""
         now = time.monotonic()
@@ -423,6 +429,8 @@ class MapperNode(Node):
         """Returns False when the image must wait (odometry not yet past its stamp), True when handled."""
         try:
             if self.intrinsics is None:
+                if time.monotonic() - t_enq < float(self._p("sync_wait_s")):
+                    return False  # its CameraInfo (same stamp) may simply come right after the image
                 self._drop_image("no_camera_info")
                 return True
             if not self.camera_frame and frame_id:
@@ -530,9 +538,11 @@ class MapperNode(Node):
             c2w = self._refined_c2w(tr, fid, cams.c2w[0])
             out = tr.render(cams, 0, c2w=c2w, chunk=RENDER_CHUNK)
             rgb = (out["rgb"].clamp(0, 1) * 255.0 + 0.5).to(self._torch.uint8).numpy()
-            self.pub_rendered.publish(conv.array_to_image_msg(rgb, stamp_ns, self.camera_frame or "camera", "rgb8"))
+            frame = self.camera_frame or "camera"
+            self._publish(self.pub_rendered, conv.array_to_image_msg(rgb, stamp_ns, frame, "rgb8"))
         except Exception as exc:  # noqa: BLE001
-            self.get_logger().error(f"periodic render failed: {exc!r}", throttle_duration_sec=5.0)
+            if self.context.ok() and not self._stop.is_set():  # else: shutting down
+                self.get_logger().error(f"periodic render failed: {exc!r}", throttle_duration_sec=5.0)
 
     # ------------------------------------------------------------------------------------------------ poses
     def _refined_c2w(self, tr, fid: int, c2w):
@@ -585,36 +595,39 @@ class MapperNode(Node):
             msg.psnr = float(st.get("psnr", 0.0))
             msg.rays_per_second = float(self._rays_per_second)
             if tr.pose.enabled:
-                p = tr.pose.params.detach()
-                ids = list(self.kf_info)
+                ids = [i for i in list(self.kf_info) if i < tr.pose.params.shape[0]]
                 if ids:
-                    p = p[[i for i in ids if i < p.shape[0]]]
-                    msg.pose_correction_rot_deg = float(p[:, :3].norm(dim=-1).mean()) * 180.0 / math.pi
-                    msg.pose_correction_trans = float(p[:, 3:].norm(dim=-1).mean())
+                    with self._torch.no_grad():
+                        d = tr.pose.deltas(self._torch.tensor(ids)).double()  # [K,3,4] camera-frame corrections
+                    cos = ((d[:, 0, 0] + d[:, 1, 1] + d[:, 2, 2] - 1.0) * 0.5).clamp(-1.0, 1.0)
+                    msg.pose_correction_rot_deg = float(self._torch.rad2deg(self._torch.acos(cos)).mean())
+                    msg.pose_correction_trans = float(d[:, :, 3].norm(dim=-1).mean())
             msg.training = bool(self._train_active)
-            self.pub_status.publish(msg)
+            self._publish(self.pub_status, msg)
             with self._counts_lock:
                 stats = dict(self.counts)
             stats.update({"images_received": self.images_received, "images_dropped": self.images_dropped,
                           "queue": len(self._queue), "keyframes": len(tr.frames)})
-            self.pub_stats.publish(String(data=json.dumps(stats, sort_keys=True)))
+            self._publish(self.pub_stats, String(data=json.dumps(stats, sort_keys=True)))
             odom_path, refined_path, _ = self.pose_state()
             if odom_path:
-                self.pub_path_odom.publish(conv.path_msg([T for _, T in odom_path], [s for s, _ in odom_path],
+                self._publish(self.pub_path_odom, conv.path_msg([T for _, T in odom_path], [s for s, _ in odom_path],
                                                          self.odom_frame))
-                self.pub_path_refined.publish(conv.path_msg([T for _, T in refined_path],
+                self._publish(self.pub_path_refined, conv.path_msg([T for _, T in refined_path],
                                                             [s for s, _ in refined_path], self.map_frame))
         except Exception as exc:  # noqa: BLE001
-            self.get_logger().error(f"status publishing failed: {exc!r}", throttle_duration_sec=5.0)
+            if self.context.ok() and not self._stop.is_set():  # else: shutting down
+                self.get_logger().error(f"status publishing failed: {exc!r}", throttle_duration_sec=5.0)
 
     def _publish_tf(self) -> None:
         try:
             _, _, T_map_odom = self.pose_state()
             stamp = self._latest_odom_ns or self.get_clock().now().nanoseconds
-            self.pub_tf.publish(TFMessage(transforms=[conv.transform_stamped(T_map_odom, stamp, self.map_frame,
+            self._publish(self.pub_tf, TFMessage(transforms=[conv.transform_stamped(T_map_odom, stamp, self.map_frame,
                                                                              self.odom_frame)]))
         except Exception as exc:  # noqa: BLE001
-            self.get_logger().error(f"tf publishing failed: {exc!r}", throttle_duration_sec=5.0)
+            if self.context.ok() and not self._stop.is_set():  # else: shutting down
+                self.get_logger().error(f"tf publishing failed: {exc!r}", throttle_duration_sec=5.0)
 
     # ------------------------------------------------------------------------------------------------ services
     def _srv_render_view(self, req: RenderView.Request, res: RenderView.Response) -> RenderView.Response:

@@ -1,0 +1,119 @@
+"""Joint pose refinement on real data (a small, low-resolution crop of lego): the pose error must drop by a real
+margin; plus the CLI paths (train with pose noise -> poses export / errors) and DTU's linear-init cameras."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+LEGO = "nerf_synthetic_lego"
+DTU = "dtu_scan65_neus"
+
+
+def _small_cfg(cfg):
+    cfg.target_samples_per_step = 8192
+    cfg.field.encoding.log2_hashmap_size = 15
+    cfg.field.encoding.max_resolution = 256
+    cfg.grid.resolution = 64
+    cfg.threads = None
+    return cfg
+
+
+def test_refinement_reduces_pose_error_on_lego(shared_data):
+    from nerf_mapping.data import load_dataset
+    from nerf_mapping.training.offline import build_trainer, default_config
+    from nerf_mapping.training.pose_eval import perturb_poses, pose_errors, refined_train_poses
+
+    path = shared_data / LEGO
+    if not path.is_dir():
+        pytest.skip(f"{path} missing")
+    data = load_dataset(path, "train", 8, max_frames=40)  # 50x50 px, 40 views
+    gt = data.cameras.c2w.clone()
+    noisy = perturb_poses(gt, 3.0, 0.05, seed=1)
+    data.cameras.c2w = noisy
+    cfg = _small_cfg(default_config(data, "auto"))
+    cfg.pose.mode = "so3xr3"
+    cfg.pose.c2f = (0.0, 0.4)
+    tr = build_trainer(data, cfg)
+    tr.train(max_steps=STEPS, progress=False)
+    e0 = pose_errors(noisy.double().numpy(), gt.double().numpy())
+    e1 = pose_errors(refined_train_poses(tr, noisy).double().numpy(), gt.double().numpy())
+    print(f"median rotation {e0['median_rotation_deg']:.3f} -> {e1['median_rotation_deg']:.3f} deg, "
+          f"translation {e0['median_translation']:.4f} -> {e1['median_translation']:.4f}")
+    assert e1["median_rotation_deg"] < ROT_FACTOR * e0["median_rotation_deg"]
+    # at 50x50 px a small camera rotation and a lateral shift look alike; the translation must at least not blow up
+    assert e1["median_translation"] < TRANS_FACTOR * e0["median_translation"]
+
+
+# Measured on 2 shared cores (same settings): 2.69 -> 1.62 deg median rotation after 225 steps (0.60x); the
+# translation error rose 0.044 -> 0.066 (rotation/translation ambiguity at this resolution and ray budget).
+STEPS = 300
+ROT_FACTOR = 0.75
+TRANS_FACTOR = 2.0
+
+
+def test_train_cli_pose_flags_export_and_errors(shared_data, tmp_path):
+    """train --pose-noise-* --pose-opt --c2f, then poses export (nerfstudio transforms.json) and poses errors."""
+    from nerf_mapping.cli import main
+    from nerf_mapping.data import load_dataset
+
+    path = shared_data / LEGO
+    if not path.is_dir():
+        pytest.skip(f"{path} missing")
+    out = tmp_path / "run"
+    rc = main(["train", "--data", str(path), "--downscale", "16", "--max-frames", "8", "--steps", "3",
+               "--output", str(out), "--quiet", "--pose-noise-rot-deg", "2", "--pose-noise-trans", "0.02",
+               "--pose-opt", "6d", "--c2f", "0.0,0.5",
+               "--set", "field.encoding.log2_hashmap_size=12", "--set", "grid.resolution=32"])
+    assert rc == 0
+    st = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert st["config"]["pose"]["mode"] == "6d" and st["config"]["pose"]["c2f"] == [0.0, 0.5]
+    assert st["pose"]["params"].shape == (8, 9)
+    assert "train_c2w_gt" in st["extra"]
+    js = tmp_path / "transforms.json"
+    assert main(["poses", "export", "--checkpoint", str(out / "checkpoint.pt"), "--output", str(js)]) == 0
+    doc = json.loads(js.read_text())
+    assert len(doc["frames"]) == 8
+    fr = doc["frames"][0]
+    assert {"file_path", "transform_matrix", "fl_x", "fl_y", "cx", "cy", "w", "h"} <= set(fr)
+    assert (js.parent / fr["file_path"]).is_file()
+    from PIL import Image
+
+    with Image.open(js.parent / fr["file_path"]) as im:  # intrinsics refer to the images on disk
+        assert (fr["w"], fr["h"]) == im.size
+    # the exported input poses are the noisy poses in the file frame; the "gt" export reproduces the dataset's own
+    gt_js = tmp_path / "gt.json"
+    assert main(["poses", "export", "--checkpoint", str(out / "checkpoint.pt"), "--output", str(gt_js),
+                 "--which", "gt"]) == 0
+    data = load_dataset(path, "train", 16, max_frames=8)
+    gt_mats = np.array([f["transform_matrix"] for f in json.loads(gt_js.read_text())["frames"]])
+    assert np.allclose(gt_mats[:, :3, :4], data.cameras.c2w.double().numpy(), atol=1e-5)
+    refined = np.array([f["transform_matrix"] for f in doc["frames"]])
+    assert np.allclose(refined[0], gt_mats[0], atol=1e-6)  # frame 0: exact and the gauge anchor
+    assert np.allclose(refined[:, 3], [0, 0, 0, 1])
+    ej = tmp_path / "errors.json"
+    assert main(["poses", "errors", "--checkpoint", str(out / "checkpoint.pt"), "--json", str(ej)]) == 0
+    err = json.loads(ej.read_text())
+    assert err["initial"]["median_rotation_deg"] > 0.5
+
+
+def test_dtu_linear_init_errors_match_provenance(shared_data):
+    """The DTU linear-init cameras load, and their error against cameras.npz matches the documented size
+    (median 1.16 deg / 5.85 mm, unaligned, DTU world millimetres)."""
+    from nerf_mapping.data import load_dataset
+    from nerf_mapping.training.pose_eval import pose_errors, to_file_frame
+
+    path = shared_data / DTU
+    if not (path / "cameras_linear_init.npz").is_file():
+        pytest.skip(f"{path} missing")
+    gt = load_dataset(path, "all", 4, cameras_file="cameras.npz")
+    lin = load_dataset(path, "all", 4, cameras_file="cameras_linear_init.npz")
+    raw = pose_errors(to_file_frame(lin.world_transform.numpy(), lin.cameras.c2w.numpy()),
+                      to_file_frame(gt.world_transform.numpy(), gt.cameras.c2w.numpy()), align=False)
+    assert raw["median_rotation_deg"] == pytest.approx(1.16, abs=0.05)
+    assert raw["median_translation"] == pytest.approx(5.85, abs=0.2)
+    mm = float(np.asarray(gt.metadata["dtu_scale_mat"])[0, 0])
+    al = pose_errors(lin.cameras.c2w.numpy(), gt.cameras.c2w.numpy(), unit_to_mm=mm)
+    assert 0.3 < al["median_rotation_deg"] < 2.0 and 1.0 < al["median_translation_mm"] < 10.0
