@@ -45,7 +45,7 @@ from nerf_mapping_interfaces.msg import MapStatus
 from nerf_mapping_interfaces.srv import ExportMesh, LoadMap, QuerySegmentation, RenderView, SaveMap
 
 from nerf_mapping.ros import conversions as conv
-from nerf_mapping.ros.params import CPU_TRAINER_DEFAULTS, PARAMETERS
+from nerf_mapping.ros.params import PARAMETERS
 from nerf_mapping.ros.sync import AFTER_BUFFER, EMPTY, OdometryBuffer
 
 NODE_NAME = "nerf_mapper"
@@ -143,9 +143,9 @@ class MapperNode(Node):
             raise ValueError("sensor_qos must be sensor_data or reliable")
         rel = qos_profile_sensor_data.reliability if str(g("sensor_qos")) == "sensor_data" else \
             ReliabilityPolicy.RELIABLE
-        # SensorData semantics (best effort, volatile) with deeper reader histories than its depth 5, so a briefly
+        # SensorData semantics (best effort, volatile) with deeper reader histories than its depth 5 (images: 5 s at 10 Hz), so a
         # busy executor does not lose samples (50 Hz odometry would otherwise overflow within 0.1 s)
-        sensor_qos = QoSProfile(depth=10, reliability=rel, history=HistoryPolicy.KEEP_LAST)
+        sensor_qos = QoSProfile(depth=50, reliability=rel, history=HistoryPolicy.KEEP_LAST)
         odom_qos = QoSProfile(depth=200, reliability=rel, history=HistoryPolicy.KEEP_LAST)
         static_qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
                                 durability=DurabilityPolicy.TRANSIENT_LOCAL, history=HistoryPolicy.KEEP_LAST)
@@ -204,6 +204,7 @@ class MapperNode(Node):
         self._render_period = float(g("render_period_s"))
         self._render_width = int(g("render_width"))
         self._next_render = 0.0
+        self._last_odom_wall = 0.0
         self._worker = threading.Thread(target=self._keyframe_loop, name="nerf_mapper_keyframes", daemon=True)
         self._trainer_thread = threading.Thread(target=self._training_loop, name="nerf_mapper_training", daemon=True)
         self._worker.start()
@@ -251,7 +252,7 @@ class MapperNode(Node):
 
     def _build_trainer(self):
         from nerf_mapping.training.frame_store import FrameStore
-        from nerf_mapping.training.offline import override
+        from nerf_mapping.training.offline import apply_inside_out_preset, override
         from nerf_mapping.training.trainer import SceneSpec, Trainer, TrainerConfig
 
         box = [float(x) for x in self._p("scene_box")]
@@ -261,12 +262,10 @@ class MapperNode(Node):
         scene = SceneSpec(scene_box=[box[:3], box[3:]], unbounded=bool(self._p("unbounded")),
                           near=float(self._p("near")), far=far)
         cfg = TrainerConfig()
+        if not scene.unbounded:
+            apply_inside_out_preset(cfg, scene.scene_box)  # the robot is inside the mapped volume
         cfg.target_samples_per_step = int(self._p("training.target_samples_per_step"))
         cfg.pose.mode = str(self._p("training.pose_refinement"))
-        for k, v in CPU_TRAINER_DEFAULTS.items():
-            override(cfg, k, v)
-        if scene.unbounded:
-            cfg.render.step_size = None  # cone marching defaults for unbounded scenes
         for item in self._p("training.overrides"):
             if item.strip():
                 k, _, v = item.partition("=")
@@ -368,6 +367,7 @@ class MapperNode(Node):
             return
         self._count("odom_received")
         self._latest_odom_ns = stamp_ns
+        self._last_odom_wall = time.monotonic()
 
     def _on_odometry(self, msg: Odometry) -> None:
         self._add_odom(msg.header.stamp, msg.header.frame_id, msg.pose.pose)
@@ -441,7 +441,10 @@ class MapperNode(Node):
                 return False  # waiting (at most tf_wait_s after the first image) for /tf_static
             T_odom_base, reason = self.odom.pose_at(stamp_ns, count=False)
             if T_odom_base is None:
-                if reason in (AFTER_BUFFER, EMPTY) and time.monotonic() - t_enq < float(self._p("sync_wait_s")):
+                # Odometry not yet past the image: wait while odometry is still flowing (a busy executor may deliver
+                # it late), but give up sync_wait_s after both the image and the newest odometry arrived.
+                waited = time.monotonic() - max(t_enq, self._last_odom_wall)
+                if reason in (AFTER_BUFFER, EMPTY) and waited < float(self._p("sync_wait_s")):
                     return False
                 self.odom.counts[reason] += 1
                 self._drop_image("no_pose_" + reason)
@@ -508,6 +511,11 @@ class MapperNode(Node):
                     time.sleep(0.05)
                     continue
             self._train_active = True
+            # Ingestion before training: a backlog means the keyframe worker and the DDS callbacks need the CPU
+            # (and the GIL) more than one more step does. Yielding here never blocks a callback.
+            backlog = len(self._queue)
+            if backlog > 1:
+                time.sleep(0.01 * min(backlog, 20))
             try:
                 st = tr.step()
             except Exception as exc:  # noqa: BLE001 - keep the node alive, report and back off

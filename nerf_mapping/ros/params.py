@@ -30,7 +30,7 @@ PARAMETERS: list[tuple[str, object, str]] = [
     ("odom_max_gap_s", 0.25, "largest gap between the odometry samples bracketing an image (s)"),
     ("odom_tolerance_s", 0.02, "an image this close outside the buffer snaps to the end sample (s)"),
     ("sync_wait_s", 1.0, "how long an image waits for odometry newer than its stamp before it is dropped (s)"),
-    ("queue_size", 16, "pending images waiting for odometry / keyframe selection (oldest dropped beyond)"),
+    ("queue_size", 64, "pending images waiting for odometry / keyframe selection (oldest dropped beyond)"),
     # keyframes
     ("keyframe.min_translation", 0.05, "metres moved since the last keyframe for a new one"),
     ("keyframe.min_rotation_deg", 5.0, "degrees turned since the last keyframe for a new one"),
@@ -60,19 +60,6 @@ PARAMETERS: list[tuple[str, object, str]] = [
     ("render_width", 80, "width of the periodic render (pixels)"),
     ("render_max_size", 1920, "largest width/height RenderView accepts"),
 ]
-
-# CPU-friendly trainer defaults for the online node (applied before training.overrides)
-CPU_TRAINER_DEFAULTS: dict[str, object] = {
-    "init_rays_per_step": 512,  # the first steps march a dense grid: keeps the peak memory down
-    "grid.resolution": 64,
-    "grid.warmup_steps": 16,
-    "grid.update_every": 8,
-    "render.step_size": 0.02,
-    "render.max_samples_per_ray": 256,
-    "field.encoding.log2_hashmap_size": 17,
-    "field.encoding.max_resolution": 1024,
-}
-
 
 @dataclass
 class Param:
