@@ -25,14 +25,11 @@ Conventions of a converted bag
 from __future__ import annotations
 
 import json
-import threading
-from contextlib import contextmanager
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-_PATCH_LOCK = threading.Lock()
 
 
 def camera_info_fields(cameras, i: int) -> dict:
@@ -54,27 +51,6 @@ def camera_info_fields(cameras, i: int) -> dict:
     return {"distortion_model": dist_model, "d": np.asarray(d, float), "k": k,
             "p": np.concatenate([k, np.zeros((3, 1))], 1), "width": int(cameras.width[i]),
             "height": int(cameras.height[i])}
-
-
-@contextmanager
-def _per_frame_camera_info(bagmod, infos_by_stamp: dict[int, dict]):
-    """Adapter: ``scene.bag.write_scene_bag`` writes one zero-distortion CameraInfo for all frames; this swaps in a
-    ``_Msgs`` subclass whose ``camera_info`` uses each frame's own intrinsics + distortion (looked up by stamp).
-    TODO(lead): replace with a ``camera_info`` hook in ``write_scene_bag`` (see the report); then drop this."""
-    base = bagmod._Msgs
-
-    class _DatasetMsgs(base):
-        def camera_info(self, stamp_ns, intr):
-            f = infos_by_stamp[int(stamp_ns)]
-            return replace(super().camera_info(stamp_ns, intr), distortion_model=f["distortion_model"], d=f["d"],
-                           k=f["k"].reshape(-1), p=f["p"].reshape(-1), width=f["width"], height=f["height"])
-
-    with _PATCH_LOCK:
-        bagmod._Msgs = _DatasetMsgs
-        try:
-            yield
-        finally:
-            bagmod._Msgs = base
 
 
 def interpolate_poses(key_stamps_ns: np.ndarray, key_poses: np.ndarray, stamps_ns: np.ndarray) -> np.ndarray:
@@ -119,7 +95,7 @@ def convert_dataset_to_bag(
     """
     from nerf_mapping.geometry import opencv_to_opengl
     from nerf_mapping.scene import bag as bagmod
-    from nerf_mapping.scene.generate import SceneConfig, _timeline
+    from nerf_mapping.scene.generate import SceneConfig, timeline
     from nerf_mapping.scene.odometry import OdometryNoiseParams, body_twist, simulate_odometry_noise
     from nerf_mapping.scene.render import Intrinsics
     from nerf_mapping.scene.trajectory import base_to_camera_optical, inv_pose
@@ -153,7 +129,7 @@ def convert_dataset_to_bag(
 
     # timeline: the demo's (images at image_rate from start_time, odometry grid offset and bracketing the images)
     cfg = SceneConfig(frames=n, image_rate_hz=image_rate_hz, odom_rate_hz=odom_rate_hz, start_time_s=start_time_s)
-    img_ns, odom_ns, t0 = _timeline(cfg)
+    img_ns, odom_ns, t0 = timeline(cfg)
 
     # ground truth: camera poses (OpenGL c2w, scene frame) -> optical (OpenCV) -> base_link
     c2w = np.asarray(cams.c2w, np.float64)
@@ -189,10 +165,8 @@ def convert_dataset_to_bag(
         return np.ascontiguousarray(data.images[i].numpy(), dtype=np.uint8)
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    by_stamp = {int(s): infos[i] for i, s in enumerate(img_ns)}
-    with _per_frame_camera_info(bagmod, by_stamp):
-        counts = bagmod.write_scene_bag(output, storage, intr, img_ns, load_image, noisy_stream, gt_stream,
-                                        t_base_cam, custom)
+    counts = bagmod.write_scene_bag(output, storage, intr, img_ns, load_image, noisy_stream, gt_stream,
+                                    t_base_cam, custom, camera_info_for=lambda i: infos[i])
     drift = np.linalg.norm(sim.noisy[-1, :3, 3] - gt_base[-1, :3, 3])
     return {"output": str(output), "format": data.format, "frames": n, "counts": counts,
             "duration_s": float((odom_ns[-1] - odom_ns[0]) * 1e-9), "final_odom_error": float(drift),

@@ -81,14 +81,15 @@ class _Msgs:
             header=self.header(stamp_ns, FRAME_CAMERA), height=h, width=w, encoding="rgb8", is_bigendian=0,
             step=3 * w, data=np.ascontiguousarray(rgb, np.uint8).reshape(-1))
 
-    def camera_info(self, stamp_ns: int, intr: Intrinsics):
-        k = intr.k_matrix()
+    def camera_info(self, stamp_ns: int, info: dict):
+        """``info``: width, height, k [3,3], and optionally distortion_model (default plumb_bob) and d."""
+        k = np.asarray(info["k"], float).reshape(3, 3)
         p = np.concatenate([k, np.zeros((3, 1))], 1)
         roi = self.t["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)
         return self.t["sensor_msgs/msg/CameraInfo"](
-            header=self.header(stamp_ns, FRAME_CAMERA), height=intr.height, width=intr.width,
-            distortion_model="plumb_bob", d=np.zeros(5), k=k.reshape(-1), r=np.eye(3).reshape(-1),
-            p=p.reshape(-1), binning_x=0, binning_y=0, roi=roi)
+            header=self.header(stamp_ns, FRAME_CAMERA), height=int(info["height"]), width=int(info["width"]),
+            distortion_model=info.get("distortion_model", "plumb_bob"), d=np.asarray(info.get("d", np.zeros(5)), float),
+            k=k.reshape(-1), r=np.eye(3).reshape(-1), p=p.reshape(-1), binning_x=0, binning_y=0, roi=roi)
 
     def odometry(self, stamp_ns: int, pose: np.ndarray, q: np.ndarray, lin, ang, pcov: np.ndarray, tcov: np.ndarray):
         g = self.t
@@ -130,8 +131,12 @@ def write_scene_bag(
     ground_truth: OdometryStream,
     t_base_cam: np.ndarray,
     custom_data: dict[str, str] | None = None,
+    camera_info_for=None,  # callable: frame index -> CameraInfo dict (see _Msgs.camera_info); default from intr
 ) -> dict[str, int]:
-    """Write the bag directory ``path`` (must not exist). Returns message counts per topic."""
+    """Write the bag directory ``path`` (must not exist). Returns message counts per topic.
+
+    The camera is ``intr`` (pinhole, no distortion) for every frame unless ``camera_info_for`` gives per-frame
+    intrinsics and distortion (datasets converted to bags)."""
     from rosbags.rosbag2 import StoragePlugin, Writer
 
     plugins = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
@@ -169,7 +174,8 @@ def write_scene_bag(
             elif topic == TOPIC_IMAGE:
                 msg = msgs.image(stamp, load_image(i))
             elif topic == TOPIC_CAMERA_INFO:
-                msg = msgs.camera_info(stamp, intr)
+                msg = msgs.camera_info(stamp, camera_info_for(i) if camera_info_for else
+                                       {"width": intr.width, "height": intr.height, "k": intr.k_matrix()})
             else:
                 s = streams[topic]
                 pcov = np.diag(np.asarray(s.pose_cov_diag, float)).reshape(-1)

@@ -191,7 +191,7 @@ def _save_png(path: Path, arr: np.ndarray) -> None:
     Image.fromarray(arr).save(path, compress_level=3)  # uint16 -> 16-bit greyscale PNG; level 3: fast, still small
 
 
-def _timeline(cfg: SceneConfig) -> tuple[np.ndarray, np.ndarray, int]:
+def timeline(cfg: SceneConfig) -> tuple[np.ndarray, np.ndarray, int]:
     """Image stamps and odometry stamps (int ns). The odometry grid is offset by a non-trivial fraction of its period
     so that no odometry stamp coincides with an image stamp, and it brackets every image with at least one sample
     before the first and after the last image."""
@@ -238,7 +238,7 @@ def generate_scene(cfg: SceneConfig, output: Path, progress: bool = True, force:
     mesh = build_scene_mesh(cfg.seed)
     renderer = Renderer(mesh, LightingConfig(shadows=cfg.shadows))
     intr = Intrinsics.from_fov(cfg.width, cfg.height, cfg.hfov_deg)
-    img_ns, odom_ns, t0 = _timeline(cfg)
+    img_ns, odom_ns, t0 = timeline(cfg)
     duration = max(cfg.frames / cfg.image_rate_hz, 1.0)
     traj = TrajectoryParams.from_seed(cfg.seed, duration)
     rel = lambda ns: (ns - t0).astype(np.float64) * 1e-9  # noqa: E731  trajectory time (s) of stamps
