@@ -64,3 +64,20 @@ def test_checkpoint_rejects_foreign_files(tmp_path):
     torch.save({"hello": torch.zeros(1)}, bad)
     with pytest.raises(ValueError, match="not a nerf_mapping checkpoint"):
         Trainer.load(bad)
+
+
+@pytest.mark.parametrize("name,downscale", [("instant_ngp_fox", 16), ("dtu_scan65_neus", 8)])
+def test_real_capture_smoke(shared_data, name, downscale):
+    """Unbounded phone capture with OpenCV distortion (fox) and DTU: trains, improves, renders finite images."""
+    train = load_dataset(shared_data / name, "train", downscale=downscale, max_frames=8)
+    test = load_dataset(shared_data / name, "test", downscale=downscale, max_frames=1)
+    cfg = default_config(train)
+    cfg.target_samples_per_step = 1 << 13
+    trainer = build_trainer(train, cfg)
+    first = trainer.step()["loss"]
+    trainer.train(max_steps=40, progress=False)
+    assert trainer.last_stats["loss"] < first
+    out = trainer.render(test.cameras, 0)
+    h, w = test.images[0].shape[:2]
+    assert out["rgb"].shape == (h, w, 3) and torch.isfinite(out["rgb"]).all()
+    assert torch.isfinite(out["depth"]).all() and float(out["opacity"].max()) <= 1.0 + 1e-5

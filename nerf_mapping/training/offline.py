@@ -29,7 +29,8 @@ def _cameras_inside(data) -> bool:
 
 
 def apply_inside_out_preset(cfg: TrainerConfig, scene_box) -> None:
-    """CPU settings for inside-out captures (a robot or handheld rig in a room; also the online node's default).
+    """CPU settings for inside-out and unbounded captures (a robot or handheld rig in a room, a phone capture with a
+    background; also the online node's default).
 
     Rays cross metres of mostly empty space before the first surface, and on 2 cores a step costs ~0.1 s, so the
     map must be cheap to march: a coarser occupancy grid refreshed often (empty space is carved within seconds),
@@ -51,17 +52,16 @@ def apply_inside_out_preset(cfg: TrainerConfig, scene_box) -> None:
 
 
 def default_config(data, field_impl: str = "auto", background=None) -> TrainerConfig:
-    """Defaults for an arbitrary scene: bounded scenes march finely; unbounded ones use cone marching
-    (set by ``RenderConfig.resolved``) and alpha pruning, which keeps far-away samples cheap."""
+    """Defaults for an arbitrary scene: object-centric bounded scenes (cameras outside the box) march finely;
+    inside-out and unbounded captures use ``apply_inside_out_preset`` (unbounded ones also alpha pruning)."""
     cfg = TrainerConfig()
     cfg.field.encoding.impl = field_impl
     if field_impl == "torch":
         cfg.grid.impl = "torch"  # the pure-PyTorch reference path end to end
-    if data.unbounded:
-        cfg.render.alpha_thre = 1e-2
-        cfg.field.encoding.max_resolution = 4096
-    elif _cameras_inside(data):
+    if data.unbounded or _cameras_inside(data):
         apply_inside_out_preset(cfg, data.scene_box)
+    if data.unbounded:
+        cfg.render.alpha_thre = 1e-2  # far, contracted space: drop near-transparent samples from the gradient pass
     if background is not None:
         cfg.background = tuple(float(c) for c in background)
     elif data.format == "dtu":
