@@ -74,3 +74,37 @@ def test_sh_basis_is_orthonormal_on_the_sphere():
     b = sh_encode(d, 4)
     gram = (b.T @ b) * (4 * math.pi / d.shape[0])
     assert torch.allclose(gram, torch.eye(16, dtype=torch.float64), atol=0.03)
+
+
+def test_render_camera_outputs_and_feature_heads():
+    """The renderer returns rgb/depth/opacity and feature heads for any camera, also for rays that hit nothing."""
+    from nerf_mapping.cameras import Cameras
+    from nerf_mapping.fields.hash_encoding import HashEncodingConfig
+    from nerf_mapping.fields.ngp_field import FieldConfig, NGPField
+    from nerf_mapping.rendering.occupancy_grid import OccupancyGrid, OccupancyGridConfig
+    from nerf_mapping.rendering.renderer import RenderConfig, render_camera
+
+    box = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
+    field = NGPField(FieldConfig(encoding=HashEncodingConfig(n_levels=4, log2_hashmap_size=12, max_resolution=64)),
+                     box, unbounded=False)
+
+    class Head(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(field.cfg.geo_feat_dim, 5)
+
+        def forward(self, unit_coords, geo_feat):
+            return self.lin(geo_feat)
+
+    field.add_head("feat", Head())
+    grid = OccupancyGrid(OccupancyGridConfig(resolution=16), box.reshape(6), levels=1)
+    c2w = torch.tensor([[[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 3.0]]])
+    cams = Cameras.create(c2w, 20.0, 20.0, 8.0, 6.0, 16, 12)
+    cfg = RenderConfig().resolved(box, False)
+    out = render_camera(field, grid, cams, 0, cfg, torch.ones(3), 0.1, 10.0, feature_heads=["feat"])
+    assert out["rgb"].shape == (12, 16, 3) and out["depth"].shape == (12, 16) and out["feat"].shape == (12, 16, 5)
+    # looking away from the box: background only, zero opacity, features still present
+    cams2 = Cameras.create(torch.tensor([[[1.0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, -3.0]]]), 20.0, 20.0, 8.0, 6.0, 16, 12)
+    out2 = render_camera(field, grid, cams2, 0, cfg, torch.ones(3), 0.1, 10.0, feature_heads=["feat"])
+    assert float(out2["opacity"].max()) == 0.0 and torch.allclose(out2["rgb"], torch.ones(12, 16, 3))
+    assert out2["feat"].shape == (12, 16, 5)

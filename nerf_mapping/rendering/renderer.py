@@ -136,6 +136,9 @@ def render_rays(
     """
     n_rays = origins.shape[0]
     feat_dims: dict[str, int] = {}
+    if feature_heads:  # output sizes, for rays that hit nothing
+        empty = field.features(origins.new_zeros(0, 3), origins.new_zeros(0, field.cfg.geo_feat_dim), feature_heads)
+        feat_dims = {k: v.shape[1] for k, v in empty.items()}
 
     if cfg.prune_pass and (cfg.early_stop_eps > 0 or cfg.alpha_thre > 0):
         ray_idx, t0, t1, n_marched = early_stop_samples(field, grid, origins, directions, near, far, cfg)
@@ -190,12 +193,12 @@ def render_camera(
     origins, dirs = rays_from_c2w(pose.expand(dirs_cam.shape[0], 3, 4), dirs_cam)
     valid = torch.isfinite(dirs).all(-1)
     dirs = torch.where(valid[:, None], dirs, torch.tensor([0.0, 0.0, -1.0]))
-    parts: dict[str, list[torch.Tensor]] = {}
+    keys = ["rgb", "depth", "opacity", *(feature_heads or [])]
+    parts: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
     for s in range(0, origins.shape[0], chunk):
         out = render_rays(field, grid, origins[s:s + chunk], dirs[s:s + chunk], near, far, cfg, background, feature_heads)
-        for k, v in out.items():
-            if v.dim() >= 1 and v.shape[0] == min(chunk, origins.shape[0] - s) and k not in ("weights", "ray_indices"):
-                parts.setdefault(k, []).append(v)
+        for k in keys:
+            parts[k].append(out[k])
     res = {k: torch.cat(v).reshape(h, w, *v[0].shape[1:]) for k, v in parts.items()}
     res["rgb"] = res["rgb"].clamp(0, 1)
     return res
