@@ -14,6 +14,11 @@ import torch
 import torch.nn.functional as F
 
 
+def psnr_from_mse(mse: float) -> float:
+    """PSNR in dB for images in [0, 1]."""
+    return -10.0 * math.log10(max(mse, 1e-12))
+
+
 def psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> float:
     """PSNR in dB of images in [0,1], [H,W,3]; with a bool mask [H,W] only masked pixels count."""
     err = (pred.float() - target.float()) ** 2
@@ -22,7 +27,7 @@ def psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = N
         if not m.any():
             return float("nan")
         err = err[m]
-    return -10.0 * math.log10(max(float(err.mean()), 1e-12))
+    return psnr_from_mse(float(err.mean()))
 
 
 def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:

@@ -5,7 +5,6 @@ for training (with gradients) and inference alike. ``render_camera`` renders a w
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -202,7 +201,3 @@ def render_camera(
     res = {k: torch.cat(v).reshape(h, w, *v[0].shape[1:]) for k, v in parts.items()}
     res["rgb"] = res["rgb"].clamp(0, 1)
     return res
-
-
-def psnr_from_mse(mse: float) -> float:
-    return -10.0 * math.log10(max(mse, 1e-12))

@@ -35,8 +35,9 @@ def _resize(img: np.ndarray, w: int, h: int) -> np.ndarray:
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) / 255 - b.astype(np.float64) / 255) ** 2))
-    return -10 * np.log10(max(mse, 1e-12))
+    from nerf_mapping.evaluation import psnr_from_mse
+
+    return psnr_from_mse(float(np.mean((a.astype(np.float64) / 255 - b.astype(np.float64) / 255) ** 2)))
 
 
 def _write_params(out: Path) -> Path:

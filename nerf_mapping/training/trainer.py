@@ -19,7 +19,8 @@ from nerf_mapping.cameras import Cameras, camera_directions, rays_from_c2w
 from nerf_mapping.config import from_dict, to_dict
 from nerf_mapping.fields.ngp_field import FieldConfig, NGPField
 from nerf_mapping.rendering.occupancy_grid import OccupancyGrid, OccupancyGridConfig
-from nerf_mapping.rendering.renderer import RenderConfig, psnr_from_mse, render_camera, render_rays
+from nerf_mapping.evaluation import psnr_from_mse
+from nerf_mapping.rendering.renderer import RenderConfig, render_camera, render_rays
 from nerf_mapping.training.frame_store import FrameStore
 from nerf_mapping.training.pose_correction import PoseCorrection, PoseCorrectionConfig
 
