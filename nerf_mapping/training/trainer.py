@@ -6,7 +6,6 @@ parameters accordingly, and adapts the number of rays per step to keep the numbe
 """
 from __future__ import annotations
 
-import math
 import threading
 import time
 from dataclasses import dataclass
