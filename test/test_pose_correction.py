@@ -236,3 +236,75 @@ def test_to_file_frame_inverts_world_transform():
                         np.array([[0.5], [-1.0], [2.0]])], 1)
     scene = transform_poses(W, c2w_file)
     assert np.allclose(to_file_frame(W, scene), c2w_file, atol=1e-9)
+
+
+# ---------------------------------------------------------------------------------------------- preconditioning
+def _camera_at(distance: float = 4.0):
+    from nerf_mapping.cameras import Cameras
+
+    c2w = torch.eye(4)[:3].clone()
+    c2w[2, 3] = distance  # looking down -z at the origin (OpenGL)
+    return Cameras.create(c2w[None], 111.0, 111.0, 50.0, 50.0, 100, 100)
+
+
+def test_frustum_points_lie_in_front_of_the_camera_inside_the_box():
+    from nerf_mapping.training.pose_correction import frustum_points
+
+    pts = frustum_points(_camera_at(4.0), [[-1.5] * 3, [1.5] * 3], 0.5, 10.0)
+    assert pts.shape == (8 * 8 * 3, 3)
+    assert (pts[:, 2] < 0).all()  # in front of an OpenGL camera
+    world = pts + torch.tensor([0.0, 0.0, 4.0], dtype=pts.dtype)
+    assert (world.abs() <= 1.5 + 1e-6).all()
+
+
+@pytest.mark.parametrize("mode", ["so3xr3", "se3"])
+def test_camp_preconditioner_whitens_the_image_motion(mode):
+    """Uncapped, (J P)^T (J P) / N = I: every direction of phi moves the image by the same amount."""
+    from nerf_mapping.training.pose_correction import camp_preconditioner, frustum_points
+
+    pts = frustum_points(_camera_at(4.0), [[-1.5] * 3, [1.5] * 3], 0.5, 10.0)
+    P = camp_preconditioner(pts, mode)
+    assert torch.allclose(P, P.T, atol=1e-10)
+
+    def coords(p):
+        d = params_to_deltas(p[None], mode)[0]
+        y = (pts.double() - d[:, 3]) @ d[:, :3]
+        return torch.stack([y[:, 0] / -y[:, 2], y[:, 1] / -y[:, 2]], -1).reshape(-1)
+
+    J = torch.autograd.functional.jacobian(coords, torch.zeros(6, dtype=torch.float64))
+    M = (J @ P).T @ (J @ P) / pts.shape[0]
+    assert torch.allclose(M, torch.eye(6, dtype=torch.float64), atol=1e-5)
+    # translation steps are scaled up by about the depth (4 units), rotation steps stay about 1
+    tz, rx = (5, 0) if mode == "so3xr3" else (2, 3)  # se3 twists are (rho, omega)
+    assert 2.0 < P[tz, tz] < 20.0 and 0.5 < P[rx, rx] < 4.0
+    capped = camp_preconditioner(pts, mode, max_gain=5.0)
+    g = torch.linalg.eigvalsh(capped)
+    assert float(g.max() / g.min()) <= 5.0 + 1e-6
+
+
+def test_preconditioned_parameters_keep_the_correction_and_round_trip_checkpoints():
+    cfg = PoseCorrectionConfig(mode="so3xr3", gauge="none", precondition="camp")
+    pc = PoseCorrection(cfg, num_frames=2).double()
+    with torch.no_grad():
+        pc.params[1] = torch.tensor([0.01, -0.02, 0.005, 0.03, 0.0, -0.01], dtype=torch.float64)
+    before = pc.all_deltas()[1].clone()
+    assert pc.needs_preconditioner() == [0, 1]
+    pc.set_preconditioner(1, _camera_at(4.0), [[-1.5] * 3, [1.5] * 3], 0.5, 10.0)
+    assert pc.needs_preconditioner() == [0]
+    assert not torch.allclose(pc.precond[1], torch.eye(6, dtype=torch.float64))
+    assert torch.allclose(pc.all_deltas()[1], before, atol=1e-9)  # same pose, new coordinates
+    st = pc.state_dict()
+    pc2 = PoseCorrection(cfg, num_frames=2).double()
+    pc2.load_state_dict(st)
+    assert torch.allclose(pc2.all_deltas(), pc.all_deltas()) and pc2.needs_preconditioner() == []
+    # checkpoints written before preconditioning existed load with identity preconditioners
+    old = {"params": st["params"]}
+    pc3 = PoseCorrection(cfg, num_frames=2).double()
+    pc3.load_state_dict(old)
+    assert torch.allclose(pc3.effective_params(), st["params"])
+    # re-indexing keeps parameters and preconditioners together
+    pc.select([1])
+    assert torch.allclose(pc.all_deltas()[0], before, atol=1e-9)
+    assert PoseCorrection(PoseCorrectionConfig(mode="so3xr3", precondition="none"), 2).needs_preconditioner() == []
+    with pytest.raises(ValueError):
+        PoseCorrection(PoseCorrectionConfig(mode="so3xr3", precondition="bogus"))

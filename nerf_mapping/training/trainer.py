@@ -107,6 +107,15 @@ class Trainer:
         if self.pose.ensure_size(self.frames.num_ids):
             # Pose parameters grew (new frames arrived): rebuild its optimizer, keeping nothing stale.
             self.pose_optimizer = self.pose.make_optimizer()
+        pending = self.pose.needs_preconditioner()
+        if pending:
+            live = set(self.frames.frame_ids())
+            for fid in pending:
+                if fid in live:
+                    self.pose.set_preconditioner(fid, self.frames.camera(fid), self.scene.scene_box,
+                                                 self.scene.near, self.scene.far)
+                else:
+                    self.pose.precond_set[fid] = True  # evicted before it was ever trained: nothing to condition
 
     def density_fn(self, x: torch.Tensor) -> torch.Tensor:
         return self.field.density(x)[0]
