@@ -3,7 +3,8 @@
 A small demo scene is generated into a temp dir; the node runs as a real subprocess
 (``python -m nerf_mapping.ros.mapper_node --ros-args -p ...``) and this process plays the scene's bag (the recorded
 CDR bytes published through rclpy, at real time), then checks: status arrives with keyframes, the periodic render
-at the latest keyframe pose matches the ground-truth frame with that stamp (PSNR above a threshold), the services
+at the latest keyframe pose matches the ground-truth frame with that stamp (PSNR above a threshold), map->odom is
+published on /tf and ~/path/refined has a pose per ~/path/odom keyframe (pose refinement on, the default), the services
 answer (RenderView size, SaveMap under the output dir, '../evil' refused, ExportMesh not implemented yet), and bad
 messages (wrong encoding, step mismatch, NaN quaternion, odometry stamp going backwards) are counted and dropped
 while the node keeps publishing.
@@ -29,7 +30,7 @@ try:
     from rclpy.executors import MultiThreadedExecutor
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
     from geometry_msgs.msg import Pose
-    from nav_msgs.msg import Odometry
+    from nav_msgs.msg import Odometry, Path as PathMsg
     from sensor_msgs.msg import CameraInfo, Image
     from std_msgs.msg import String
     from tf2_msgs.msg import TFMessage
@@ -92,11 +93,16 @@ class Harness:
         self.status: list[MapStatus] = []
         self.stats: list[dict] = []
         self.rendered: list[Image] = []
+        self.paths: dict[str, PathMsg] = {}
+        self.map_odom: list = []  # map->odom transforms seen on /tf
         self.lock = threading.Lock()
         n = self.node
         n.create_subscription(MapStatus, f"{NODE}/status", self._on_status, 10)
         n.create_subscription(String, f"{NODE}/input_stats", self._on_stats, 10)
         n.create_subscription(Image, f"{NODE}/rendered", self._on_rendered, 10)
+        for name in ("odom", "refined"):
+            n.create_subscription(PathMsg, f"{NODE}/path/{name}", lambda m, k=name: self._on_path(k, m), 2)
+        n.create_subscription(TFMessage, "/tf", self._on_tf, 10)
         static = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.pubs = {
             "/camera/image_raw": n.create_publisher(Image, "/camera/image_raw", qos_profile_sensor_data),
@@ -118,6 +124,14 @@ class Harness:
     def _on_rendered(self, msg):
         with self.lock:
             self.rendered.append(msg)
+
+    def _on_path(self, name, msg):
+        with self.lock:
+            self.paths[name] = msg
+
+    def _on_tf(self, msg):
+        with self.lock:
+            self.map_odom += [t for t in msg.transforms if (t.header.frame_id, t.child_frame_id) == ("map", "odom")]
 
     def wait_for(self, pred, timeout: float, what: str):
         t0 = time.monotonic()
@@ -277,6 +291,22 @@ def test_mapper_end_to_end(mapper):
     assert h.rendered, "no ~/rendered"
     last = h.status[-1]
     assert last.steps > 0 and last.training and last.keyframes > 0
+
+    # --- pose refinement (on by default): map->odom on /tf, a refined pose per odometry keyframe
+    def paths_agree():
+        with h.lock:
+            po, pr = h.paths.get("odom"), h.paths.get("refined")
+        return po is not None and pr is not None and len(po.poses) > 0 and len(po.poses) == len(pr.poses)
+
+    h.wait_for(paths_agree, 10, "~/path/odom and ~/path/refined with equal lengths")
+    with h.lock:
+        po, pr = h.paths["odom"], h.paths["refined"]
+    assert (po.header.frame_id, pr.header.frame_id) == ("odom", "map")
+    assert [p.header.stamp for p in po.poses] == [p.header.stamp for p in pr.poses]
+    h.wait_for(lambda: len(h.map_odom) > 0, 10, "map->odom on /tf")
+    q = h.map_odom[-1].transform.rotation
+    assert abs(q.x * q.x + q.y * q.y + q.z * q.z + q.w * q.w - 1.0) < 1e-6
+    assert math.isfinite(last.pose_correction_rot_deg) and math.isfinite(last.pose_correction_trans)
 
     # --- services answer while training runs
     pose = Pose()

@@ -3,8 +3,13 @@ on the built-in demo scene; this process watches them like a user with RViz woul
 against the scene's ground truth until the map passes a quality bar, calls the services, and saves everything.
 
 Outputs in ``--output``: ``summary.json``, ``status.jsonl`` (every MapStatus), ``renders/`` (the node's periodic
-renders next to ground truth, and a RenderView answer), ``paths.json`` (odometry and refined keyframe paths),
-``map/`` (SaveMap checkpoint), ``logs/`` (node and player logs).
+renders next to ground truth, and a RenderView answer), ``paths.json`` (odometry, refined and ground-truth keyframe
+paths: stamps and base_link positions), ``map/`` (SaveMap checkpoint), ``logs/`` (node and player logs).
+
+Trajectory error: ``summary.json["ate"]`` scores ``~/path/odom`` (raw odometry) and ``~/path/refined`` (pose
+refinement) against the ground-truth base_link positions at the same stamps: RMSE unaligned (the map frame starts at
+the first odometry pose, which is the ground truth at t0) and after a rigid SE(3) Umeyama fit, plus the error of the
+last pose, in metres.
 """
 from __future__ import annotations
 
@@ -26,6 +31,50 @@ def _gt_frames(scene: Path) -> tuple[list[int], list[Path], list[np.ndarray]]:
     paths = [scene / f["file_path"] for f in d["frames"]]
     c2w = [np.asarray(f["transform_matrix"], dtype=np.float64) for f in d["frames"]]
     return stamps, paths, c2w
+
+
+def gt_base_positions(scene: Path, stamps_ns) -> np.ndarray:
+    """Ground-truth base_link positions [N,3] at ``stamps_ns``: exact at image stamps (ground-truth camera pose and
+    the scene's base->camera extrinsic), else interpolated in the 50 Hz ground-truth odometry."""
+    from nerf_mapping.training.drift import interpolate_positions, inv_se3
+
+    d = np.load(scene / "odometry.npz")
+    img_t = np.asarray(d["image_stamps_ns"], dtype=np.int64)
+    base_at_img = (d["camera_gt_opencv"] @ inv_se3(d["extrinsic_base_to_camera_optical"]))[:, :3, 3]
+    out = interpolate_positions(stamps_ns, d["odom_stamps_ns"], d["odom_gt"][:, :3, 3])
+    t = np.asarray(stamps_ns, dtype=np.int64)
+    idx = np.clip(np.searchsorted(img_t, t), 0, len(img_t) - 1)
+    exact = img_t[idx] == t
+    out[exact] = base_at_img[idx[exact]]
+    return out
+
+
+def trajectory_errors(scene: Path, paths: dict) -> dict:
+    """ATE of every collected path (``{"odom"|"refined": {"stamps_ns": [...], "xyz": [...]}}``) against ground
+    truth; also stores the ground-truth positions into ``paths["ground_truth"]``."""
+    from nerf_mapping.training.drift import ate
+
+    out = {}
+    for name in ("odom", "refined"):
+        p = paths.get(name)
+        if not p or not p["stamps_ns"]:
+            continue
+        gt = gt_base_positions(scene, p["stamps_ns"])
+        out[name] = ate(p["xyz"], gt)
+        if name == "odom":
+            paths["ground_truth"] = {"stamps_ns": list(p["stamps_ns"]), "xyz": gt.tolist()}
+    return out
+
+
+def _fmt_ate(ate: dict) -> str:
+    parts = []
+    for name in ("odom", "refined"):
+        a = ate.get(name)
+        if a and a["n"]:
+            parts.append(f"{name} {a['rmse'] * 100:.1f} cm (aligned {a['rmse_aligned'] * 100:.1f} cm, final "
+                         f"{a['final'] * 100:.1f} cm)")
+    n = (ate.get("odom") or {}).get("n", 0)
+    return f"ATE vs ground truth over {n} keyframes: " + "; ".join(parts) if parts else "ATE: no paths received"
 
 
 def _resize(img: np.ndarray, w: int, h: int) -> np.ndarray:
@@ -129,7 +178,10 @@ def run(args) -> int:
     def on_path(name):
         def cb(msg: PathMsg):
             with lock:
-                state["paths"][name] = [[p.pose.position.x, p.pose.position.y, p.pose.position.z] for p in msg.poses]
+                state["paths"][name] = {
+                    "frame_id": msg.header.frame_id,
+                    "stamps_ns": [conv.stamp_to_ns(p.header.stamp) for p in msg.poses],
+                    "xyz": [[p.pose.position.x, p.pose.position.y, p.pose.position.z] for p in msg.poses]}
         return cb
 
     node.create_subscription(MapStatus, "/nerf_mapper/status", on_status, 10)
@@ -163,13 +215,17 @@ def run(args) -> int:
         services = _call_services(node, out, gt_c2w, gt_paths, args.psnr_bar) if rc == 0 else {}
     finally:
         with lock:
+            try:
+                ate = trajectory_errors(scene, state["paths"])
+            except Exception as exc:  # noqa: BLE001 - a scoring problem must not lose the other outputs
+                ate = {"error": repr(exc)}
             summary = {
                 "scene": str(scene), "psnr_bar_db": args.psnr_bar,
                 "reached_bar": state["t_psnr_bar"] is not None,
                 "seconds_first_frame_to_bar": (state["t_psnr_bar"] - state["t_first_frame"])
                 if state["t_psnr_bar"] and state["t_first_frame"] else None,
                 "best_render_psnr_db": state["best_psnr"], "last_status": state["status"],
-                "n_renders": len(state["renders"]), "renders": state["renders"], "services": services,
+                "ate": ate, "n_renders": len(state["renders"]), "renders": state["renders"], "services": services,
             }
             (out / "paths.json").write_text(json.dumps(state["paths"]))
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -185,6 +241,7 @@ def run(args) -> int:
     print(f"\nmap quality bar ({args.psnr_bar:.0f} dB vs ground truth) "
           f"{'reached after %.0f s' % summary['seconds_first_frame_to_bar'] if summary['reached_bar'] else 'NOT reached'}"
           f"; best render PSNR {summary['best_render_psnr_db']:.1f} dB")
+    print(_fmt_ate(ate) if "error" not in ate else f"ATE failed: {ate['error']}")
     for k, v in services.items():
         print(f"  service {k}: {v.get('message', '')} ({v.get('seconds', 0):.2f} s)")
     print(f"outputs in {out}: summary.json, status.jsonl, renders/, paths.json, map/, logs/")

@@ -24,6 +24,7 @@ import threading
 import time
 from collections import Counter, deque
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 import numpy as np
 import rclpy
@@ -47,10 +48,35 @@ from nerf_mapping_interfaces.srv import ExportMesh, LoadMap, QuerySegmentation, 
 from nerf_mapping.ros import conversions as conv
 from nerf_mapping.ros.params import PARAMETERS
 from nerf_mapping.ros.sync import AFTER_BUFFER, EMPTY, OdometryBuffer
+from nerf_mapping.training import drift
 
 NODE_NAME = "nerf_mapper"
 MAP_SUFFIX = ".pt"
 RENDER_CHUNK = 1024  # rays per render chunk: bounds the peak memory of renders (samples x hidden width)
+
+
+class Keyframe(NamedTuple):
+    """Bookkeeping of one keyframe. The frame store holds it at ``T_map_odom @ T_odom_cam`` (model c2w)."""
+
+    stamp_ns: int
+    T_odom_base: np.ndarray  # raw odometry body pose (~/path/odom)
+    T_odom_cam: np.ndarray   # raw odometry camera (optical) pose = T_odom_base @ T_base_cam
+    T_map_odom: np.ndarray   # drift estimate applied when the keyframe entered the map
+
+
+BOOL_OR_STRING = {"training.pose_refinement"}
+
+
+def pose_mode(value) -> str:
+    """``training.pose_refinement`` -> PoseCorrectionConfig.mode: false / off / none / '' mean off."""
+    if isinstance(value, bool) and value is False:
+        return "off"
+    v = str(value).strip().lower()
+    if v in ("off", "false", "none", "no", ""):
+        return "off"
+    if v == "true":
+        raise ValueError("training.pose_refinement: give a mode (so3xr3, se3, quat, 6d) or off, not true")
+    return v
 
 
 # ------------------------------------------------------------------------------------------------- output paths
@@ -80,7 +106,9 @@ class MapperNode(Node):
     def __init__(self, **kwargs):
         super().__init__(NODE_NAME, **kwargs)
         for name, default, desc in PARAMETERS:
-            self.declare_parameter(name, default, ParameterDescriptor(description=desc))
+            # YAML and `-p` parse an unquoted off as the boolean false: such parameters accept either type
+            self.declare_parameter(name, default, ParameterDescriptor(description=desc,
+                                                                      dynamic_typing=name in BOOL_OR_STRING))
         g = self._p
         import torch
 
@@ -126,10 +154,13 @@ class MapperNode(Node):
             raise ValueError("keyframe.capacity must be >= 2")
         self.kf_cfg = kc
         self.selector = KeyframeSelector(kc)
-        # keyframe bookkeeping: frame id -> (stamp ns, T_odom_base 4x4); history of all keyframes for the paths
-        self.kf_info: dict[int, tuple[int, np.ndarray]] = {}
-        self.kf_history: deque = deque(maxlen=20000)  # (frame id, stamp, T_odom_base)
+        # keyframe bookkeeping: live frame id -> Keyframe; history of all keyframes (frame id, Keyframe) for the paths
+        self.kf_info: dict[int, Keyframe] = {}
+        self.kf_history: deque = deque(maxlen=20000)
         self._latest_kf: int | None = None
+        # (trainer, [F,3,4] camera-frame pose corrections): refreshed by the training thread after every step, so
+        # publishers never read pose parameters while the trainer updates or grows them
+        self._pose_snap: tuple | None = None
 
         self.trainer = self._build_trainer()
         self._rays_accum = 0.0
@@ -265,7 +296,10 @@ class MapperNode(Node):
         if not scene.unbounded:
             apply_inside_out_preset(cfg, scene.scene_box)  # the robot is inside the mapped volume
         cfg.target_samples_per_step = int(self._p("training.target_samples_per_step"))
-        cfg.pose.mode = str(self._p("training.pose_refinement"))
+        cfg.pose.mode = pose_mode(self._p("training.pose_refinement"))
+        cfg.pose.lr = float(self._p("training.pose_lr"))
+        cfg.pose.lr_final = min(cfg.pose.lr_final, cfg.pose.lr)  # decays (with a time budget), never grows
+        cfg.pose.c2f = None  # no coarse-to-fine online: the run has no known end
         for item in self._p("training.overrides"):
             if item.strip():
                 k, _, v = item.partition("=")
@@ -475,20 +509,28 @@ class MapperNode(Node):
         return cam if factor == 1.0 else cam.scaled(factor)
 
     def _add_keyframe(self, image: np.ndarray, T_odom_cam, T_odom_base, stamp_ns: int) -> None:
+        """Add a keyframe at its odometry pose corrected by the current drift estimate (identity while pose refinement
+        is off or before the first keyframe)."""
         from nerf_mapping.training.keyframes import downscale_factor, downscale_image
 
         k = downscale_factor(image.shape[1], self.kf_cfg.max_width)
         small = downscale_image(image, k)
-        cam = self._camera_for(conv.optical_pose_to_model_c2w(T_odom_cam), 1.0 / k)
-        # exact sizes after the integer crop
-        cam.width[:] = small.shape[1]
-        cam.height[:] = small.shape[0]
         with self._state_lock:
-            fid = self.trainer.frames.add(self._torch.from_numpy(small), cam)
-            live = set(self.trainer.frames.frame_ids())
+            tr = self.trainer
+            T_map_odom = self._drift_estimate(tr)
+            cam = self._camera_for(conv.optical_pose_to_model_c2w(drift.apply_drift(T_map_odom, T_odom_cam)), 1.0 / k)
+            # exact sizes after the integer crop
+            cam.width[:] = small.shape[1]
+            cam.height[:] = small.shape[0]
+            # under the trainer lock: a step sizes the pose parameters to the frame store first and samples frames
+            # later, so a frame added in between would index past the parameters
+            with tr.lock:
+                fid = tr.frames.add(self._torch.from_numpy(small), cam)
+            live = set(tr.frames.frame_ids())
+            kf = Keyframe(stamp_ns, T_odom_base, np.asarray(T_odom_cam, dtype=np.float64), T_map_odom)
             self.kf_info = {i: v for i, v in self.kf_info.items() if i in live}
-            self.kf_info[fid] = (stamp_ns, T_odom_base)
-            self.kf_history.append((fid, stamp_ns, T_odom_base))
+            self.kf_info[fid] = kf
+            self.kf_history.append((fid, kf))
             self._latest_kf = fid
 
     # ------------------------------------------------------------------------------------------------ training
@@ -523,8 +565,12 @@ class MapperNode(Node):
                 time.sleep(0.5)
                 continue
             self._rays_accum += st["n_rays"]
+            if tr.pose.enabled:
+                self._snapshot_pose(tr)
             now = time.monotonic()
-            if now >= self._next_render:
+            # not before the occupancy grid has been carved: a render through the all-occupied initial grid marches
+            # every sample of every ray (tens of seconds on 2 cores), and it stretches the next render period 3x
+            if now >= self._next_render and tr.step_count > max(tr.cfg.grid.warmup_steps, tr.cfg.grid.update_every):
                 t0 = time.monotonic()
                 self._periodic_render()
                 dur = time.monotonic() - t0
@@ -536,7 +582,7 @@ class MapperNode(Node):
             fid = self._latest_kf
             if fid is None or fid not in self.kf_info:
                 return
-            stamp_ns = self.kf_info[fid][0]
+            stamp_ns = self.kf_info[fid].stamp_ns
             tr = self.trainer
             cam = tr.frames.camera(fid)
         try:
@@ -560,26 +606,71 @@ class MapperNode(Node):
         with self._torch.no_grad():
             return tr.pose(c2w[None], self._torch.tensor([fid]))[0]
 
-    def pose_state(self):
+    def _snapshot_pose(self, tr):
+        """[F,3,4] float64 camera-frame corrections of every frame id of ``tr`` (None when refinement is off), read
+        under the trainer lock (the training thread updates and grows the parameters inside its steps)."""
+        if not tr.pose.enabled:
+            return None
+        with tr.lock, self._torch.no_grad():
+            d = tr.pose.all_deltas().detach().double().numpy().copy()
+        self._pose_snap = (tr, d)
+        return d
+
+    def _pose_deltas(self, tr):
+        """The latest corrections snapshot of ``tr`` (taken now when there is none, e.g. right after LoadMap)."""
+        if not tr.pose.enabled:
+            return None
+        snap = self._pose_snap
+        if snap is not None and snap[0] is tr:
+            return snap[1]
+        return self._snapshot_pose(tr)
+
+    def _implied_map_odom(self, tr, entries) -> dict[int, np.ndarray]:
+        """T_map_odom implied by each keyframe of ``entries`` [(frame id, Keyframe)]: its refined map pose times the
+        inverse of its RAW odometry camera pose. A keyframe the trainer has not seen yet implies the drift estimate
+        it was inserted with."""
+        from nerf_mapping.training.pose_correction import apply_deltas
+
+        torch = self._torch
+        d = self._pose_deltas(tr)
+        out: dict[int, np.ndarray] = {}
+        todo = []
+        for fid, kf in entries:
+            if d is None or fid >= d.shape[0]:
+                out[fid] = kf.T_map_odom
+            else:
+                todo.append((fid, kf))
+        if todo:
+            c2w = np.stack([conv.optical_pose_to_model_c2w(drift.apply_drift(kf.T_map_odom, kf.T_odom_cam))
+                            for _, kf in todo]).astype(np.float64)
+            deltas = np.stack([d[fid] for fid, _ in todo])
+            refined = apply_deltas(torch.from_numpy(c2w), torch.from_numpy(deltas)).numpy()
+            for (fid, kf), r in zip(todo, refined):
+                out[fid] = drift.implied_map_odom(conv.model_c2w_to_optical_pose(r), kf.T_odom_cam)
+        return out
+
+    def _drift_estimate(self, tr) -> np.ndarray:
+        """Current best T_map_odom: implied by the most recent keyframe (call with the state lock held)."""
+        if not self.kf_history:
+            return np.eye(4)
+        fid, kf = self.kf_history[-1]
+        return drift.drift_estimate(self._implied_map_odom(tr, [(fid, kf)]), [fid])
+
+    def pose_state(self, paths: bool = True):
         """The single source of refined poses: (odom path [(stamp, T_odom_base)], refined path
-        [(stamp, T_map_base)], T_map_odom 4x4). map->odom comes from the latest keyframe's correction."""
+        [(stamp, T_map_base)], T_map_odom 4x4). map->odom comes from the latest keyframe's correction; each
+        keyframe of the refined path is moved by its own implied map->odom. ``paths=False``: only T_map_odom
+        (empty paths)."""
         with self._state_lock:
-            hist = list(self.kf_history)
+            hist = list(self.kf_history) if paths else list(self.kf_history)[-1:]
             tr = self.trainer
-            live = {fid: tr.frames.camera(fid).c2w[0] for fid in self.kf_info}
-            T_base_cam = self._camera_extrinsic()
-            latest = self._latest_kf
-        odom_path = [(s, T) for _, s, T in hist]
-        T_map_odom = np.eye(4)
-        corrections: dict[int, np.ndarray] = {}
-        if tr.pose.enabled and T_base_cam is not None:
-            for fid, c2w in live.items():
-                refined = conv.model_c2w_to_optical_pose(self._refined_c2w(tr, fid, c2w).detach().numpy())
-                raw = conv.model_c2w_to_optical_pose(c2w.numpy())
-                corrections[fid] = refined @ np.linalg.inv(raw)  # T_map_odom implied by this keyframe
-            if latest in corrections:
-                T_map_odom = corrections[latest]
-        refined_path = [(s, corrections.get(fid, T_map_odom) @ T) for fid, s, T in hist]
+        if not paths:
+            return [], [], drift.drift_estimate(self._implied_map_odom(tr, hist), [fid for fid, _ in hist])
+        odom_path = [(kf.stamp_ns, kf.T_odom_base) for _, kf in hist]
+        corrections = self._implied_map_odom(tr, hist)
+        T_map_odom = drift.drift_estimate(corrections, [fid for fid, _ in hist])
+        refined_path = drift.refined_path([(fid, kf.stamp_ns, kf.T_odom_base) for fid, kf in hist], corrections,
+                                          T_map_odom)
         return odom_path, refined_path, T_map_odom
 
     # ------------------------------------------------------------------------------------------------ publishing
@@ -602,14 +693,14 @@ class MapperNode(Node):
             msg.loss = float(st.get("loss", 0.0))
             msg.psnr = float(st.get("psnr", 0.0))
             msg.rays_per_second = float(self._rays_per_second)
-            if tr.pose.enabled:
-                ids = [i for i in list(self.kf_info) if i < tr.pose.params.shape[0]]
+            deltas = self._pose_deltas(tr)
+            if deltas is not None:
+                ids = [i for i in list(self.kf_info) if i < deltas.shape[0]]
                 if ids:
-                    with self._torch.no_grad():
-                        d = tr.pose.deltas(self._torch.tensor(ids)).double()  # [K,3,4] camera-frame corrections
-                    cos = ((d[:, 0, 0] + d[:, 1, 1] + d[:, 2, 2] - 1.0) * 0.5).clamp(-1.0, 1.0)
-                    msg.pose_correction_rot_deg = float(self._torch.rad2deg(self._torch.acos(cos)).mean())
-                    msg.pose_correction_trans = float(d[:, :, 3].norm(dim=-1).mean())
+                    d = deltas[ids]  # [K,3,4] learned camera-frame corrections of the live keyframes
+                    cos = np.clip((d[:, 0, 0] + d[:, 1, 1] + d[:, 2, 2] - 1.0) * 0.5, -1.0, 1.0)
+                    msg.pose_correction_rot_deg = float(np.degrees(np.arccos(cos)).mean())
+                    msg.pose_correction_trans = float(np.linalg.norm(d[:, :, 3], axis=-1).mean())
             msg.training = bool(self._train_active)
             self._publish(self.pub_status, msg)
             with self._counts_lock:
@@ -629,7 +720,7 @@ class MapperNode(Node):
 
     def _publish_tf(self) -> None:
         try:
-            _, _, T_map_odom = self.pose_state()
+            _, _, T_map_odom = self.pose_state(paths=False)
             stamp = self._latest_odom_ns or self.get_clock().now().nanoseconds
             self._publish(self.pub_tf, TFMessage(transforms=[conv.transform_stamped(T_map_odom, stamp, self.map_frame,
                                                                              self.odom_frame)]))
@@ -686,11 +777,15 @@ class MapperNode(Node):
         extra = {"node": NODE_NAME, "map_frame": self.map_frame, "odom_frame": self.odom_frame}
         if ids:
             extra["keyframe_ids"] = torch.tensor(ids, dtype=torch.int64)
-            extra["keyframe_stamps_ns"] = torch.tensor([self.kf_info.get(i, (0, None))[0] for i in ids],
-                                                       dtype=torch.int64)
-            extra["keyframe_odom_base"] = torch.tensor(np.stack([self.kf_info[i][1] if i in self.kf_info
-                                                                 else np.eye(4) for i in ids]), dtype=torch.float64)
             cams = [tr.frames.camera(i) for i in ids]
+            extra["keyframe_stamps_ns"] = torch.tensor([self.kf_info[i].stamp_ns if i in self.kf_info else 0
+                                                        for i in ids], dtype=torch.int64)
+            extra["keyframe_odom_base"] = torch.tensor(np.stack([self.kf_info[i].T_odom_base if i in self.kf_info
+                                                                 else np.eye(4) for i in ids]), dtype=torch.float64)
+            # raw odometry camera poses (the frame store's c2w also holds the drift correction applied at insertion)
+            extra["keyframe_odom_cam"] = torch.tensor(np.stack(
+                [self.kf_info[i].T_odom_cam if i in self.kf_info else conv.model_c2w_to_optical_pose(c.c2w[0].numpy())
+                 for i, c in zip(ids, cams)]), dtype=torch.float64)
             extra["keyframe_c2w"] = torch.cat([c.c2w for c in cams])
             extra["keyframe_intrinsics"] = torch.stack(
                 [torch.cat([c.fx, c.fy, c.cx, c.cy, c.width.float(), c.height.float(), c.model.float()]) for c in cams])
@@ -719,7 +814,7 @@ class MapperNode(Node):
         extra = st.get("extra", {}) if isinstance(st, dict) else {}
         frames = FrameStore(capacity=self.kf_cfg.capacity)
         old_ids: list[int] = []
-        info: dict[int, tuple[int, np.ndarray]] = {}
+        info: dict[int, Keyframe] = {}
         if "keyframe_ids" in extra:
             ids = extra["keyframe_ids"].tolist()
             for j, old in enumerate(ids):
@@ -728,17 +823,19 @@ class MapperNode(Node):
                                      extra["keyframe_distortion"][j], int(k[6]))
                 fid = frames.add(extra["keyframe_images"][j], cam)
                 old_ids.append(int(old))
-                info[fid] = (int(extra["keyframe_stamps_ns"][j]), extra["keyframe_odom_base"][j].numpy())
+                T_map_cam = conv.model_c2w_to_optical_pose(extra["keyframe_c2w"][j].double().numpy())
+                # maps saved before drift-corrected insertion: the stored pose is the raw odometry pose
+                T_odom_cam = extra["keyframe_odom_cam"][j].numpy() if "keyframe_odom_cam" in extra else T_map_cam
+                info[fid] = Keyframe(int(extra["keyframe_stamps_ns"][j]), extra["keyframe_odom_base"][j].numpy(),
+                                     T_odom_cam, drift.implied_map_odom(T_map_cam, T_odom_cam))
         tr = Trainer.load(path, frames=frames)
         if old_ids and tr.pose.params.shape[0] > max(old_ids):
-            with torch.no_grad():
-                old = tr.pose.params.detach().clone()
-                tr.pose.params = torch.nn.Parameter(old[torch.tensor(old_ids)].clone())
+            tr.pose.select(old_ids)  # params, preconditioners and their flags, renumbered like the frame store
             tr.pose_optimizer = tr.pose.make_optimizer()
         with self._state_lock:
             self.trainer = tr
             self.kf_info = info
-            self.kf_history = deque(((fid, s, T) for fid, (s, T) in sorted(info.items())), maxlen=20000)
+            self.kf_history = deque(sorted(info.items()), maxlen=20000)
             self._latest_kf = max(info) if info else None
             self._train_t0 = None
 

@@ -50,7 +50,11 @@ PARAMETERS: list[tuple[str, object, str]] = [
     ("training.threads", 0, "torch intra-op threads (0 = torch default)"),
     ("training.max_steps", 0, "stop training after this many steps (0 = unlimited)"),
     ("training.time_budget_s", 0.0, "stop training after this many seconds (0 = unlimited, no lr decay)"),
-    ("training.pose_refinement", "off", "pose refinement mode (off | so3xr3)"),
+    ("training.pose_refinement", "so3xr3",
+     "joint pose refinement: off | so3xr3 | se3 | quat | 6d; new keyframes enter with the current odometry drift "
+     "estimate applied, map->odom and ~/path/refined come from the refined keyframes"),
+    ("training.pose_lr", 3e-4, "pose-correction learning rate (constant online unless training.time_budget_s is set; "
+     "the offline default 3e-3 makes the keyframe poses wander while the map is still coarse)"),
     ("training.overrides", [""], "extra TrainerConfig overrides 'dotted.key=value'"),
     # outputs
     ("output_dir", "outputs/mapper", "directory for SaveMap / ExportMesh / LoadMap files (nothing outside it)"),

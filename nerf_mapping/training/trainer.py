@@ -123,11 +123,13 @@ class Trainer:
     def step(self) -> dict[str, float]:
         """One optimisation step. Returns stats (loss, psnr, n_rays, n_samples)."""
         with self.lock:
+            # Sample first, then size the pose parameters: a frame added by another thread in between would
+            # otherwise be sampled without a pose parameter (num_ids only grows, so this order is safe).
+            batch, cams, slot = self.frames.sample(self.n_rays)
             self._sync_pose_params()
             self.pose.on_step(self)  # pose lr schedule, coarse-to-fine level weights
             self.field.train()
             self.grid.update_every_n_steps(self.step_count, self.density_fn, self.render_cfg.step_size)
-            batch, cams, slot = self.frames.sample(self.n_rays)
             dirs_cam = camera_directions(cams, slot, batch.px, batch.py)
             c2w = self.pose(cams.c2w[slot], batch.frame_ids)
             origins, dirs = rays_from_c2w(c2w, dirs_cam)
