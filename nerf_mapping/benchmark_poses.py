@@ -43,6 +43,8 @@ def add_cli(bs) -> None:
                    help="translation noise per degree of rotation noise (scene units; default 0.005 x median "
                         "camera distance)")
     q.add_argument("--pose-opt", choices=["so3xr3", "se3", "quat", "6d"], default="so3xr3")
+    q.add_argument("--pose-precondition", choices=["camp", "diag", "none"], default=None,
+                   help="pose preconditioning (default: the config's, camp)")
     q.add_argument("--c2f", default="0.0,0.4", metavar="START,END",
                    help="coarse-to-fine window as fractions of the run ('none' to disable)")
     q.add_argument("--downscale", type=int, default=None, help="default: 4 for lego (100x100), 2 for DTU (200x150)")
@@ -96,6 +98,8 @@ def train_and_evaluate(train_noisy, gt_c2w, test, args, pose_mode: str, c2f, uni
     cfg.seed = args.seed
     cfg.pose.mode = pose_mode
     cfg.pose.c2f = c2f
+    if getattr(args, "pose_precondition", None):
+        cfg.pose.precondition = args.pose_precondition
     _apply_overrides(cfg, args.set)
     tr = build_trainer(train_noisy, cfg)
     t0 = time.perf_counter()
@@ -221,7 +225,10 @@ def run(args) -> dict:
                 plot_dir.mkdir(parents=True, exist_ok=True)
                 out["plot"] = str(plot_sweep(sweep, plot_dir / "pose_error_vs_noise.png"))
         out["trans_noise_per_deg"] = tpd
+    from nerf_mapping.training.pose_correction import PoseCorrectionConfig
+
     out.update({"pose_opt": args.pose_opt, "c2f": list(c2f) if c2f else None,
+                "pose_precondition": args.pose_precondition or PoseCorrectionConfig().precondition,
                 "downscale": ds, "time_budget_per_run": args.time_budget, "steps_per_run": args.steps,
                 "tto_steps": args.tto_steps, "seconds": time.perf_counter() - t_start})
     return out

@@ -1,7 +1,7 @@
 """``nerf-mapping poses ...`` and the pose-refinement flags of ``nerf-mapping train``.
 
     nerf-mapping train ... --pose-noise-rot-deg R --pose-noise-trans T --pose-opt {off,so3xr3,se3,quat,6d}
-                           [--c2f START,END]
+                           [--c2f START,END] [--pose-precondition {camp,diag,none}]
     nerf-mapping poses export --checkpoint CKPT --output transforms.json [--which refined|input|gt]
     nerf-mapping poses errors --checkpoint CKPT [--json OUT.json]     (needs a run trained with --pose-noise-*)
 
@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 POSE_OPT_CHOICES = ("off", "so3xr3", "se3", "quat", "6d")
+PRECONDITION_CHOICES = ("camp", "diag", "none")
 
 
 def parse_c2f(text: str | None) -> tuple[float, float] | None:
@@ -42,6 +43,9 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
                    help="learnable per-frame pose correction (default: the config's pose.mode, i.e. off)")
     g.add_argument("--c2f", default=None, metavar="START,END",
                    help="coarse-to-fine hash-level annealing between these fractions of the run, e.g. 0.0,0.5")
+    g.add_argument("--pose-precondition", choices=PRECONDITION_CHOICES, default=None,
+                   help="per-frame preconditioning of the pose parameters (default camp: equal image motion per "
+                        "direction, after CamP; none: raw parameters, better for tiny images / few rays per frame)")
 
 
 def apply_pose_noise(args, data):
@@ -63,6 +67,8 @@ def apply_pose_config(args, cfg) -> None:
     c2f = parse_c2f(getattr(args, "c2f", None))
     if c2f is not None:
         cfg.pose.c2f = c2f
+    if getattr(args, "pose_precondition", None) is not None:
+        cfg.pose.precondition = args.pose_precondition
 
 
 def train_extra(args, data) -> dict:
