@@ -148,12 +148,16 @@ def test_ensure_size_keeps_values_and_state_dict_round_trip():
 
 
 def test_lr_schedule_and_c2f_weights():
-    cfg = PoseCorrectionConfig(mode="so3xr3", lr=1e-2, lr_final=1e-4, warmup_steps=10, c2f=(0.2, 0.6))
+    cfg = PoseCorrectionConfig(mode="so3xr3", lr=1e-2, lr_final=1e-4, warmup_steps=10, c2f=(0.2, 0.6),
+                               start_steps=0)
     pc = PoseCorrection(cfg, 2)
     assert pc.lr_at(0, 0.0) == pytest.approx(1e-3)
     assert pc.lr_at(100, 0.0) == pytest.approx(1e-2)
     assert pc.lr_at(100, 0.5) == pytest.approx(1e-3)
     assert pc.lr_at(100, 1.0) == pytest.approx(1e-4)
+    delayed = PoseCorrection(PoseCorrectionConfig(mode="so3xr3", lr=1e-2, warmup_steps=10, start_steps=20), 2)
+    assert delayed.lr_at(0, 0.0) == 0.0 and delayed.lr_at(19, 0.0) == 0.0
+    assert delayed.lr_at(20, 0.0) == pytest.approx(1e-3) and delayed.lr_at(29, 0.0) == pytest.approx(1e-2)
     assert pc.c2f_alpha(0.1) == 0.0 and pc.c2f_alpha(0.4) == pytest.approx(0.5) and pc.c2f_alpha(0.9) == 1.0
     w0 = c2f_level_weights(0.0, 16, 2)
     assert torch.equal(w0[:2], torch.ones(2)) and w0[2:].abs().max() == 0
