@@ -98,6 +98,8 @@ def train_and_evaluate(train_noisy, gt_c2w, test, args, pose_mode: str, c2f, uni
     cfg.seed = args.seed
     cfg.pose.mode = pose_mode
     cfg.pose.c2f = c2f
+    if train_noisy.format == "dtu" and train_noisy.masks is not None:
+        cfg.mask_background = True  # IDR's protocol: the object alone (the backdrop is outside the bounded field)
     if getattr(args, "pose_precondition", None):
         cfg.pose.precondition = args.pose_precondition
     _apply_overrides(cfg, args.set)

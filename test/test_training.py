@@ -81,3 +81,31 @@ def test_real_capture_smoke(shared_data, name, downscale):
     h, w = test.images[0].shape[:2]
     assert out["rgb"].shape == (h, w, 3) and torch.isfinite(out["rgb"]).all()
     assert torch.isfinite(out["depth"]).all() and float(out["opacity"].max()) <= 1.0 + 1e-5
+
+
+def test_mask_background_trains_masked_out_pixels_to_the_background(tiny_scene):
+    """mask_background: pixels outside a frame's mask are trained towards the background colour, not the image."""
+    import torch
+
+    from nerf_mapping.data import load_dataset
+    from nerf_mapping.training.frame_store import FrameStore
+    from nerf_mapping.training.offline import default_config, scene_spec
+    from nerf_mapping.training.trainer import Trainer
+
+    data = load_dataset(tiny_scene, "train")
+    fs = FrameStore(seed=0)
+    for i in range(4):
+        img = data.images[i]
+        fs.add(img, data.cameras[i : i + 1], mask=torch.zeros(img.shape[:2], dtype=torch.bool))
+    cfg = default_config(data, "auto")
+    cfg.target_samples_per_step = 4096
+    cfg.background = (1.0, 0.0, 1.0)  # a colour no pixel of the room has
+    cfg.mask_background = True
+    tr = Trainer(cfg, scene_spec(data), fs)
+    tr.train(max_steps=60, progress=False)
+    with torch.no_grad():
+        out = tr.render(data.cameras, 0)["rgb"].reshape(-1, 3)
+    gt = data.images[0].reshape(-1, 3).float() / 255.0
+    to_bg = float(((out - torch.tensor(cfg.background)) ** 2).mean())
+    to_img = float(((out - gt) ** 2).mean())
+    assert to_bg < 0.5 * to_img, (to_bg, to_img)

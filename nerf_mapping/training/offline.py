@@ -18,7 +18,8 @@ def scene_spec(data) -> SceneSpec:
 def frame_store_from(data, capacity: int | None = None, seed: int = 0) -> FrameStore:
     fs = FrameStore(capacity=capacity, seed=seed)
     for i, img in enumerate(data.images):
-        fs.add(img, data.cameras[i : i + 1], depth=data.depths[i] if data.depths is not None else None)
+        fs.add(img, data.cameras[i : i + 1], depth=data.depths[i] if data.depths is not None else None,
+               mask=data.masks[i] if data.masks is not None else None)
     return fs
 
 

@@ -49,6 +49,9 @@ class TrainerConfig:
     init_rays_per_step: int = 512
     max_rays_per_step: int = 1 << 14
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    mask_background: bool = False
+    """Where frames carry foreground masks (DTU), train pixels outside the mask towards ``background`` (the object
+    alone is mapped; a backdrop the bounded field cannot represent no longer biases geometry or poses)."""
     seed: int = 0
     threads: int | None = None
     """torch intra-op threads; None keeps torch's default (all cores)."""
@@ -136,7 +139,10 @@ class Trainer:
             out = render_rays(self.field, self.grid, origins, dirs, self.scene.near, self.scene.far,
                               self.render_cfg, self.background)
             n_samples = int(out["n_samples"])
-            err = (out["rgb"] - batch.rgb) ** 2
+            target = batch.rgb
+            if self.cfg.mask_background and batch.mask is not None:
+                target = torch.where(batch.mask[:, None], target, self.background.to(target))
+            err = (out["rgb"] - target) ** 2
             loss = err.mean()
             if self.pose.enabled:
                 loss = loss + self.pose.regularizer(batch.frame_ids)
