@@ -656,16 +656,13 @@ class MapperNode(Node):
         fid, kf = self.kf_history[-1]
         return drift.drift_estimate(self._implied_map_odom(tr, [(fid, kf)]), [fid])
 
-    def pose_state(self, paths: bool = True):
+    def pose_state(self):
         """The single source of refined poses: (odom path [(stamp, T_odom_base)], refined path
         [(stamp, T_map_base)], T_map_odom 4x4). map->odom comes from the latest keyframe's correction; each
-        keyframe of the refined path is moved by its own implied map->odom. ``paths=False``: only T_map_odom
-        (empty paths)."""
+        keyframe of the refined path is moved by its own implied map->odom."""
         with self._state_lock:
-            hist = list(self.kf_history) if paths else list(self.kf_history)[-1:]
+            hist = list(self.kf_history)
             tr = self.trainer
-        if not paths:
-            return [], [], drift.drift_estimate(self._implied_map_odom(tr, hist), [fid for fid, _ in hist])
         odom_path = [(kf.stamp_ns, kf.T_odom_base) for _, kf in hist]
         corrections = self._implied_map_odom(tr, hist)
         T_map_odom = drift.drift_estimate(corrections, [fid for fid, _ in hist])
@@ -720,7 +717,8 @@ class MapperNode(Node):
 
     def _publish_tf(self) -> None:
         try:
-            _, _, T_map_odom = self.pose_state(paths=False)
+            with self._state_lock:
+                T_map_odom = self._drift_estimate(self.trainer)
             stamp = self._latest_odom_ns or self.get_clock().now().nanoseconds
             self._publish(self.pub_tf, TFMessage(transforms=[conv.transform_stamped(T_map_odom, stamp, self.map_frame,
                                                                              self.odom_frame)]))

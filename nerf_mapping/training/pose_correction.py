@@ -158,6 +158,7 @@ def frustum_points(camera, scene_box, near: float, far: float, grid: int = 8,
     ``fractions`` of each ray's span inside the scene box (clipped to [near, far]; the whole [near, far] span when
     the ray misses the box)."""
     from nerf_mapping.cameras import camera_directions
+    from nerf_mapping.rendering.marching import ray_aabb_intersect
 
     w, h = float(camera.width[0]), float(camera.height[0])
     u = (torch.arange(grid, dtype=torch.float32) + 0.5) / grid
@@ -169,10 +170,8 @@ def frustum_points(camera, scene_box, near: float, far: float, grid: int = 8,
     d_w = d_cam @ c2w[:, :3].T
     box = torch.as_tensor(scene_box, dtype=torch.float64).reshape(2, 3)
     with torch.no_grad():
-        inv = 1.0 / torch.where(d_w.abs() < 1e-12, torch.full_like(d_w, 1e-12), d_w)
-        t0, t1 = (box[0] - o) * inv, (box[1] - o) * inv
-        t_in = torch.minimum(t0, t1).amax(-1).clamp_min(near)
-        t_out = torch.maximum(t0, t1).amin(-1).clamp_max(far)
+        t_in, t_out = ray_aabb_intersect(o.expand_as(d_w), d_w, box[0], box[1])
+        t_in, t_out = t_in.clamp_min(near), t_out.clamp_max(far)
         miss = t_out <= t_in
         t_in = torch.where(miss, torch.full_like(t_in, near), t_in)
         t_out = torch.where(miss, torch.full_like(t_out, far), t_out)
