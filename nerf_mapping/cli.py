@@ -280,6 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--offline", action="store_true", help="run the offline pipeline instead of the ROS demo")
     p.add_argument("--psnr-bar", type=float, default=20.0,
                    help="ROS demo: stop when a live render reaches this PSNR against ground truth")
+    p.add_argument("--min-seconds", type=float, default=90.0,
+                   help="ROS demo: keep mapping at least this long after the first frame, even once the bar is "
+                        "reached (pose refinement keeps correcting the odometry drift; ATE is printed as it goes)")
     p.add_argument("--timeout", type=float, default=600.0, help="ROS demo: give up after this many seconds")
     p.add_argument("--time-budget", type=float, default=120.0, help="offline demo: training seconds")
     p.add_argument("--frames", type=int, default=90, help="offline demo: video frames")

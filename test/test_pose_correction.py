@@ -312,3 +312,54 @@ def test_preconditioned_parameters_keep_the_correction_and_round_trip_checkpoint
     assert PoseCorrection(PoseCorrectionConfig(mode="so3xr3", precondition="none"), 2).needs_preconditioner() == []
     with pytest.raises(ValueError):
         PoseCorrection(PoseCorrectionConfig(mode="so3xr3", precondition="bogus"))
+
+
+def test_drift_spline_moves_frames_in_the_world_frame_and_round_trips():
+    cfg = PoseCorrectionConfig(mode="so3xr3", precondition="none", drift_knot_s=1.0)
+    pc = PoseCorrection(cfg, num_frames=4).double()
+    A = _random_rigid(4, seed=3)
+    times = [100.0, 100.5, 102.25, None]  # the last frame has no time: no drift term
+    grew = [pc.register_frame(i, A[i], t) for i, t in enumerate(times)]
+    assert grew == [False, False, True, False] and pc.knots.shape[0] == 4  # 2.25 s -> knots at 0, 1, 2, 3 s
+    assert pc.needs_registration() == []
+    inc = torch.tensor([[9.0] * 6, [0.0, 0.0, 0.02, 0.1, 0.0, 0.0], [0.0, 0.0, 0.02, 0.0, 0.1, 0.0], [0.0] * 6],
+                       dtype=torch.float64)
+    with torch.no_grad():
+        pc.knots.copy_(inc)
+    K = pc.knot_values()
+    assert torch.allclose(K[0], torch.zeros(6, dtype=torch.float64))  # gauge: the first increment is ignored
+    assert torch.allclose(K[2], inc[1] + inc[2]) and torch.allclose(K[3], K[2])  # cumulative (random-walk) knots
+    refined = pc.refined(A.clone())
+    L = pc.drift_transforms()
+    for i, t in enumerate(times):
+        if t is None:
+            assert torch.allclose(refined[i], A[i], atol=1e-9)
+            continue
+        u = t - 100.0
+        k0 = int(u)
+        p = K[k0] * (1 - (u - k0)) + K[k0 + 1] * (u - k0)
+        expect = torch.cat([so3_exp(p[None, :3])[0], p[3:, None]], -1)
+        assert torch.allclose(L[i], expect, atol=1e-9)
+        # refined = L(t) @ A (world frame, rotation about the map origin)
+        want = torch.cat([expect[:, :3] @ A[i][:, :3], expect[:, :3] @ A[i][:, 3:] + expect[:, 3:]], -1)
+        assert torch.allclose(refined[i], want, atol=1e-9)
+    assert torch.allclose(refined[0], A[0], atol=1e-9)  # the first frame's time is the anchored knot
+    # gradients reach the increments through the ray generator
+    out = pc(A[[1, 2]], torch.tensor([1, 2]))
+    out.sum().backward()
+    assert pc.knots.grad is not None and pc.knots.grad[1:3].abs().sum() > 0
+    # checkpoint round trip (the spline is sized from the checkpoint) and re-indexing
+    st = pc.state_dict()
+    pc2 = PoseCorrection(cfg, num_frames=4).double()
+    pc2.load_state_dict(st)
+    assert pc2.knots.shape == pc.knots.shape and torch.allclose(pc2.refined(A.clone()), refined)
+    assert pc2.needs_registration() == []
+    pc.select([2, 0])
+    assert torch.allclose(pc.refined(A[[2, 0]].clone()), refined[[2, 0]], atol=1e-9)
+    # an optimizer group of its own, on the same schedule
+    opt = pc.make_optimizer()
+    assert len(opt.param_groups) == 2 and opt.param_groups[1]["params"][0] is pc.knots
+    # off by default and for untimed frames, and validated
+    assert PoseCorrection(PoseCorrectionConfig(mode="so3xr3"), 2).needs_registration() == []
+    with pytest.raises(ValueError):
+        PoseCorrection(PoseCorrectionConfig(mode="so3xr3", drift_knot_s=-1.0))

@@ -77,6 +77,15 @@ def _fmt_ate(ate: dict) -> str:
     return f"ATE vs ground truth over {n} keyframes: " + "; ".join(parts) if parts else "ATE: no paths received"
 
 
+def _live_ate(scene: Path, paths: dict) -> str:
+    """Progress-line suffix: unaligned ATE of the odometry and refined paths so far (empty until both arrive)."""
+    try:
+        a = trajectory_errors(scene, paths)
+        return f" ATE odom {a['odom']['rmse'] * 100:.1f} cm refined {a['refined']['rmse'] * 100:.1f} cm"
+    except Exception:  # noqa: BLE001 - paths not there yet, or not scorable: the progress line goes on without it
+        return ""
+
+
 def _resize(img: np.ndarray, w: int, h: int) -> np.ndarray:
     from PIL import Image
 
@@ -205,11 +214,14 @@ def run(args) -> int:
                 break
             with lock:
                 st, best, hit = state["status"], state["best_psnr"], state["t_psnr_bar"]
+                t_first = state["t_first_frame"]
+                paths = dict(state["paths"])
             if time.monotonic() - last_print > 10 and st:
                 last_print = time.monotonic()
                 print(f"  t={st['t']:5.0f}s keyframes={st['keyframes']} steps={st['steps']} "
-                      f"train-PSNR={st['psnr']:.1f} best render PSNR vs ground truth={best:.1f} dB", flush=True)
-            if hit is not None:
+                      f"train-PSNR={st['psnr']:.1f} best render PSNR vs ground truth={best:.1f} dB"
+                      f"{_live_ate(scene, paths)}", flush=True)
+            if hit is not None and t_first is not None and time.monotonic() - t_first >= args.min_seconds:
                 break
             time.sleep(0.5)
         services = _call_services(node, out, gt_c2w, gt_paths, args.psnr_bar) if rc == 0 else {}

@@ -36,6 +36,7 @@ class FrameStore:
         self._depths: dict[int, torch.Tensor] = {}
         self._masks: dict[int, torch.Tensor] = {}
         self._cameras: dict[int, Cameras] = {}
+        self._stamps: dict[int, float] = {}
         self._next_id = 0
         self._cache = None
         self._gen = torch.Generator().manual_seed(seed)
@@ -48,8 +49,9 @@ class FrameStore:
         """Number of frame ids ever issued (size needed for per-frame parameters)."""
         return self._next_id
 
-    def add(self, image: torch.Tensor, camera: Cameras, depth=None, mask=None) -> int:
-        """Add one frame. image uint8 [H,W,3]; camera: Cameras of length 1. Returns its stable frame id."""
+    def add(self, image: torch.Tensor, camera: Cameras, depth=None, mask=None, stamp: float | None = None) -> int:
+        """Add one frame. image uint8 [H,W,3]; camera: Cameras of length 1; stamp: capture time in seconds (optional;
+        the pose drift spline uses it). Returns its stable frame id."""
         if image.dtype != torch.uint8 or image.dim() != 3 or image.shape[2] != 3:
             raise ValueError(f"image must be uint8 [H,W,3], got {tuple(image.shape)} {image.dtype}")
         if len(camera) != 1:
@@ -68,6 +70,8 @@ class FrameStore:
                 self._depths[fid] = depth.float().contiguous()
             if mask is not None:
                 self._masks[fid] = mask.bool().contiguous()
+            if stamp is not None:
+                self._stamps[fid] = float(stamp)
             self._cache = None
         return fid
 
@@ -79,7 +83,7 @@ class FrameStore:
 
         ids = sorted(self._images)
         victim = redundancy_victim(ids, {i: self._cameras[i].c2w[0].numpy() for i in ids}, protect=1)
-        for d in (self._images, self._depths, self._masks, self._cameras):
+        for d in (self._images, self._depths, self._masks, self._cameras, self._stamps):
             d.pop(victim, None)
 
     def frame_ids(self) -> list[int]:
@@ -88,6 +92,10 @@ class FrameStore:
 
     def camera(self, fid: int) -> Cameras:
         return self._cameras[fid]
+
+    def stamp(self, fid: int) -> float | None:
+        """Capture time (seconds) of frame ``fid``, or None when it was added without one."""
+        return self._stamps.get(fid)
 
     def image(self, fid: int) -> torch.Tensor:
         return self._images[fid]

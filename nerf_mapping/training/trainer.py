@@ -119,6 +119,17 @@ class Trainer:
                                                  self.scene.near, self.scene.far)
                 else:
                     self.pose.precond_set[fid] = True  # evicted before it was ever trained: nothing to condition
+        pending = self.pose.needs_registration()
+        if pending:
+            live = set(self.frames.frame_ids())
+            grew = False
+            for fid in pending:
+                if fid in live:
+                    grew |= self.pose.register_frame(fid, self.frames.camera(fid).c2w[0], self.frames.stamp(fid))
+                else:
+                    self.pose.registered[fid] = True
+            if grew:  # the drift spline got new knots
+                self.pose_optimizer = self.pose.make_optimizer()
 
     def density_fn(self, x: torch.Tensor) -> torch.Tensor:
         return self.field.density(x)[0]
