@@ -330,7 +330,13 @@ class MapperNode(Node):
                     fut.set_exception(exc)
 
             self._service_pool.submit(run)
-            return await fut
+            try:
+                return await fut
+            except Exception as exc:  # noqa: BLE001 - a failed request is answered, never fatal to the executor
+                self.get_logger().error(f"service {getattr(fn, '__name__', fn)} failed: {exc!r}")
+                if hasattr(response, "success"):
+                    response.success, response.message = False, f"failed: {exc!r}"
+                return response
 
         return callback
 
