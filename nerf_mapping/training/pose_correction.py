@@ -45,17 +45,19 @@ that noise into a random walk (demo scene, poses started at ground truth: 2.4 cm
 and one fixed frame cannot anchor a map that the other frames pull along with their common drift. So a world-frame
 correction ``L(t) = [exp(w(t)) | v(t)]`` (rotation about the map origin, then translation, like B^-1) is learned as
 a piecewise-linear spline of 6-vectors with a knot every ``drift_knot_s`` seconds of frame time, shared by all
-frames between two knots: each knot pools the rays of ~10 keyframes, and the first knot (the first frame's time) is
-fixed, so the map is anchored by everything seen in the first interval. The knots are learned as increments
-(knot_k = sum of the first k increments), i.e. in the parametrisation of a random walk, which is what drift is: a
-loop-closure gradient on a late knot moves every increment before it by the same step, so the correction is spread
-linearly over the path (what a pose graph does) instead of bending only the frames that see the loop close. The refined pose of a frame with input pose
-A is ``L(t) @ A @ delta``: the per-frame correction keeps the frame-level residual (odometry jitter). Frames without
-a time get no drift term. The knots have their own learning rate (``drift_lr``, in radians and scene units per
-step) on the same schedule.
+frames between two knots: each knot pools the rays of every keyframe in its interval (~20 at 10 keyframes/s and
+2 s), and the first knot (the first frame's time) is fixed, so the map is anchored by everything seen in the first
+interval. The knots are learned as increments (knot_k = sum of the first k increments), i.e. in the
+parametrisation of a random walk, which is what drift is: a loop-closure gradient on a late knot moves every
+increment before it by the same step, so the correction is spread linearly over the path (what a pose graph does)
+instead of bending only the frames that see the loop close (demo sequence, 400 steps: 8.5 -> 7.7 cm ATE with
+increments, 8.5 cm with independent knots). The refined pose of a frame with input pose A is ``L(t) @ A @ delta``:
+the per-frame correction keeps the frame-level residual (odometry jitter). Frames without a time get no drift term.
+The knots have their own learning rate (``drift_lr``, in radians and scene units per step) on the same schedule.
 
 Schedule: the pose parameters have their own Adam optimizer; the poses stay put for ``start_steps`` (the field must
-first be more than noise), then the learning rate warms up linearly over ``warmup_steps`` and then decays exponentially from ``lr`` to ``lr_final`` over the run (``trainer.progress``).
+first be more than noise), then the learning rate warms up linearly over ``warmup_steps`` and then decays
+exponentially from ``lr`` to ``lr_final`` over the run (``trainer.progress``).
 
 Coarse-to-fine (``c2f=(start, end)``, fractions of the run), BARF adapted to the hash grid. BARF (Lin et al. 2021)
 shows that the high-frequency positional-encoding bands make the photometric loss, seen as a function of the pose,
