@@ -127,20 +127,13 @@ def test_dtu_linear_init_errors_match_provenance(shared_data):
 
 def _odometry_camera_c2w(scene, stamps_ns) -> torch.Tensor:
     """Model (OpenGL) c2w of the scene's noisy odometry at image stamps, as the node builds keyframe poses."""
-    from nerf_mapping.geometry import interpolate_se3
+    from nerf_mapping.ros.bag_convert import interpolate_poses
     from nerf_mapping.ros.conversions import optical_pose_to_model_c2w
 
     d = np.load(scene / "odometry.npz")
-    ot, on, T_bc = d["odom_stamps_ns"], d["odom_noisy"], d["extrinsic_base_to_camera_optical"]
-    out = []
-    for s in stamps_ns:
-        k = int(np.searchsorted(ot, s))
-        k0, k1 = max(k - 1, 0), min(k, len(ot) - 1)
-        a = 0.0 if k1 == k0 else float(s - ot[k0]) / float(ot[k1] - ot[k0])
-        T = np.eye(4)
-        T[:3] = interpolate_se3(on[k0], on[k1], a)[:3]
-        out.append(optical_pose_to_model_c2w(T @ T_bc)[:3])
-    return torch.tensor(np.stack(out), dtype=torch.float32)
+    T_odom_base = interpolate_poses(d["odom_stamps_ns"], d["odom_noisy"], stamps_ns)
+    cams = T_odom_base @ d["extrinsic_base_to_camera_optical"]
+    return torch.tensor(np.stack([optical_pose_to_model_c2w(T)[:3] for T in cams]), dtype=torch.float32)
 
 
 def test_online_drift_spline_corrects_demo_odometry(tmp_path):

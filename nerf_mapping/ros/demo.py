@@ -13,6 +13,7 @@ last pose, in metres.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -33,12 +34,19 @@ def _gt_frames(scene: Path) -> tuple[list[int], list[Path], list[np.ndarray]]:
     return stamps, paths, c2w
 
 
+@functools.lru_cache(maxsize=4)
+def _scene_odometry(scene: Path) -> dict:
+    """The scene's odometry.npz as arrays, read once (the live ATE reads it every progress line)."""
+    with np.load(scene / "odometry.npz") as d:
+        return {k: d[k] for k in d.files}
+
+
 def gt_base_positions(scene: Path, stamps_ns) -> np.ndarray:
     """Ground-truth base_link positions [N,3] at ``stamps_ns``: exact at image stamps (ground-truth camera pose and
     the scene's base->camera extrinsic), else interpolated in the 50 Hz ground-truth odometry."""
     from nerf_mapping.training.drift import interpolate_positions, inv_se3
 
-    d = np.load(scene / "odometry.npz")
+    d = _scene_odometry(Path(scene))
     img_t = np.asarray(d["image_stamps_ns"], dtype=np.int64)
     base_at_img = (d["camera_gt_opencv"] @ inv_se3(d["extrinsic_base_to_camera_optical"]))[:, :3, 3]
     out = interpolate_positions(stamps_ns, d["odom_stamps_ns"], d["odom_gt"][:, :3, 3])

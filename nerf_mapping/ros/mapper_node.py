@@ -188,7 +188,7 @@ class MapperNode(Node):
         self._cb_sensors = MutuallyExclusiveCallbackGroup()
         self._cb_odom = MutuallyExclusiveCallbackGroup()
         self._cb_timers = MutuallyExclusiveCallbackGroup()
-        self._cb_services = ReentrantCallbackGroup()
+        self._cb_services = ReentrantCallbackGroup()  # a service coroutine awaiting its worker must not hold a group
 
         transport = str(g("image_transport"))
         topic = str(g("image_topic"))
@@ -543,8 +543,8 @@ class MapperNode(Node):
         return cam if factor == 1.0 else cam.scaled(factor)
 
     def _add_keyframe(self, image: np.ndarray, T_odom_cam, T_odom_base, stamp_ns: int) -> None:
-        """Add a keyframe at its odometry pose corrected by the current drift estimate (identity while pose refinement
-        is off or before the first keyframe)."""
+        """Add a keyframe: at its raw odometry pose with the drift spline (its extrapolation is the drift estimate),
+        else at its odometry pose corrected by the current drift estimate (identity while refinement is off)."""
         from nerf_mapping.training.keyframes import downscale_factor, downscale_image
 
         k = downscale_factor(image.shape[1], self.kf_cfg.max_width)
@@ -558,10 +558,9 @@ class MapperNode(Node):
             # exact sizes after the integer crop
             cam.width[:] = small.shape[1]
             cam.height[:] = small.shape[0]
-            # under the trainer lock: a step sizes the pose parameters to the frame store first and samples frames
-            # later, so a frame added in between would index past the parameters
-            with tr.lock:
-                fid = tr.frames.add(self._torch.from_numpy(small), cam, stamp=stamp_ns * 1e-9)
+            # no trainer lock: a step samples before it sizes the pose parameters, so a frame added meanwhile is
+            # sized but not trained until the next step (Trainer.step)
+            fid = tr.frames.add(self._torch.from_numpy(small), cam, stamp=stamp_ns * 1e-9)
             live = set(tr.frames.frame_ids())
             kf = Keyframe(stamp_ns, T_odom_base, np.asarray(T_odom_cam, dtype=np.float64), T_map_odom)
             self.kf_info = {i: v for i, v in self.kf_info.items() if i in live}
@@ -855,13 +854,13 @@ class MapperNode(Node):
                 k = extra["keyframe_intrinsics"][j]
                 cam = Cameras.create(extra["keyframe_c2w"][j], k[0], k[1], k[2], k[3], int(k[4]), int(k[5]),
                                      extra["keyframe_distortion"][j], int(k[6]))
-                stamp_ns = int(extra["keyframe_stamps_ns"][j]) if "keyframe_stamps_ns" in extra else 0
+                stamp_ns = int(extra["keyframe_stamps_ns"][j])
                 fid = frames.add(extra["keyframe_images"][j], cam, stamp=stamp_ns * 1e-9 if stamp_ns else None)
                 old_ids.append(int(old))
                 T_map_cam = conv.model_c2w_to_optical_pose(extra["keyframe_c2w"][j].double().numpy())
                 # maps saved before drift-corrected insertion: the stored pose is the raw odometry pose
                 T_odom_cam = extra["keyframe_odom_cam"][j].numpy() if "keyframe_odom_cam" in extra else T_map_cam
-                info[fid] = Keyframe(int(extra["keyframe_stamps_ns"][j]), extra["keyframe_odom_base"][j].numpy(),
+                info[fid] = Keyframe(stamp_ns, extra["keyframe_odom_base"][j].numpy(),
                                      T_odom_cam, drift.implied_map_odom(T_map_cam, T_odom_cam))
         tr = Trainer.load(path, frames=frames)
         if old_ids and tr.pose.params.shape[0] > max(old_ids):

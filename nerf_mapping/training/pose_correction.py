@@ -83,7 +83,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from nerf_mapping.geometry import quat_to_rotmat, rotmat_to_quat, se3_exp, se3_log, so3_exp, so3_log
+from nerf_mapping.geometry import (compose, invert_rigid, quat_to_rotmat, rotmat_to_quat, se3_exp, se3_log, so3_exp,
+                                   so3_log)
 
 MODES = ("off", "so3xr3", "se3", "quat", "6d")
 PARAM_DIMS = {"off": 6, "so3xr3": 6, "se3": 6, "quat": 7, "6d": 9}
@@ -249,12 +250,6 @@ def apply_deltas(c2w: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
     return torch.cat([rot, trans], dim=-1)
 
 
-def invert_rigid(a: torch.Tensor) -> torch.Tensor:
-    """Inverse of rigid transforms [N,3,4]."""
-    rt = a[:, :, :3].transpose(1, 2)
-    return torch.cat([rt, -(rt @ a[:, :, 3:])], dim=-1)
-
-
 def drift_knot_transforms(knots: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """World-frame corrections [N,3,4] at spline coordinates ``u`` [N] (time / knot spacing, >= 0) of the
     piecewise-linear spline through ``knots`` [K,6] = (rotation vector, translation); clamped past the last knot."""
@@ -378,6 +373,24 @@ class PoseCorrection(nn.Module):
             return []
         return torch.nonzero(~self.precond_set).reshape(-1).tolist()
 
+    def pending_frames(self) -> list[int]:
+        """Frame ids that still need :meth:`init_frame` (a preconditioner or a drift-spline registration)."""
+        return sorted(set(self.needs_preconditioner()) | set(self.needs_registration()))
+
+    def init_frame(self, fid: int, camera, time_s: float | None, scene_box, near: float, far: float) -> bool:
+        """First sight of frame ``fid`` (Cameras of length 1, or None when it was evicted before it was ever
+        trained): its preconditioner and its drift-spline registration, whichever is pending. Returns True when a
+        parameter was replaced (rebuild the optimizer)."""
+        if camera is None:
+            self.precond_set[fid] = True
+            self.registered[fid] = True
+            return False
+        if self.cfg.precondition != "none" and not bool(self.precond_set[fid]):
+            self.set_preconditioner(fid, camera, scene_box, near, far)
+        if self.drift_enabled and not bool(self.registered[fid]):
+            return self.register_frame(fid, camera.c2w[0], time_s)
+        return False
+
     def set_preconditioner(self, fid: int, camera, scene_box, near: float, far: float) -> None:
         """Compute frame ``fid``'s preconditioner from its camera (Cameras of length 1) and the scene bounds.
 
@@ -477,7 +490,7 @@ class PoseCorrection(nn.Module):
         # in float64: A^-1 L A of an identity L must come out as exactly the identity (float32 leaves ~1e-7, which
         # reads as a 0.03 deg rotation through arccos)
         A, L, d64 = self.anchor.double(), self.drift_transforms().double(), d.double()
-        return apply_deltas(apply_deltas(invert_rigid(A), apply_deltas(L, A)), d64).to(d.dtype)
+        return apply_deltas(compose(invert_rigid(A), compose(L, A)), d64).to(d.dtype)
 
     def deltas(self, frame_ids: torch.Tensor) -> torch.Tensor:
         """[R] -> [R,3,4] camera-frame corrections."""

@@ -107,29 +107,16 @@ class Trainer:
         return warm * decay
 
     def _sync_pose_params(self) -> None:
-        if self.pose.ensure_size(self.frames.num_ids):
-            # Pose parameters grew (new frames arrived): rebuild its optimizer, keeping nothing stale.
+        rebuild = self.pose.ensure_size(self.frames.num_ids)  # new frames arrived: the parameters grew
+        pending = self.pose.pending_frames()
+        if pending:
+            live = set(self.frames.frame_ids())
+            for fid in pending:
+                cam = self.frames.camera(fid) if fid in live else None  # evicted before it was ever trained
+                rebuild |= self.pose.init_frame(fid, cam, self.frames.stamp(fid), self.scene.scene_box,
+                                                self.scene.near, self.scene.far)
+        if rebuild:  # a pose parameter was replaced: rebuild its optimizer, keeping nothing stale
             self.pose_optimizer = self.pose.make_optimizer()
-        pending = self.pose.needs_preconditioner()
-        if pending:
-            live = set(self.frames.frame_ids())
-            for fid in pending:
-                if fid in live:
-                    self.pose.set_preconditioner(fid, self.frames.camera(fid), self.scene.scene_box,
-                                                 self.scene.near, self.scene.far)
-                else:
-                    self.pose.precond_set[fid] = True  # evicted before it was ever trained: nothing to condition
-        pending = self.pose.needs_registration()
-        if pending:
-            live = set(self.frames.frame_ids())
-            grew = False
-            for fid in pending:
-                if fid in live:
-                    grew |= self.pose.register_frame(fid, self.frames.camera(fid).c2w[0], self.frames.stamp(fid))
-                else:
-                    self.pose.registered[fid] = True
-            if grew:  # the drift spline got new knots
-                self.pose_optimizer = self.pose.make_optimizer()
 
     def density_fn(self, x: torch.Tensor) -> torch.Tensor:
         return self.field.density(x)[0]
