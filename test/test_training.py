@@ -109,3 +109,32 @@ def test_mask_background_trains_masked_out_pixels_to_the_background(tiny_scene):
     to_bg = float(((out - torch.tensor(cfg.background)) ** 2).mean())
     to_img = float(((out - gt) ** 2).mean())
     assert to_bg < 0.5 * to_img, (to_bg, to_img)
+
+
+def test_image_limited_resolution_follows_the_pixel_footprint():
+    """The hash grid's finest level tracks what the images resolve: 2 cells per pixel footprint at the scene centre,
+    rounded up to a power of two, clamped; object-centric scenes get it by default, inside-out scenes keep the
+    preset."""
+    from types import SimpleNamespace
+
+    from nerf_mapping.cameras import Cameras
+    from nerf_mapping.training.offline import default_config, image_limited_resolution
+
+    box = torch.tensor([[-1.5, -1.5, -1.5], [1.5, 1.5, 1.5]])
+    c2w = torch.eye(3, 4).expand(4, 3, 4).clone()
+    c2w[:, 2, 3] = 4.0  # 4 units from the centre, looking at it
+
+    def cams(focal, width):
+        return Cameras.create(c2w, focal, focal, width / 2, width / 2, width, width)
+
+    # lego at 100x100 (focal 138.9 px): 2 * 3 * 138.9 / 4 = 208 cells -> 256; doubling the resolution doubles it
+    assert image_limited_resolution(cams(138.9, 100), box) == 256
+    assert image_limited_resolution(cams(277.8, 200), box) == 512
+    assert image_limited_resolution(cams(10.0, 16), box) == 128  # clamped below
+    assert image_limited_resolution(cams(5000.0, 4000), box) == 2048  # clamped above
+    scene = SimpleNamespace(cameras=cams(277.8, 200), scene_box=box, unbounded=False, format="blender")
+    assert default_config(scene).field.encoding.max_resolution == 512
+    inside = torch.eye(3, 4).expand(4, 3, 4).clone()  # cameras inside the box: the inside-out preset's 1024
+    scene_in = SimpleNamespace(cameras=Cameras.create(inside, 277.8, 277.8, 100, 100, 200, 200), scene_box=box,
+                               unbounded=False, format="nerfstudio")
+    assert default_config(scene_in).field.encoding.max_resolution == 1024

@@ -52,6 +52,28 @@ def apply_inside_out_preset(cfg: TrainerConfig, scene_box) -> None:
     cfg.target_samples_per_step = 1 << 15
 
 
+def image_limited_resolution(cameras, scene_box, oversample: float = 2.0, lo: int = 128, hi: int = 2048) -> int:
+    """Finest hash-grid resolution the training images of an object-centric capture can constrain.
+
+    A pixel at the scene centre covers ``distance / focal`` scene units (medians over the cameras), so the images
+    resolve about ``extent * focal / distance`` cells across the box; ``oversample`` (2: Nyquist) times that, rounded
+    up to a power of two and clamped to [lo, hi]. Finer levels see no more detail, only capacity to absorb
+    per-view misalignment: with joint pose refinement they let the field explain each camera's residual orbit about
+    the object (the weakly observable yaw + sideways-translation direction) instead of correcting it. Lego, 3 deg
+    noise: at 100x100 and 1000 steps the median rotation error is 0.21-0.23 deg with 2048, 0.18 deg with 256 (train
+    PSNR 31.6 -> 32.8 dB); at 200x200 it is 0.110 / 0.093 deg after 1500 / 2000 steps with 2048 and 0.097 / 0.092
+    deg with 512 (train PSNR 31.6 -> 32.4 dB).
+    """
+    import math
+
+    box = torch.as_tensor(scene_box, dtype=torch.float64).reshape(2, 3)
+    centre, extent = (box[0] + box[1]) / 2, float((box[1] - box[0]).max())
+    dist = torch.linalg.vector_norm(cameras.c2w[:, :3, 3].double() - centre, dim=-1).median()
+    focal = torch.maximum(cameras.fx, cameras.fy).double().median()
+    cells = oversample * extent * float(focal) / max(float(dist), 1e-9)
+    return int(min(max(2 ** math.ceil(math.log2(max(cells, 1.0))), lo), hi))
+
+
 def default_config(data, field_impl: str = "auto", background=None) -> TrainerConfig:
     """Defaults for an arbitrary scene: object-centric bounded scenes (cameras outside the box) march finely;
     inside-out and unbounded captures use ``apply_inside_out_preset`` (unbounded ones also alpha pruning)."""
@@ -61,6 +83,8 @@ def default_config(data, field_impl: str = "auto", background=None) -> TrainerCo
         cfg.grid.impl = "torch"  # the pure-PyTorch reference path end to end
     if data.unbounded or _cameras_inside(data):
         apply_inside_out_preset(cfg, data.scene_box)
+    elif len(data.cameras):
+        cfg.field.encoding.max_resolution = image_limited_resolution(data.cameras, data.scene_box)
     if data.unbounded:
         cfg.render.alpha_thre = 1e-2  # far, contracted space: drop near-transparent samples from the gradient pass
     if background is not None:
