@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 import torch
@@ -64,8 +65,6 @@ def image_limited_resolution(cameras, scene_box, oversample: float = 2.0, lo: in
     PSNR 31.6 -> 32.8 dB); at 200x200 it is 0.110 / 0.093 deg after 1500 / 2000 steps with 2048 and 0.097 / 0.092
     deg with 512 (train PSNR 31.6 -> 32.4 dB).
     """
-    import math
-
     box = torch.as_tensor(scene_box, dtype=torch.float64).reshape(2, 3)
     centre, extent = (box[0] + box[1]) / 2, float((box[1] - box[0]).max())
     dist = torch.linalg.vector_norm(cameras.c2w[:, :3, 3].double() - centre, dim=-1).median()
@@ -75,8 +74,9 @@ def image_limited_resolution(cameras, scene_box, oversample: float = 2.0, lo: in
 
 
 def default_config(data, field_impl: str = "auto", background=None) -> TrainerConfig:
-    """Defaults for an arbitrary scene: object-centric bounded scenes (cameras outside the box) march finely;
-    inside-out and unbounded captures use ``apply_inside_out_preset`` (unbounded ones also alpha pruning)."""
+    """Defaults for an arbitrary scene: object-centric bounded scenes (cameras outside the box) march finely and cap
+    the hash grid at what their images resolve (:func:`image_limited_resolution`); inside-out and unbounded captures
+    use ``apply_inside_out_preset`` (unbounded ones also alpha pruning)."""
     cfg = TrainerConfig()
     cfg.field.encoding.impl = field_impl
     if field_impl == "torch":
