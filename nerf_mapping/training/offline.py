@@ -126,6 +126,13 @@ def override(cfg, path: str, value) -> None:
         value = str(value).lower() in ("1", "true", "yes", "on")
     elif isinstance(cur, int) and not isinstance(cur, bool):
         value = int(value)
-    elif isinstance(cur, float) or cur is None and str(value).replace(".", "", 1).replace("e-", "").isdigit():
+    elif isinstance(cur, float):
         value = float(value)
+    elif cur is None:  # an optional number (e.g. ``threads``): int when it reads as one, else float, else as given
+        for cast in (int, float):
+            try:
+                value = cast(value)
+                break
+            except (TypeError, ValueError):
+                pass
     setattr(obj, parts[-1], value)

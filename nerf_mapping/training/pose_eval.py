@@ -111,13 +111,38 @@ def align_poses(est, gt, with_scale: bool = True) -> tuple[np.ndarray, tuple[flo
     return apply_sim3(*sim, est), sim
 
 
-def pose_errors(est, gt, align: bool = True, unit_to_mm: float | None = None) -> dict:
+def align_poses_by_orientation(est, gt, with_scale: bool = True):
+    """Sim(3)-align with the rotation taken from the camera *orientations* (chordal L2 mean of R_gt R_est^T), then
+    scale and translation from the centres with that rotation fixed. Returns (aligned est, (s, R, t)).
+
+    A diagnostic beside :func:`align_poses`: when the cameras span a narrow arc (DTU), the centres pin down the
+    rotation about the object poorly and correlated centre errors tilt the centre fit, which then adds its own
+    rotation to every camera (DTU linear init: 1.16 deg median unaligned in the shared DTU world, 1.52 deg after the
+    centre fit, 1.16 deg after this one).
+    """
+    est = np.asarray(est, dtype=np.float64)[:, :3, :4]
+    gt = np.asarray(gt, dtype=np.float64)[:, :3, :4]
+    M = (gt[:, :, :3] @ np.swapaxes(est[:, :, :3], -1, -2)).sum(0)
+    U, _, Vt = np.linalg.svd(M)
+    R = U @ np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))]) @ Vt
+    ce, cg = est[:, :, 3], gt[:, :, 3]
+    xs, xd = ce - ce.mean(0), cg - cg.mean(0)
+    den = float((xs * xs).sum())
+    s = float(((xs @ R.T) * xd).sum() / den) if with_scale and den > 0 else 1.0
+    sim = (s, R, cg.mean(0) - s * R @ ce.mean(0))
+    return apply_sim3(*sim, est), sim
+
+
+def pose_errors(est, gt, align: bool | str = True, unit_to_mm: float | None = None) -> dict:
     """Rotation (deg) and camera-centre (scene units of ``gt``) errors of ``est`` against ``gt``, after Sim(3)
-    alignment when ``align``. ``unit_to_mm`` adds millimetre variants (DTU)."""
+    alignment when ``align`` (True / "centres": Umeyama on the camera centres, the protocol; "orientation":
+    :func:`align_poses_by_orientation`). ``unit_to_mm`` adds millimetre variants (DTU)."""
     est = np.asarray(est, dtype=np.float64)
     gt = np.asarray(gt, dtype=np.float64)
     sim = None
-    if align:
+    if align == "orientation":
+        est, sim = align_poses_by_orientation(est, gt)
+    elif align:
         est, sim = align_poses(est, gt)
     r = rotation_errors_deg(est, gt)
     t = np.linalg.norm(est[:, :3, 3] - gt[:, :3, 3], axis=-1)
