@@ -142,16 +142,16 @@ def train_and_evaluate(train_noisy, gt_c2w, test, args, pose_mode: str, c2f, uni
     t0 = time.perf_counter()
     by_time = args.time_budget is not None
     summ = tr.train(max_steps=None if by_time else args.steps, time_budget=args.time_budget if by_time else None,
-                    progress=not getattr(args, "quiet", False))  # a run is minutes long: show steps and PSNR
+                    progress=not args.quiet)  # a run is minutes long: show steps and PSNR
     tr.field.encoding.set_level_weights(None)
     init_c2w = train_noisy.cameras.c2w
     est = refined_train_poses(tr, init_c2w)
-    gt = gt_c2w.double().numpy()
-    e0 = pose_errors(init_c2w.double().numpy(), gt, unit_to_mm=unit_to_mm)
-    e1 = pose_errors(est.double().numpy(), gt, unit_to_mm=unit_to_mm)
+    gt, init_np, est_np = (x.double().numpy() for x in (gt_c2w, init_c2w, est))
+    e0 = pose_errors(init_np, gt, unit_to_mm=unit_to_mm)
+    e1 = pose_errors(est_np, gt, unit_to_mm=unit_to_mm)
     # diagnostic beside the protocol's centre fit (see pose_eval.align_poses_by_orientation)
-    o0 = pose_errors(init_c2w.double().numpy(), gt, align="orientation", unit_to_mm=unit_to_mm)
-    o1 = pose_errors(est.double().numpy(), gt, align="orientation", unit_to_mm=unit_to_mm)
+    o0 = pose_errors(init_np, gt, align="orientation", unit_to_mm=unit_to_mm)
+    o1 = pose_errors(est_np, gt, align="orientation", unit_to_mm=unit_to_mm)
     ev = evaluate_heldout(tr, est, gt_c2w, test.cameras, test.images, test.masks,
                           tto_steps=args.tto_steps, rays_per_view=args.tto_rays)
     out = {"initial": e0, "final": e1, "initial_orientation_aligned": o0, "final_orientation_aligned": o1,

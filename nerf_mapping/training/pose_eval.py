@@ -91,6 +91,13 @@ def rotation_errors_deg(est, gt) -> np.ndarray:
     return np.degrees(np.arctan2(sin, cos))  # accurate at small angles (arccos loses half the digits there)
 
 
+def _chordal_mean_rotation(est: np.ndarray, gt: np.ndarray) -> np.ndarray:
+    """The rotation R [3,3] closest (chordal L2) to mapping the orientations of ``est`` onto those of ``gt``."""
+    M = (gt[:, :, :3] @ np.swapaxes(est[:, :, :3], -1, -2)).sum(0)
+    U, _, Vt = np.linalg.svd(M)
+    return U @ np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))]) @ Vt
+
+
 def align_poses(est, gt, with_scale: bool = True) -> tuple[np.ndarray, tuple[float, np.ndarray, np.ndarray]]:
     """Sim(3)-align estimated poses to ground truth via their camera centres. Returns (aligned est, (s, R, t)).
 
@@ -104,9 +111,7 @@ def align_poses(est, gt, with_scale: bool = True) -> tuple[np.ndarray, tuple[flo
     if len(ce) >= 3 and spread[1] > 1e-9 * max(spread[0], 1e-12):
         sim = umeyama(ce, cg, with_scale)
     else:
-        M = (gt[:, :, :3] @ np.swapaxes(est[:, :, :3], -1, -2)).sum(0)
-        U, _, Vt = np.linalg.svd(M)
-        R = U @ np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))]) @ Vt
+        R = _chordal_mean_rotation(est, gt)
         sim = (1.0, R, cg.mean(0) - R @ ce.mean(0))
     return apply_sim3(*sim, est), sim
 
@@ -122,9 +127,7 @@ def align_poses_by_orientation(est, gt, with_scale: bool = True):
     """
     est = np.asarray(est, dtype=np.float64)[:, :3, :4]
     gt = np.asarray(gt, dtype=np.float64)[:, :3, :4]
-    M = (gt[:, :, :3] @ np.swapaxes(est[:, :, :3], -1, -2)).sum(0)
-    U, _, Vt = np.linalg.svd(M)
-    R = U @ np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))]) @ Vt
+    R = _chordal_mean_rotation(est, gt)
     ce, cg = est[:, :, 3], gt[:, :, 3]
     xs, xd = ce - ce.mean(0), cg - cg.mean(0)
     den = float((xs * xs).sum())
