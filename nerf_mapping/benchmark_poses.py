@@ -53,9 +53,9 @@ Why the DTU target (0.1 deg / 1 mm) is out of reach of this budget (measurements
 * The floor is not the initial noise. Poses started *at the ground truth* (GT cameras mapped into the linear-init
   scene frame) are pushed to 0.96 deg / 6.8 mm after 250 steps (150 of them with moving poses; 1.07 deg without
   coarse-to-fine), and (without coarse-to-fine) are back only to 0.61 deg at step 750 and 0.44 deg / 1.9 mm at
-  step 2000 (train PSNR 32.9 dB, against ~30 dB from the linear-init cameras). The pose
-  gradients of a still underfit field (22 dB at step 250) are biased, not just noisy; a 4x lower pose lr (5e-4)
-  halves the excursion (0.65 deg at step 250) but does not remove it.
+  step 2000 (train PSNR 32.9 dB, against ~30 dB from the linear-init cameras). The pose gradients of a still
+  underfit field (22 dB at step 250) are biased, not just noisy; a 4x lower pose lr (5e-4) halves the excursion
+  (0.65 deg at step 250) but does not remove it.
 * Resolution and step size are not the limit: 400x300 (full shared resolution, hash grid up to 1024) ends at
   0.59 deg / 3.53 mm, and lifting the preconditioner's gain cap after coarse-to-fine (step 800) at 0.64 deg / 3.2 mm.
   Without coarse-to-fine the linear-init run is worse (1.25 deg at step 750 against 1.02; 0.70 deg / 4.15 mm at
