@@ -113,8 +113,8 @@ def test_mask_background_trains_masked_out_pixels_to_the_background(tiny_scene):
 
 def test_image_limited_resolution_follows_the_pixel_footprint():
     """The hash grid's finest level tracks what the images resolve: 2 cells per pixel footprint at the scene centre,
-    rounded up to a power of two, clamped; object-centric scenes get it by default, inside-out scenes keep the
-    preset."""
+    rounded up to a power of two, clamped (one with pose refinement); object-centric scenes get it by default,
+    inside-out scenes keep the preset."""
     from types import SimpleNamespace
 
     from nerf_mapping.cameras import Cameras
@@ -134,6 +134,8 @@ def test_image_limited_resolution_follows_the_pixel_footprint():
     assert image_limited_resolution(cams(5000.0, 4000), box) == 2048  # clamped above
     scene = SimpleNamespace(cameras=cams(277.8, 200), scene_box=box, unbounded=False, format="blender")
     assert default_config(scene).field.encoding.max_resolution == 512
+    # joint pose refinement: one cell per pixel footprint, less room to absorb per-view misalignment
+    assert default_config(scene, pose_refinement=True).field.encoding.max_resolution == 256
     inside = torch.eye(3, 4).expand(4, 3, 4).clone()  # cameras inside the box: the inside-out preset's 1024
     scene_in = SimpleNamespace(cameras=Cameras.create(inside, 277.8, 277.8, 100, 100, 200, 200), scene_box=box,
                                unbounded=False, format="nerfstudio")
