@@ -28,8 +28,8 @@ noise      initial                     refined                           note
 5 deg      4.51 deg / 0.065            0.091 deg / 0.0052 (0.112)        test PSNR 31.3 dB
 10 deg     9.50 deg / 0.125            0.496 deg / 0.048 (0.431)         mean 1.13 deg (a few frames lag);
                                                                          test PSNR 28.7 dB
-15 deg     11.8 deg / 0.207            (512: diverges)                   13.3 deg / 0.76 after 500 steps: the
-                                                                         field never forms (12-14 dB)
+15 deg     11.8 deg / 0.207            diverges: 16.3 deg / 0.97         the field never forms (train PSNR
+                                                                         12-14 dB; test 10.4 dB); 512 too
 =========  ==========================  ================================  ==================================
 
 so the breaking point of the sweep 1, 3, 5, 10, 15, ... is 15 deg. At 15 deg the views are too inconsistent for a
