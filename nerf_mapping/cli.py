@@ -69,8 +69,7 @@ def cmd_train(args) -> int:
         trainer = Trainer.load(args.resume, frames=frame_store_from(data))
         print(f"resumed from {args.resume} at step {trainer.step_count}")
     else:
-        pose_on = getattr(args, "pose_opt", None) not in (None, "off")
-        cfg = default_config(data, args.field_impl, pose_refinement=pose_on)
+        cfg = default_config(data, args.field_impl, pose_refinement=args.pose_opt not in (None, "off"))
         cfg.seed = args.seed
         _apply_overrides(cfg, args.set)
         pose_cli.apply_pose_config(args, cfg)  # --pose-opt / --c2f (issue 5)

@@ -63,7 +63,10 @@ def image_limited_resolution(cameras, scene_box, oversample: float = 2.0, lo: in
     the object (the weakly observable yaw + sideways-translation direction) instead of correcting it. Lego, 3 deg
     noise: at 100x100 and 1000 steps the median rotation error is 0.21-0.23 deg with 2048, 0.18 deg with 256 (train
     PSNR 31.6 -> 32.8 dB); at 200x200 it is 0.110 / 0.093 deg after 1500 / 2000 steps with 2048 and 0.097 / 0.092
-    deg with 512 (train PSNR 31.6 -> 32.4 dB).
+    deg with 512 (train PSNR 31.6 -> 32.4 dB). Hence ``oversample=1`` when the poses are refined (``default_config``):
+    ``benchmark poses`` (2000 steps, 1 thread), 512 -> 256: lego 200x200 at 3 deg, 0.092 -> 0.085 deg; DTU scan65
+    linear init 200x150, 0.60 -> 0.47 deg and 0.76 -> 0.65 deg on two seeds (3.73 -> 3.06 / 4.40 -> 3.84 mm), 0.53
+    deg at 128.
     """
     box = torch.as_tensor(scene_box, dtype=torch.float64).reshape(2, 3)
     centre, extent = (box[0] + box[1]) / 2, float((box[1] - box[0]).max())
@@ -78,10 +81,8 @@ def default_config(data, field_impl: str = "auto", background=None, pose_refinem
     the hash grid at what their images resolve (:func:`image_limited_resolution`); inside-out and unbounded captures
     use ``apply_inside_out_preset`` (unbounded ones also alpha pruning).
 
-    ``pose_refinement``: the poses will be optimised jointly, so the cap drops to the images' own resolution
-    (``oversample=1``): the field gets less room to explain residual misalignment. Measured with ``benchmark poses``
-    (2000 steps, 1 thread): lego 200x200 at 3 deg, 0.092 -> 0.085 deg (512 -> 256); DTU scan65 linear init
-    200x150, 0.60 -> 0.47 deg and 0.76 -> 0.65 deg on two seeds (3.73 -> 3.06 / 4.40 -> 3.84 mm), 0.53 deg at 128.
+    ``pose_refinement``: the poses will be optimised jointly, so the cap drops to one cell per pixel footprint
+    (``oversample=1``, measured in :func:`image_limited_resolution`).
     """
     cfg = TrainerConfig()
     cfg.field.encoding.impl = field_impl
