@@ -15,9 +15,9 @@ DEFAULTS = {"lego": {"downscale": 2, "background": (1.0, 1.0, 1.0), "test_every"
 
 
 def run(name: str, args) -> dict:
-    from nerf_mapping.cli import _apply_overrides, _load
+    from nerf_mapping.cli import _load, configure
     from nerf_mapping.evaluation import evaluate
-    from nerf_mapping.training.offline import build_trainer, default_config
+    from nerf_mapping.training.offline import build_trainer
 
     d = DEFAULTS[name]
     downscale = args.downscale or d["downscale"]
@@ -26,8 +26,7 @@ def run(name: str, args) -> dict:
     if name == "lego" and len(test) != 200:
         raise SystemExit(f"error: expected the 200 lego test views, found {len(test)}")
     test_idx = list(range(0, len(test), d["test_every"]))
-    cfg = default_config(train, args.field_impl, background=d["background"])
-    _apply_overrides(cfg, args.set)
+    cfg = configure(train, args, background=d["background"])
     trainer = build_trainer(train, cfg)
     out_dir = Path(args.output) if args.output else (
         Path(args.json).parent / f"bench_{name}_{trainer.field.encoding.impl}" if args.json else None)

@@ -123,6 +123,9 @@ def add_cli(bs) -> None:
     q.add_argument("--tto-steps", type=int, default=150, help="test-time pose optimisation steps")
     q.add_argument("--tto-rays", type=int, default=512, help="rays per held-out view per test-time step")
     q.add_argument("--no-baseline", action="store_true", help="skip the runs without refinement")
+    q.add_argument("--jobs", type=int, default=1,
+                   help="runs trained at once in separate processes (each gets cores/jobs torch threads unless "
+                        "--set threads=N); per-run progress bars are replaced by one line per finished run")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--quiet", action="store_true", help="no per-run progress bar")
     q.add_argument("--json", type=Path, default=None)
@@ -138,6 +141,7 @@ def cmd_benchmark_poses(args) -> int:
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(res, indent=2))
+        Path(str(args.json) + ".partial.json").unlink(missing_ok=True)  # superseded by the complete results
         print(f"results: {args.json}")
     return 0
 
@@ -159,19 +163,19 @@ def _subset(data, idx):
 def train_and_evaluate(train_noisy, gt_c2w, test, args, pose_mode: str, c2f, unit_to_mm=None, label="") -> dict:
     """Train on ``train_noisy`` (its poses are the initial estimate), score poses against ``gt_c2w`` and the held-out
     views ``test`` (SceneData in the ground-truth frame)."""
-    from nerf_mapping.cli import _apply_overrides
-    from nerf_mapping.training.offline import build_trainer, default_config
+    from nerf_mapping.cli import configure
+    from nerf_mapping.training.offline import build_trainer
     from nerf_mapping.training.pose_eval import evaluate_heldout, pose_errors, refined_train_poses
 
-    cfg = default_config(train_noisy, args.field_impl, pose_refinement=pose_mode != "off")
-    cfg.seed = args.seed
-    cfg.pose.mode = pose_mode
-    cfg.pose.c2f = c2f
-    if train_noisy.format == "dtu" and train_noisy.masks is not None:
-        cfg.mask_background = True  # IDR's protocol: the object alone (the backdrop is outside the bounded field)
-    if getattr(args, "pose_precondition", None):
-        cfg.pose.precondition = args.pose_precondition
-    _apply_overrides(cfg, args.set)
+    def preset(cfg):  # the benchmark's defaults; --set still overrides them
+        cfg.pose.c2f = c2f
+        if train_noisy.format == "dtu" and train_noisy.masks is not None:
+            cfg.mask_background = True  # IDR's protocol: the object alone (the backdrop is outside the bounded field)
+        if getattr(args, "pose_precondition", None):
+            cfg.pose.precondition = args.pose_precondition
+
+    # the run's pose mode wins over --set pose.mode (the runs without refinement stay without)
+    cfg = configure(train_noisy, args, pose_mode=pose_mode, seed=args.seed, preset=preset)
     tr = build_trainer(train_noisy, cfg)
     t0 = time.perf_counter()
     by_time = args.time_budget is not None
@@ -258,9 +262,12 @@ def run(args) -> dict:
         print(f"benchmark poses (DTU linear init): {len(noisy)} train / {len(test)} test views at "
               f"{int(noisy.cameras.width[0])}x{int(noisy.cameras.height[0])}; unaligned init error "
               f"{raw['median_rotation_deg']:.3f} deg / {raw['median_translation']:.2f} mm (median)")
-        ref = train_and_evaluate(noisy, gt_train.cameras.c2w, test, args, args.pose_opt, c2f, unit_to_mm, "refined")
-        base = None if args.no_baseline else train_and_evaluate(noisy, gt_train.cameras.c2w, test, args, "off",
-                                                                None, unit_to_mm, "no refinement")
+        tasks = [("refined", (noisy, gt_train.cameras.c2w, test, args, args.pose_opt, c2f, unit_to_mm, "refined"))]
+        if not args.no_baseline:
+            tasks.append(("off", (noisy, gt_train.cameras.c2w, test, args, "off", None, unit_to_mm,
+                                  "no refinement")))
+        done = run_tasks(tasks, args)
+        ref, base = done["refined"], done.get("off")
         out = {"dataset": "dtu_linear_init", **_entry(ref, base, mm=True),
                "initial_unaligned_median_rotation_deg": raw["median_rotation_deg"],
                "initial_unaligned_median_translation_mm": raw["median_translation"],
@@ -285,16 +292,19 @@ def run(args) -> dict:
         print(f"benchmark poses ({train.format}): {len(train)} train / {len(test)} test views at "
               f"{int(train.cameras.width[0])}x{int(train.cameras.height[0])}, levels {levels} deg, "
               f"{tpd:.4f} scene units of translation noise per degree, pose-opt {args.pose_opt}, c2f {c2f}")
-        sweep = []
+        tasks = []
         for lvl in levels:
             noisy_c2w = perturb_poses(gt_c2w, lvl, lvl * tpd, seed=args.seed + int(round(lvl * 1000)))
             noisy = _with_c2w(train, noisy_c2w)
-            print(f"noise {lvl:g} deg / {lvl * tpd:.4f} units:")
-            ref = train_and_evaluate(noisy, gt_c2w, test, args, args.pose_opt, c2f, unit_to_mm, "refined")
-            base = None if args.no_baseline else train_and_evaluate(noisy, gt_c2w, test, args, "off", None,
-                                                                    unit_to_mm, "no refinement")
-            sweep.append({"noise_rot_deg": lvl, "noise_trans": lvl * tpd,
-                          **_entry(ref, base, mm=unit_to_mm is not None)})
+            tasks.append(((lvl, "refined"), (noisy, gt_c2w, test, args, args.pose_opt, c2f, unit_to_mm,
+                                             f"{lvl:g} deg, refined")))
+            if not args.no_baseline:
+                tasks.append(((lvl, "off"), (noisy, gt_c2w, test, args, "off", None, unit_to_mm,
+                                             f"{lvl:g} deg, no refinement")))
+        done = run_tasks(tasks, args)
+        sweep = [{"noise_rot_deg": lvl, "noise_trans": lvl * tpd,
+                  **_entry(done[(lvl, "refined")], done.get((lvl, "off")), mm=unit_to_mm is not None)}
+                 for lvl in levels]
         out = {"dataset": train.format, **{k: v for k, v in sweep[0].items()}}
         if args.noise_sweep:
             out["sweep"] = sweep
@@ -312,6 +322,55 @@ def run(args) -> dict:
                 "downscale": ds, "time_budget_per_run": args.time_budget,
                 "steps_per_run": None if args.time_budget is not None else args.steps,
                 "tto_steps": args.tto_steps, "seconds": time.perf_counter() - t_start})
+    return out
+
+
+def _init_worker(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)  # --set threads=N still wins: the trainer applies cfg.threads after this
+
+
+def _train_and_evaluate_star(a):
+    return train_and_evaluate(*a)
+
+
+def run_tasks(tasks: list[tuple], args) -> dict:
+    """Run ``train_and_evaluate`` for each ``(key, arguments)`` of ``tasks``, ``args.jobs`` at a time in separate
+    processes (or in this one when jobs is 1), and return ``{key: result}``. Every finished run is appended to
+    ``<json>.partial.json`` at once, so an interrupted sweep of hours keeps what it measured."""
+    import os
+
+    jobs = max(1, int(getattr(args, "jobs", 1) or 1))
+    partial = Path(str(args.json) + ".partial.json") if args.json else None
+    out: dict = {}
+    t0 = time.perf_counter()
+
+    def finished(key, res):
+        out[key] = res
+        print(f"[{len(out)}/{len(tasks)} runs done, {(time.perf_counter() - t0) / 60:.1f} min] {key}", flush=True)
+        if partial is not None:
+            partial.parent.mkdir(parents=True, exist_ok=True)
+            partial.write_text(json.dumps([{"run": list(k) if isinstance(k, tuple) else k, **v}
+                                           for k, v in out.items()], indent=2, default=str))
+
+    if jobs == 1 or len(tasks) == 1:
+        for key, a in tasks:
+            finished(key, train_and_evaluate(*a))
+    else:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        quiet = dict(vars(args), quiet=True)  # one progress bar per process would garble the terminal
+        quiet.pop("func", None)
+        qargs = type(args)(**quiet)
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        print(f"{len(tasks)} runs, {jobs} at a time ({threads} torch thread(s) each)", flush=True)
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+                                 initargs=(threads,)) as ex:
+            futs = {ex.submit(_train_and_evaluate_star, a[:3] + (qargs,) + a[4:]): key for key, a in tasks}
+            for f in as_completed(futs):
+                finished(futs[f], f.result())
     return out
 
 

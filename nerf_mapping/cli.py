@@ -36,6 +36,31 @@ def _apply_overrides(cfg, items: list[str]) -> None:
             raise SystemExit(f"--set {it}: {e}")
 
 
+def configure(data, args, pose_mode: str | None = None, seed: int | None = None, preset=None, background=None):
+    """``default_config``, then ``preset(cfg)`` (a caller's defaults), the ``--set`` overrides, and last ``pose_mode``
+    (when given, it wins over ``--set pose.mode``).
+
+    The defaults depend on whether the poses are refined (the hash grid's cap, see ``default_config``); that is
+    decided by the final ``pose.mode``, however it was asked for, so ``--set pose.mode=se3`` gets the same grid as
+    ``--pose-opt se3``. An explicit ``--set field.encoding.max_resolution=...`` still wins."""
+    from nerf_mapping.training.offline import default_config
+
+    def build(refine: bool):
+        cfg = default_config(data, args.field_impl, background=background, pose_refinement=refine)
+        if seed is not None:
+            cfg.seed = seed
+        if preset is not None:
+            preset(cfg)
+        _apply_overrides(cfg, args.set)
+        if pose_mode is not None:
+            cfg.pose.mode = pose_mode
+        return cfg
+
+    guess = pose_mode is not None and pose_mode != "off"
+    cfg = build(guess)
+    return cfg if (cfg.pose.mode != "off") == guess else build(not guess)
+
+
 def _load(path, split, downscale, max_frames=None, background=None):
     from nerf_mapping.data import DataError, load_dataset
 
@@ -50,7 +75,7 @@ def _load(path, split, downscale, max_frames=None, background=None):
 
 # ------------------------------------------------------------------------------------------------------------ train
 def cmd_train(args) -> int:
-    from nerf_mapping.training.offline import build_trainer, checkpoint_extra, default_config
+    from nerf_mapping.training.offline import build_trainer, checkpoint_extra
     from nerf_mapping.training.trainer import Trainer
 
     if args.steps is None and args.time_budget is None:
@@ -69,9 +94,7 @@ def cmd_train(args) -> int:
         trainer = Trainer.load(args.resume, frames=frame_store_from(data))
         print(f"resumed from {args.resume} at step {trainer.step_count}")
     else:
-        cfg = default_config(data, args.field_impl, pose_refinement=args.pose_opt not in (None, "off"))
-        cfg.seed = args.seed
-        _apply_overrides(cfg, args.set)
+        cfg = configure(data, args, pose_mode=args.pose_opt, seed=args.seed)
         pose_cli.apply_pose_config(args, cfg)  # --pose-opt / --c2f (issue 5)
         trainer = build_trainer(data, cfg)
     print(f"training on {len(data)} frames ({data.format}, {'unbounded' if data.unbounded else 'bounded'}), "

@@ -105,10 +105,12 @@ def test_train_cli_pose_flags_export_and_errors(shared_data, tmp_path):
     assert err["initial"]["median_rotation_deg"] > 0.5
 
 
-def test_benchmark_poses_cli_writes_the_documented_json(shared_data, tmp_path):
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_benchmark_poses_cli_writes_the_documented_json(shared_data, tmp_path, jobs):
     """``benchmark poses --noise-sweep`` at toy size: the JSON carries the issue's keys, one sweep entry per level
-    with and without refinement, a breaking point (or null) and the error-vs-noise plot. (The numbers at toy size
-    mean nothing; the real run is on demand, see the README.)"""
+    with and without refinement, a breaking point (or null) and the error-vs-noise plot, whether the runs go one
+    after the other or in worker processes (``--jobs 2``). (The numbers at toy size mean nothing; the real run is on
+    demand, see the README.)"""
     from nerf_mapping.cli import main
 
     path = shared_data / LEGO
@@ -117,7 +119,7 @@ def test_benchmark_poses_cli_writes_the_documented_json(shared_data, tmp_path):
     js = tmp_path / "poses.json"
     rc = main(["benchmark", "poses", "--data", str(path), "--downscale", "16", "--max-frames", "8", "--steps", "4",
                "--tto-steps", "2", "--tto-rays", "32", "--test-views", "2", "--noise-sweep", "1,3", "--json", str(js),
-               "--set", "field.encoding.log2_hashmap_size=12", "--set", "grid.resolution=32"])
+               "--set", "field.encoding.log2_hashmap_size=12", "--set", "grid.resolution=32", "--jobs", str(jobs)])
     assert rc == 0
     res = json.loads(js.read_text())
     for k in ("initial_median_rotation_deg", "final_median_rotation_deg", "initial_median_translation",
@@ -130,6 +132,27 @@ def test_benchmark_poses_cli_writes_the_documented_json(shared_data, tmp_path):
     assert res["steps_per_run"] == 4 and res["downscale"] == 16
     assert res["breaking_point_deg"] in (None, 1.0, 3.0)
     assert (tmp_path / "pose_error_vs_noise.png").is_file()
+    assert not (tmp_path / "poses.json.partial.json").exists()  # superseded by the complete JSON
+
+
+def test_benchmark_poses_keeps_finished_runs_when_a_later_one_fails(tmp_path, monkeypatch):
+    """An hours-long sweep that dies keeps what it measured: every finished run lands in ``<json>.partial.json``."""
+    from types import SimpleNamespace
+
+    from nerf_mapping import benchmark_poses as bp
+
+    def fake(*a):
+        if a[-1] == "second":
+            raise RuntimeError("out of memory")
+        return {"final": {"median_rotation_deg": 0.1}, "label": a[-1]}
+
+    monkeypatch.setattr(bp, "train_and_evaluate", fake)
+    args = SimpleNamespace(json=tmp_path / "sweep.json", jobs=1)
+    tasks = [((1.0, "refined"), (None,) * 7 + ("first",)), ((1.0, "off"), (None,) * 7 + ("second",))]
+    with pytest.raises(RuntimeError, match="out of memory"):
+        bp.run_tasks(tasks, args)
+    kept = json.loads((tmp_path / "sweep.json.partial.json").read_text())
+    assert kept == [{"run": [1.0, "refined"], "final": {"median_rotation_deg": 0.1}, "label": "first"}]
 
 
 def test_dtu_linear_init_errors_match_provenance(shared_data):

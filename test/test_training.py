@@ -136,6 +136,41 @@ def test_image_limited_resolution_follows_the_pixel_footprint():
     assert default_config(scene).field.encoding.max_resolution == 512
     # joint pose refinement: one cell per pixel footprint, less room to absorb per-view misalignment
     assert default_config(scene, pose_refinement=True).field.encoding.max_resolution == 256
+
+
+def test_cli_configure_caps_the_grid_however_refinement_is_asked_for():
+    """``--pose-opt X`` and ``--set pose.mode=X`` give the same hash grid; the run's own pose mode (``benchmark
+    poses``' runs without refinement) wins over ``--set pose.mode``; an explicit cap wins over both."""
+    from types import SimpleNamespace
+
+    from nerf_mapping.cameras import Cameras
+    from nerf_mapping.cli import configure
+
+    box = torch.tensor([[-1.5, -1.5, -1.5], [1.5, 1.5, 1.5]])
+    c2w = torch.eye(3, 4).expand(4, 3, 4).clone()
+    c2w[:, 2, 3] = 4.0
+    scene = SimpleNamespace(cameras=Cameras.create(c2w, 277.8, 277.8, 100, 100, 200, 200), scene_box=box,
+                            unbounded=False, format="blender")
+
+    def args(*sets):
+        return SimpleNamespace(field_impl="auto", set=list(sets))
+
+    def cap(cfg):
+        return cfg.field.encoding.max_resolution
+
+    assert cap(configure(scene, args())) == 512 and configure(scene, args()).pose.mode == "off"
+    assert cap(configure(scene, args(), pose_mode="se3")) == 256
+    by_set = configure(scene, args("pose.mode=se3"))
+    assert by_set.pose.mode == "se3" and cap(by_set) == 256
+    off = configure(scene, args("pose.mode=se3"), pose_mode="off")
+    assert off.pose.mode == "off" and cap(off) == 512
+    assert cap(configure(scene, args("pose.mode=quat", "field.encoding.max_resolution=1024"))) == 1024
+    seeded = configure(scene, args("pose.c2f=0.1,0.5"), seed=7, preset=lambda c: setattr(c.pose, "c2f", (0.0, 0.4)))
+    assert seeded.seed == 7 and tuple(seeded.pose.c2f) == (0.1, 0.5)  # --set wins over the caller's preset
+    assert configure(scene, args("pose.c2f=none"), preset=lambda c: setattr(c.pose, "c2f", (0.0, 0.4))).pose.c2f is None
+    assert configure(scene, args("background=0,0,0")).background == (0.0, 0.0, 0.0)
+    with pytest.raises(SystemExit, match="expects 3 numbers"):
+        configure(scene, args("background=0,0"))
     inside = torch.eye(3, 4).expand(4, 3, 4).clone()  # cameras inside the box: the inside-out preset's 1024
     scene_in = SimpleNamespace(cameras=Cameras.create(inside, 277.8, 277.8, 100, 100, 200, 200), scene_box=box,
                                unbounded=False, format="nerfstudio")

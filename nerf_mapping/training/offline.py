@@ -120,6 +120,17 @@ def build_trainer(data, cfg: TrainerConfig) -> Trainer:
     return Trainer(cfg, scene_spec(data), frame_store_from(data, seed=cfg.seed))
 
 
+def _optional(obj, name: str) -> bool:
+    """Whether dataclass field ``name`` of ``obj`` admits None (``X | None``)."""
+    import typing
+
+    try:
+        hint = typing.get_type_hints(type(obj))[name]
+    except Exception:  # noqa: BLE001 - unresolvable annotations: treat as not optional
+        return False
+    return type(None) in typing.get_args(hint)
+
+
 def override(cfg, path: str, value) -> None:
     """Set a nested config field by dotted path, e.g. ``override(cfg, "field.encoding.log2_hashmap_size", 17)``."""
     obj = cfg
@@ -130,7 +141,17 @@ def override(cfg, path: str, value) -> None:
     if parts[-1] not in names:
         raise ValueError(f"unknown config field '{path}'")
     cur = getattr(obj, parts[-1])
-    if isinstance(cur, bool):
+    if isinstance(value, str) and value.strip().lower() == "none" and (cur is None or _optional(obj, parts[-1])):
+        value = None  # an optional field switched off (``pose.c2f=none``, ``threads=none``)
+    elif isinstance(value, str) and (isinstance(cur, tuple) or (cur is None and "," in value)):
+        # a tuple field (``background=0,0,0``, ``pose.c2f=0.1,0.5``)
+        try:
+            value = tuple(float(x) for x in value.split(",") if x.strip())
+        except ValueError:
+            raise ValueError(f"'{path}' expects comma-separated numbers, got '{value}'") from None
+        if isinstance(cur, tuple) and len(value) != len(cur):
+            raise ValueError(f"'{path}' expects {len(cur)} numbers, got {len(value)}")
+    elif isinstance(cur, bool):
         value = str(value).lower() in ("1", "true", "yes", "on")
     elif isinstance(cur, int) and not isinstance(cur, bool):
         value = int(value)
