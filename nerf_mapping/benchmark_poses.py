@@ -334,15 +334,18 @@ def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)  # --set threads=N still wins: the trainer applies cfg.threads after this
 
 
-def _train_and_evaluate_star(a):
-    return train_and_evaluate(*a)
+def _star(fn, a):
+    return fn(*a)
 
 
-def run_tasks(tasks: list[tuple], args) -> dict:
-    """Run ``train_and_evaluate`` for each ``(key, arguments)`` of ``tasks``, ``args.jobs`` at a time in separate
-    processes (or in this one when jobs is 1), and return ``{key: result}``. Every finished run is appended to
-    ``<json>.partial.json`` at once, so an interrupted sweep of hours keeps what it measured."""
+def run_tasks(tasks: list[tuple], args, fn=None) -> dict:
+    """Run ``fn`` (default :func:`train_and_evaluate`; a module-level function, it is pickled by name) for each
+    ``(key, arguments)`` of ``tasks``, ``args.jobs`` at a time in separate processes (or in this one when jobs is 1),
+    and return ``{key: result}``. Every finished run is written to ``<json>.partial.json`` at once, so an interrupted
+    sweep of hours keeps what it measured. When a run fails no new run starts; the runs already going are finished
+    and kept, then the first error is raised."""
     import os
+    from concurrent.futures import CancelledError
 
     jobs = max(1, int(getattr(args, "jobs", 1) or 1))
     partial = Path(str(args.json) + ".partial.json") if args.json else None
@@ -359,7 +362,7 @@ def run_tasks(tasks: list[tuple], args) -> dict:
 
     if jobs == 1 or len(tasks) == 1:
         for key, a in tasks:
-            finished(key, train_and_evaluate(*a))
+            finished(key, (fn or train_and_evaluate)(*a))
     else:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -371,9 +374,23 @@ def run_tasks(tasks: list[tuple], args) -> dict:
         print(f"{len(tasks)} runs, {jobs} at a time ({threads} torch thread(s) each)", flush=True)
         with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker,
                                  initargs=(threads,)) as ex:
-            futs = {ex.submit(_train_and_evaluate_star, a[:3] + (qargs,) + a[4:]): key for key, a in tasks}
+            futs = {ex.submit(_star, fn or train_and_evaluate, tuple(qargs if x is args else x for x in a)): key
+                    for key, a in tasks}
+            errors = []
             for f in as_completed(futs):
-                finished(futs[f], f.result())
+                try:
+                    finished(futs[f], f.result())
+                except CancelledError:
+                    continue
+                except Exception as e:  # noqa: BLE001 - re-raised below, once the running runs are kept
+                    if not errors:
+                        print(f"run {futs[f]} failed ({type(e).__name__}: {e}); no new run starts, the running "
+                              f"ones finish and are kept", flush=True)
+                    errors.append(e)
+                    for g in futs:
+                        g.cancel()
+            if errors:
+                raise errors[0]
     return out
 
 

@@ -135,6 +135,29 @@ def test_benchmark_poses_cli_writes_the_documented_json(shared_data, tmp_path, j
     assert not (tmp_path / "poses.json.partial.json").exists()  # superseded by the complete JSON
 
 
+def _sleep_or_fail(label, seconds):  # module level: pickled by name into the worker processes
+    import time
+
+    if label == "bad":
+        raise RuntimeError("out of memory")
+    time.sleep(seconds)
+    return {"label": label}
+
+
+def test_benchmark_poses_parallel_runs_keep_the_running_ones_when_one_fails(tmp_path):
+    """``--jobs 2``: a run that fails stops the sweep, but the run going beside it is finished and kept."""
+    from types import SimpleNamespace
+
+    from nerf_mapping.benchmark_poses import run_tasks
+
+    args = SimpleNamespace(json=tmp_path / "sweep.json", jobs=2)
+    tasks = [("slow", ("slow", 2.0)), ("bad", ("bad", 0.0))]
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run_tasks(tasks, args, fn=_sleep_or_fail)
+    kept = json.loads((tmp_path / "sweep.json.partial.json").read_text())
+    assert kept == [{"run": "slow", "label": "slow"}]
+
+
 def test_benchmark_poses_keeps_finished_runs_when_a_later_one_fails(tmp_path, monkeypatch):
     """An hours-long sweep that dies keeps what it measured: every finished run lands in ``<json>.partial.json``."""
     from types import SimpleNamespace
