@@ -357,6 +357,7 @@ def run_tasks(tasks: list[tuple], args, fn=None) -> dict:
     import os
     from concurrent.futures import CancelledError
 
+    fn = fn or train_and_evaluate
     jobs = max(1, int(getattr(args, "jobs", 1) or 1))
     partial = Path(str(args.json) + ".partial.json") if args.json else None
     out: dict = {}
@@ -372,7 +373,7 @@ def run_tasks(tasks: list[tuple], args, fn=None) -> dict:
 
     if jobs == 1 or len(tasks) == 1:
         for key, a in tasks:
-            finished(key, (fn or train_and_evaluate)(*a))
+            finished(key, fn(*a))
     else:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -384,23 +385,22 @@ def run_tasks(tasks: list[tuple], args, fn=None) -> dict:
         print(f"{len(tasks)} runs, {jobs} at a time ({threads} torch thread(s) each)", flush=True)
         with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker,
                                  initargs=(threads,)) as ex:
-            futs = {ex.submit(_star, fn or train_and_evaluate, tuple(qargs if x is args else x for x in a)): key
-                    for key, a in tasks}
-            errors = []
+            futs = {ex.submit(_star, fn, tuple(qargs if x is args else x for x in a)): key for key, a in tasks}
+            error = None
             for f in as_completed(futs):
                 try:
                     finished(futs[f], f.result())
                 except CancelledError:
                     continue
                 except Exception as e:  # noqa: BLE001 - re-raised below, once the running runs are kept
-                    if not errors:
+                    if error is None:
+                        error = e
                         print(f"run {futs[f]} failed ({type(e).__name__}: {e}); no new run starts, the running "
                               f"ones finish and are kept", flush=True)
-                    errors.append(e)
-                    for g in futs:
-                        g.cancel()
-            if errors:
-                raise errors[0]
+                        for g in futs:
+                            g.cancel()
+            if error is not None:
+                raise error
     return out
 
 

@@ -62,8 +62,7 @@ def apply_pose_noise(args, data):
 
 
 def apply_pose_config(args, cfg) -> None:
-    if getattr(args, "pose_opt", None) is not None:
-        cfg.pose.mode = args.pose_opt
+    """--c2f / --pose-precondition (``--pose-opt`` is applied by ``cli.configure``, whose grid cap follows it)."""
     c2f = parse_c2f(getattr(args, "c2f", None))
     if c2f is not None:
         cfg.pose.c2f = c2f
