@@ -140,6 +140,9 @@ def add_cli(bs) -> None:
                    help="runs trained at once in separate processes (each gets cores/jobs torch threads unless "
                         "--set threads=N); per-run progress bars are replaced by one line per finished run")
     q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--resume", action="store_true",
+                   help="take the runs already finished from --json's OUT.json.partial.json (left by an interrupted "
+                        "invocation with the same settings) and run only the missing ones")
     q.add_argument("--quiet", action="store_true", help="no per-run progress bar")
     q.add_argument("--json", type=Path, default=None)
     q.add_argument("--output", type=Path, default=None, help="folder for the error-vs-noise plot")
@@ -279,7 +282,7 @@ def run(args) -> dict:
         if not args.no_baseline:
             tasks.append(("off", (noisy, gt_train.cameras.c2w, test, args, "off", None, unit_to_mm,
                                   "no refinement")))
-        done = run_tasks(tasks, args)
+        done = run_tasks(tasks, args, settings=run_settings(args, data_path))
         ref, base = done["refined"], done.get("off")
         out = {"dataset": "dtu_linear_init", **_entry(ref, base, mm=True),
                "initial_unaligned_median_rotation_deg": raw["median_rotation_deg"],
@@ -314,7 +317,7 @@ def run(args) -> dict:
             if not args.no_baseline:
                 tasks.append(((lvl, "off"), (noisy, gt_c2w, test, args, "off", None, unit_to_mm,
                                              f"{lvl:g} deg, no refinement")))
-        done = run_tasks(tasks, args)
+        done = run_tasks(tasks, args, settings=run_settings(args, data_path, trans_per_deg=tpd))
         sweep = [{"noise_rot_deg": lvl, "noise_trans": lvl * tpd,
                   **_entry(done[(lvl, "refined")], done.get((lvl, "off")), mm=unit_to_mm is not None)}
                  for lvl in levels]
@@ -348,19 +351,64 @@ def _star(fn, a):
     return fn(*a)
 
 
-def run_tasks(tasks: list[tuple], args, fn=None) -> dict:
+def run_settings(args, data_path: Path, **resolved) -> dict:
+    """Everything that decides what a run measures (not how many run at once, nor the noise levels: a level's runs
+    are keyed by the level). ``--resume`` reuses a finished run only when these match; ``--set threads=N`` only
+    changes the speed and is left out."""
+    keep = ("init", "pose_opt", "pose_precondition", "c2f", "downscale", "max_frames", "test_views", "steps",
+            "time_budget", "tto_steps", "tto_rays", "seed", "field_impl")
+    s = {k: getattr(args, k, None) for k in keep}
+    s["data"] = str(Path(data_path).resolve())
+    s["set"] = sorted(x for x in (getattr(args, "set", None) or []) if not x.replace(" ", "").startswith("threads="))
+    s.update(resolved)
+    return json.loads(json.dumps(s, default=str))  # as it reads back from the file
+
+
+def _run_key(k):
+    return tuple(k) if isinstance(k, list) else k
+
+
+def load_partial(path: Path, settings: dict) -> dict:
+    """The finished runs ``{key: result}`` of ``path`` (a ``.partial.json``), checked against ``settings``."""
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"error: --resume: cannot read {path} ({e})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("runs"), list) or not isinstance(doc.get("settings"), dict):
+        raise SystemExit(f"error: --resume: {path} records no settings (written by an older version?), so its runs "
+                         f"cannot be checked against this invocation; remove it or run without --resume")
+    diff = sorted(k for k in set(settings) | set(doc["settings"]) if settings.get(k) != doc["settings"].get(k))
+    if diff:
+        detail = ", ".join(f"{k}: {doc['settings'].get(k)!r} there, {settings.get(k)!r} now" for k in diff)
+        raise SystemExit(f"error: --resume: {path} was measured with other settings ({detail})")
+    return {_run_key(r["run"]): {k: v for k, v in r.items() if k != "run"} for r in doc["runs"]}
+
+
+def run_tasks(tasks: list[tuple], args, fn=None, settings: dict | None = None) -> dict:
     """Run ``fn`` (default :func:`train_and_evaluate`; a module-level function, it is pickled by name) for each
     ``(key, arguments)`` of ``tasks``, ``args.jobs`` at a time in separate processes (or in this one when jobs is 1),
-    and return ``{key: result}``. Every finished run is written to ``<json>.partial.json`` at once, so an interrupted
-    sweep of hours keeps what it measured. When a run fails no new run starts; the runs already going are finished
-    and kept, then the first error is raised."""
+    and return ``{key: result}``. Every finished run is written to ``<json>.partial.json`` at once (with
+    ``settings``), so an interrupted sweep of hours keeps what it measured, and ``--resume`` runs only the missing
+    ones. When a run fails no new run starts; the runs already going are finished and kept, then the first error is
+    raised."""
     import os
     from concurrent.futures import CancelledError
 
     fn = fn or train_and_evaluate
+    settings = settings or {}
     jobs = max(1, int(getattr(args, "jobs", 1) or 1))
     partial = Path(str(args.json) + ".partial.json") if args.json else None
     out: dict = {}
+    if getattr(args, "resume", False):
+        if partial is None:
+            raise SystemExit("error: --resume needs --json OUT.json (the finished runs are in OUT.json.partial.json)")
+        if partial.is_file():
+            wanted = {k for k, _ in tasks}
+            out = {k: v for k, v in load_partial(partial, settings).items() if k in wanted}
+            print(f"resuming: {len(out)} of {len(tasks)} runs already measured in {partial}", flush=True)
+        else:
+            print(f"--resume: no {partial}, running all {len(tasks)} runs", flush=True)
+    todo = [(k, a) for k, a in tasks if k not in out]
     t0 = time.perf_counter()
 
     def finished(key, res):
@@ -368,11 +416,11 @@ def run_tasks(tasks: list[tuple], args, fn=None) -> dict:
         print(f"[{len(out)}/{len(tasks)} runs done, {(time.perf_counter() - t0) / 60:.1f} min] {key}", flush=True)
         if partial is not None:
             partial.parent.mkdir(parents=True, exist_ok=True)
-            partial.write_text(json.dumps([{"run": list(k) if isinstance(k, tuple) else k, **v}
-                                           for k, v in out.items()], indent=2, default=str))
+            runs = [{"run": list(k) if isinstance(k, tuple) else k, **v} for k, v in out.items()]
+            partial.write_text(json.dumps({"settings": settings, "runs": runs}, indent=2, default=str))
 
-    if jobs == 1 or len(tasks) == 1:
-        for key, a in tasks:
+    if jobs == 1 or len(todo) <= 1:
+        for key, a in todo:
             finished(key, fn(*a))
     else:
         import multiprocessing as mp
@@ -381,11 +429,11 @@ def run_tasks(tasks: list[tuple], args, fn=None) -> dict:
         quiet = dict(vars(args), quiet=True)  # one progress bar per process would garble the terminal
         quiet.pop("func", None)
         qargs = type(args)(**quiet)
-        threads = max(1, (os.cpu_count() or 1) // jobs)
-        print(f"{len(tasks)} runs, {jobs} at a time ({threads} torch thread(s) each)", flush=True)
+        threads = max(1, (os.cpu_count() or 1) // min(jobs, len(todo)))
+        print(f"{len(todo)} runs, {min(jobs, len(todo))} at a time ({threads} torch thread(s) each)", flush=True)
         with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker,
                                  initargs=(threads,)) as ex:
-            futs = {ex.submit(_star, fn, tuple(qargs if x is args else x for x in a)): key for key, a in tasks}
+            futs = {ex.submit(_star, fn, tuple(qargs if x is args else x for x in a)): key for key, a in todo}
             error = None
             for f in as_completed(futs):
                 try:
@@ -401,7 +449,7 @@ def run_tasks(tasks: list[tuple], args, fn=None) -> dict:
                             g.cancel()
             if error is not None:
                 raise error
-    return out
+    return {k: out[k] for k, _ in tasks}  # in the order of the tasks
 
 
 def plot_sweep(sweep: list[dict], path: Path) -> Path:

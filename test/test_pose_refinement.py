@@ -155,7 +155,7 @@ def test_benchmark_poses_parallel_runs_keep_the_running_ones_when_one_fails(tmp_
     with pytest.raises(RuntimeError, match="out of memory"):
         run_tasks(tasks, args, fn=_sleep_or_fail)
     kept = json.loads((tmp_path / "sweep.json.partial.json").read_text())
-    assert kept == [{"run": "slow", "label": "slow"}]
+    assert kept["runs"] == [{"run": "slow", "label": "slow"}]
 
 
 def test_benchmark_poses_keeps_finished_runs_when_a_later_one_fails(tmp_path, monkeypatch):
@@ -175,7 +175,49 @@ def test_benchmark_poses_keeps_finished_runs_when_a_later_one_fails(tmp_path, mo
     with pytest.raises(RuntimeError, match="out of memory"):
         bp.run_tasks(tasks, args)
     kept = json.loads((tmp_path / "sweep.json.partial.json").read_text())
-    assert kept == [{"run": [1.0, "refined"], "final": {"median_rotation_deg": 0.1}, "label": "first"}]
+    assert kept["runs"] == [{"run": [1.0, "refined"], "final": {"median_rotation_deg": 0.1}, "label": "first"}]
+
+
+def test_benchmark_poses_resume_runs_only_the_missing_runs(tmp_path, monkeypatch):
+    """``--resume`` takes the finished runs of an interrupted sweep from its partial JSON and runs only the others,
+    and only when they were measured with the same settings."""
+    from types import SimpleNamespace
+
+    from nerf_mapping import benchmark_poses as bp
+
+    calls = []
+
+    def fake(*a):
+        calls.append(a[-1])
+        if a[-1] == "fails":
+            raise RuntimeError("killed")
+        return {"label": a[-1]}
+
+    monkeypatch.setattr(bp, "train_and_evaluate", fake)
+    args = SimpleNamespace(json=tmp_path / "sweep.json", jobs=1, resume=False, seed=0, steps=2000,
+                           set=["threads=1", "field.sh_degree=2"])
+    settings = bp.run_settings(args, tmp_path)
+    first = [((1.0, "refined"), ("a",)), ((1.0, "off"), ("fails",))]
+    with pytest.raises(RuntimeError, match="killed"):
+        bp.run_tasks(first, args, settings=settings)
+    partial = tmp_path / "sweep.json.partial.json"
+
+    resumed = SimpleNamespace(**{**vars(args), "resume": True, "set": ["field.sh_degree=2", "threads=2"]})
+    tasks = [((1.0, "refined"), ("a again",)), ((1.0, "off"), ("b",)), ((3.0, "refined"), ("c",))]
+    calls.clear()
+    done = bp.run_tasks(tasks, resumed, settings=bp.run_settings(resumed, tmp_path))  # threads only change speed
+    assert calls == ["b", "c"]
+    assert list(done) == [k for k, _ in tasks] and done[(1.0, "refined")] == {"label": "a"}
+    assert len(json.loads(partial.read_text())["runs"]) == 3
+
+    other = SimpleNamespace(**{**vars(resumed), "steps": 500})
+    with pytest.raises(SystemExit, match="steps: 2000 there, 500 now"):
+        bp.run_tasks(tasks, other, settings=bp.run_settings(other, tmp_path))
+    partial.write_text(json.dumps([{"run": [1.0, "refined"], "label": "a"}]))  # the older format: no settings
+    with pytest.raises(SystemExit, match="records no settings"):
+        bp.run_tasks(tasks, resumed, settings=settings)
+    with pytest.raises(SystemExit, match="needs --json"):
+        bp.run_tasks(tasks, SimpleNamespace(**{**vars(resumed), "json": None}), settings=settings)
 
 
 def test_dtu_linear_init_errors_match_provenance(shared_data):
