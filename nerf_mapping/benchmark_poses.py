@@ -79,7 +79,9 @@ Why the DTU target (0.1 deg / 1 mm) is out of reach of this budget (measurements
   0.56 deg / 3.39 mm. A silhouette constraint does not either: IDR's mask loss (binary cross-entropy of the rendered
   opacity against the object mask, weight 0.01 beside the colour MSE; hash grid capped at 256, seed 0) ends at
   0.55 deg / 2.91 mm (orientation-aligned 0.38 deg) against 0.47 deg / 3.06 mm without it, inside the run-to-run
-  spread, so it was not kept.
+  spread, so it was not kept. Neither does a surface prior: Mip-NeRF 360's distortion loss (weights concentrated
+  along each ray, 0.002 and 0.01 beside the colour MSE, cap 256, seed 0) ends at 0.49 deg / 2.79 mm and
+  0.48 deg / 2.98 mm (orientation-aligned 0.31 / 0.34 deg), not kept either.
 * Resolution and step size are not the limit: 400x300 (full shared resolution, hash grid up to 1024) ends at
   0.59 deg / 3.53 mm, and lifting the preconditioner's gain cap after coarse-to-fine (step 800) at 0.64 deg / 3.2 mm.
   Without coarse-to-fine the linear-init run is worse (1.25 deg at step 750 against 1.02; 0.70 deg / 4.15 mm at
