@@ -18,8 +18,8 @@ cell per pixel footprint for the refined runs, two for the runs without refineme
 moves the image by a tenth of a pixel of parallax per 0.15 deg, and the field absorbs it: poses started *at the
 ground truth* drift to 0.15 deg median there.
 
-Measured with these defaults in one invocation (``--noise-sweep 1,3,5,10,15,20,30 --jobs 2``, 11 of its 14 runs;
-2 CPU cores, 1 thread and 2000 steps per run, refined runs' hash grid capped at 256; median rotation / translation,
+Measured with these defaults (``--noise-sweep 1,3,5,10,15,20,30 --jobs 2``, interrupted after 11 of its 14 runs
+and completed with ``--resume --jobs 3``; 2 CPU cores, 1 thread and 2000 steps per run, refined runs' hash grid capped at 256; median rotation / translation,
 centre-aligned; in brackets the refined runs with the cap at 512, measured singly; test PSNR of the 8 held-out views
 after test-time pose optimisation, with / without refinement):
 
@@ -33,8 +33,8 @@ noise      initial                     refined                           test PS
                                                                          (a few frames lag)
 15 deg     11.8 deg / 0.207            diverges: 16.3 deg / 0.97         10.4 / 11.4 dB; the field never
                                                                          forms (train PSNR 12-14 dB)
-20 deg     18.6 deg / 0.292            diverges: 25.0 deg / 0.89         10.0 dB / not finished
-30 deg     not finished
+20 deg     18.6 deg / 0.292            diverges: 25.0 deg / 0.89         10.0 / 10.6 dB
+30 deg     26.7 deg / 0.425            diverges: 34.1 deg / 0.77         9.0 / 9.6 dB
 =========  ==========================  ================================  ==================================
 
 so the breaking point of the sweep is 15 deg. At 15 deg the views are too inconsistent for a first map to form:
@@ -42,9 +42,9 @@ every white background pixel carves free space through what the other, misaligne
 coarse field stays a haze, and the poses follow its biased gradients away (refinement then does worse than trusting
 the noisy poses). The runs are deterministic: the refined runs at 3, 5, 10 and 15 deg reproduce the single runs
 of the earlier measurement to the digit. The first 11 runs took 123 min with ``--jobs 2`` (part of it beside other
-work); when the measuring session ended, the run without refinement at 20 deg had gone on for 38 min and the refined
-30 deg run for 32 min without finishing, and the 30 deg run without refinement had not started: 30 deg is not
-measured.
+work), the last three (20 deg without refinement, both 30 deg runs) 57 min with ``--resume --jobs 3`` beside a DTU
+run. The diverged runs are the slow ones (30-57 min), presumably because their hazy field leaves the occupancy
+grid few empty cells to skip (not profiled).
 
 Real noise (DTU scan65, IDR's linear-init cameras against the GT ``cameras.npz``; translation also in mm via
 ``scale_mat``):
