@@ -19,9 +19,9 @@ moves the image by a tenth of a pixel of parallax per 0.15 deg, and the field ab
 ground truth* drift to 0.15 deg median there.
 
 Measured with these defaults (``--noise-sweep 1,3,5,10,15,20,30 --jobs 2``, interrupted after 11 of its 14 runs
-and completed with ``--resume --jobs 3``; 2 CPU cores, 1 thread and 2000 steps per run, refined runs' hash grid capped at 256; median rotation / translation,
-centre-aligned; in brackets the refined runs with the cap at 512, measured singly; test PSNR of the 8 held-out views
-after test-time pose optimisation, with / without refinement):
+and completed with ``--resume --jobs 3``; 2 CPU cores, 1 thread and 2000 steps per run, refined runs' hash grid
+capped at 256; median rotation / translation, centre-aligned; in brackets the refined runs with the cap at 512,
+measured singly; test PSNR of the 8 held-out views after test-time pose optimisation, with / without refinement):
 
 =========  ==========================  ================================  ==================================
 noise      initial                     refined                           test PSNR refined / without
@@ -261,9 +261,9 @@ def run(args) -> dict:
 
     t_start = time.perf_counter()
     c2f = parse_c2f(args.c2f)
+    ds = args.downscale or 2
     data_path = Path(args.data)
     if args.init == "linear_init":
-        ds = args.downscale or 2
         try:
             gt_train = load_dataset(data_path, "train", ds, max_frames=args.max_frames, cameras_file="cameras.npz")
             noisy = load_dataset(data_path, "train", ds, max_frames=args.max_frames,
@@ -287,14 +287,13 @@ def run(args) -> dict:
         if not args.no_baseline:
             tasks.append(("off", (noisy, gt_train.cameras.c2w, test, args, "off", None, unit_to_mm,
                                   "no refinement")))
-        done = run_tasks(tasks, args, settings=run_settings(args, data_path))
+        done = run_tasks(tasks, args, settings=run_settings(args, data_path, c2f=c2f, downscale=ds))
         ref, base = done["refined"], done.get("off")
         out = {"dataset": "dtu_linear_init", **_entry(ref, base, mm=True),
                "initial_unaligned_median_rotation_deg": raw["median_rotation_deg"],
                "initial_unaligned_median_translation_mm": raw["median_translation"],
                "mm_per_scene_unit": unit_to_mm}
     else:
-        ds = args.downscale or 2
         train = _load(data_path, "train", ds, args.max_frames)
         try:
             test = load_dataset(data_path, "test", ds)
@@ -322,7 +321,8 @@ def run(args) -> dict:
             if not args.no_baseline:
                 tasks.append(((lvl, "off"), (noisy, gt_c2w, test, args, "off", None, unit_to_mm,
                                              f"{lvl:g} deg, no refinement")))
-        done = run_tasks(tasks, args, settings=run_settings(args, data_path, trans_per_deg=tpd))
+        done = run_tasks(tasks, args, settings=run_settings(args, data_path, c2f=c2f, downscale=ds,
+                                                            trans_per_deg=tpd))
         sweep = [{"noise_rot_deg": lvl, "noise_trans": lvl * tpd,
                   **_entry(done[(lvl, "refined")], done.get((lvl, "off")), mm=unit_to_mm is not None)}
                  for lvl in levels]
@@ -359,7 +359,8 @@ def _star(fn, a):
 def run_settings(args, data_path: Path, **resolved) -> dict:
     """Everything that decides what a run measures (not how many run at once, nor the noise levels: a level's runs
     are keyed by the level). ``--resume`` reuses a finished run only when these match; ``--set threads=N`` only
-    changes the speed and is left out."""
+    changes the speed and is left out. ``resolved`` holds the values the run actually used where the arguments
+    leave them open (defaults, the parsed c2f window, the translation noise derived from the data)."""
     keep = ("init", "pose_opt", "pose_precondition", "c2f", "downscale", "max_frames", "test_views", "steps",
             "time_budget", "tto_steps", "tto_rays", "seed", "field_impl")
     s = {k: getattr(args, k, None) for k in keep}
@@ -369,7 +370,11 @@ def run_settings(args, data_path: Path, **resolved) -> dict:
     return json.loads(json.dumps(s, default=str))  # as it reads back from the file
 
 
-def _run_key(k):
+def _key_to_json(k):  # (level, mode) tuples are JSON lists; DTU's keys are plain strings
+    return list(k) if isinstance(k, tuple) else k
+
+
+def _key_from_json(k):
     return tuple(k) if isinstance(k, list) else k
 
 
@@ -386,7 +391,7 @@ def load_partial(path: Path, settings: dict) -> dict:
     if diff:
         detail = ", ".join(f"{k}: {doc['settings'].get(k)!r} there, {settings.get(k)!r} now" for k in diff)
         raise SystemExit(f"error: --resume: {path} was measured with other settings ({detail})")
-    return {_run_key(r["run"]): {k: v for k, v in r.items() if k != "run"} for r in doc["runs"]}
+    return {_key_from_json(r["run"]): {k: v for k, v in r.items() if k != "run"} for r in doc["runs"]}
 
 
 def run_tasks(tasks: list[tuple], args, fn=None, settings: dict | None = None) -> dict:
@@ -421,7 +426,7 @@ def run_tasks(tasks: list[tuple], args, fn=None, settings: dict | None = None) -
         print(f"[{len(out)}/{len(tasks)} runs done, {(time.perf_counter() - t0) / 60:.1f} min] {key}", flush=True)
         if partial is not None:
             partial.parent.mkdir(parents=True, exist_ok=True)
-            runs = [{"run": list(k) if isinstance(k, tuple) else k, **v} for k, v in out.items()]
+            runs = [{"run": _key_to_json(k), **v} for k, v in out.items()]
             partial.write_text(json.dumps({"settings": settings, "runs": runs}, indent=2, default=str))
 
     if jobs == 1 or len(todo) <= 1:
@@ -434,9 +439,10 @@ def run_tasks(tasks: list[tuple], args, fn=None, settings: dict | None = None) -
         quiet = dict(vars(args), quiet=True)  # one progress bar per process would garble the terminal
         quiet.pop("func", None)
         qargs = type(args)(**quiet)
-        threads = max(1, (os.cpu_count() or 1) // min(jobs, len(todo)))
-        print(f"{len(todo)} runs, {min(jobs, len(todo))} at a time ({threads} torch thread(s) each)", flush=True)
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"), initializer=_init_worker,
+        workers = min(jobs, len(todo))
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        print(f"{len(todo)} runs, {workers} at a time ({threads} torch thread(s) each)", flush=True)
+        with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"), initializer=_init_worker,
                                  initargs=(threads,)) as ex:
             futs = {ex.submit(_star, fn, tuple(qargs if x is args else x for x in a)): key for key, a in todo}
             error = None
