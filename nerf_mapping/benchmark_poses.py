@@ -216,7 +216,9 @@ def train_and_evaluate(train_noisy, gt_c2w, test, args, pose_mode: str, c2f, uni
     out = {"initial": e0, "final": e1, "initial_orientation_aligned": o0, "final_orientation_aligned": o1,
            "psnr": ev["psnr"], "psnr_before_tto": ev["psnr_before_tto"],
            "train_psnr": tr.last_stats.get("psnr"), "steps": summ["steps"], "train_seconds": summ["train_seconds"],
-           "seconds": time.perf_counter() - t0}
+           "seconds": time.perf_counter() - t0,
+           # the training poses themselves (c2w 3x4 rows, the file's frame), for per-frame analysis
+           "poses": {"initial": init_np.tolist(), "refined": est_np.tolist(), "ground_truth": gt.tolist()}}
     if "psnr_masked" in ev:
         out["psnr_masked"] = ev["psnr_masked"]
     print(f"  [{label}] rot {e0['median_rotation_deg']:.3f} -> {e1['median_rotation_deg']:.3f} deg, "

@@ -39,6 +39,7 @@ def test_frames_added_while_training_are_used(tiny_scene, tmp_path):
     cfg = default_config(data)
     cfg.target_samples_per_step = 1 << 13
     cfg.pose.mode = "so3xr3"
+    cfg.field.appearance_dim = 4  # the per-frame embeddings grow with the frames and round-trip too
     from nerf_mapping.training.frame_store import FrameStore
     from nerf_mapping.training.offline import scene_spec
 
@@ -50,6 +51,7 @@ def test_frames_added_while_training_are_used(tiny_scene, tmp_path):
         frames.add(data.images[i], data.cameras[i : i + 1])
     trainer.train(max_steps=5, progress=False)
     assert trainer.pose.params.shape[0] >= len(data)
+    assert trainer.appearance.table.shape[0] >= len(data) and trainer.appearance.n_used == len(data)
     ckpt = tmp_path / "ckpt.pt"
     trainer.save(ckpt)
     loaded = Trainer.load(ckpt)
@@ -175,3 +177,43 @@ def test_cli_configure_caps_the_grid_however_refinement_is_asked_for():
     scene_in = SimpleNamespace(cameras=Cameras.create(inside, 277.8, 277.8, 100, 100, 200, 200), scene_box=box,
                                unbounded=False, format="nerfstudio")
     assert default_config(scene_in).field.encoding.max_resolution == 1024
+
+
+def test_appearance_embeddings_explain_per_frame_colour_changes_without_touching_geometry(shared_data):
+    """Every lego view is added twice, once as captured and once with its colour channels rotated (a white-balance
+    change that keeps the white background white): per-frame appearance embeddings fit both copies, a field without
+    them can only fit a blend, and density never sees the embeddings."""
+    from nerf_mapping.training.frame_store import FrameStore
+    from nerf_mapping.training.offline import scene_spec
+
+    data = load_dataset(shared_data / "nerf_synthetic_lego", "train", downscale=4, max_frames=6)
+    frames = []  # (camera index, image); frame id k is frames[k]
+    for i in range(len(data)):
+        frames += [(i, data.images[i]), (i, data.images[i][..., [2, 0, 1]].contiguous())]
+
+    def fit(appearance_dim):
+        fs = FrameStore(seed=0)
+        for i, img in frames:
+            fs.add(img, data.cameras[i : i + 1])
+        cfg = default_config(data)
+        cfg.target_samples_per_step = 1 << 13
+        cfg.field.appearance_dim = appearance_dim
+        tr = Trainer(cfg, scene_spec(data), fs)
+        tr.train(max_steps=300, progress=False)
+        scores = []
+        for k, (i, img) in enumerate(frames):
+            app = tr.appearance.table[k] if appearance_dim else None
+            scores.append(psnr(tr.render(data.cameras, i, appearance=app)["rgb"], img.float() / 255.0))
+        return tr, sum(scores) / len(scores)
+
+    tr, with_app = fit(4)
+    _, without = fit(0)
+    # measured 24.0 vs 20.0 dB (1 << 14 samples per step)
+    assert with_app > without + 2.0, (with_app, without)
+    # the embedding of a rotated copy renders the view in rotated colours
+    own = psnr(tr.render(data.cameras, 2, appearance=tr.appearance.table[5])["rgb"], frames[5][1].float() / 255.0)
+    other = psnr(tr.render(data.cameras, 2, appearance=tr.appearance.table[4])["rgb"], frames[5][1].float() / 255.0)
+    assert own > other + 2.0, (own, other)
+    # geometry is appearance-free: density has no path to the embedding
+    sigma, _ = tr.field.density(torch.rand(64, 3) - 0.5)
+    assert torch.autograd.grad(sigma.sum(), [tr.appearance.table], allow_unused=True)[0] is None

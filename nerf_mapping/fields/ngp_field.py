@@ -26,6 +26,9 @@ class FieldConfig:
     color_hidden_layers: int = 2
     sh_degree: int = 4
     """Spherical-harmonics bands for the view direction (degree**2 features)."""
+    appearance_dim: int = 0
+    """Per-frame appearance embedding fed to the color MLP (see ``training.appearance``); 0 = off. Density never
+    sees it."""
 
 
 class _TruncExp(torch.autograd.Function):
@@ -66,7 +69,7 @@ class NGPField(nn.Module):
         self.unbounded = bool(unbounded)
         self.encoding = HashEncoding(cfg.encoding)
         self.density_mlp = _mlp(self.encoding.n_output_dims, cfg.hidden_dim, 1, 1 + cfg.geo_feat_dim)
-        self.color_mlp = _mlp(cfg.geo_feat_dim + cfg.sh_degree**2, cfg.color_hidden_dim, cfg.color_hidden_layers, 3)
+        self.color_mlp = _mlp(cfg.geo_feat_dim + cfg.sh_degree**2 + cfg.appearance_dim, cfg.color_hidden_dim, cfg.color_hidden_layers, 3)
         self.heads = nn.ModuleDict()
 
     def unit_coords(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,14 +85,22 @@ class NGPField(nn.Module):
         sigma = trunc_exp(h[:, 0] - 1.0) * inside.to(h.dtype)
         return sigma, h[:, 1:]
 
-    def color(self, geo_feat: torch.Tensor, directions: torch.Tensor) -> torch.Tensor:
-        """Args: geo_feat [N,G], directions [N,3] unit. Returns rgb [N,3] in [0,1]."""
-        sh = sh_encode(directions, self.cfg.sh_degree)
-        return torch.sigmoid(self.color_mlp(torch.cat([geo_feat, sh], dim=-1)))
+    def color(self, geo_feat: torch.Tensor, directions: torch.Tensor,
+              appearance: torch.Tensor | None = None) -> torch.Tensor:
+        """Args: geo_feat [N,G], directions [N,3] unit, appearance [N,A] or [A] (``cfg.appearance_dim`` > 0; None =
+        zeros). Returns rgb [N,3] in [0,1]."""
+        parts = [geo_feat, sh_encode(directions, self.cfg.sh_degree)]
+        a = self.cfg.appearance_dim
+        if a > 0:
+            if appearance is None:
+                appearance = geo_feat.new_zeros(a)
+            parts.append(appearance.to(geo_feat.dtype).expand(geo_feat.shape[0], a))
+        return torch.sigmoid(self.color_mlp(torch.cat(parts, dim=-1)))
 
-    def forward(self, x: torch.Tensor, directions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, directions: torch.Tensor,
+                appearance: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         sigma, geo = self.density(x)
-        return sigma, self.color(geo, directions)
+        return sigma, self.color(geo, directions, appearance)
 
     # -- extra heads ---------------------------------------------------------------------------------------------
     def add_head(self, name: str, head: nn.Module) -> None:

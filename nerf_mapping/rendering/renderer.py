@@ -123,6 +123,7 @@ def render_rays(
     cfg: RenderConfig,
     background: torch.Tensor,
     feature_heads: list[str] | None = None,
+    appearance: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Render a batch of rays.
 
@@ -130,6 +131,7 @@ def render_rays(
         origins, directions: [R,3] (directions unit length). ``cfg`` must be ``resolved``.
         background: [3] color composited behind the field (e.g. white for Blender scenes).
         feature_heads: names of ``field.heads`` to render as extra outputs.
+        appearance: per-ray [R,A] or shared [A] appearance embedding (fields with ``appearance_dim`` > 0).
     Returns:
         dict with rgb [R,3], depth [R], opacity [R], n_samples (scalar), and one [R,D] entry per feature head.
     """
@@ -152,7 +154,9 @@ def render_rays(
 
     pos = _positions(origins, directions, ray_idx, t0, t1)
     sigmas, geo = field.density(pos)
-    rgbs = field.color(geo, directions[ray_idx])
+    if appearance is not None and appearance.dim() == 2:
+        appearance = appearance[ray_idx]
+    rgbs = field.color(geo, directions[ray_idx], appearance)
     trans, alphas = render_transmittance(sigmas, t0, t1, ray_idx, n_rays)
     weights = trans * alphas
     opacity = accumulate_along_rays(weights, ray_idx, n_rays)[:, 0]
@@ -182,8 +186,10 @@ def render_camera(
     c2w: torch.Tensor | None = None,
     chunk: int = 1 << 14,
     feature_heads: list[str] | None = None,
+    appearance: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Render camera ``index`` of ``cameras`` (optionally at pose ``c2w`` [3,4]). Returns [H,W,*] images."""
+    """Render camera ``index`` of ``cameras`` (optionally at pose ``c2w`` [3,4], with the shared appearance embedding
+    ``appearance`` [A]). Returns [H,W,*] images."""
     w, h = int(cameras.width[index]), int(cameras.height[index])
     px, py = pixel_centers(w, h)
     idx = torch.full_like(px, index, dtype=torch.long)
@@ -195,7 +201,8 @@ def render_camera(
     keys = ["rgb", "depth", "opacity", *(feature_heads or [])]
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
     for s in range(0, origins.shape[0], chunk):
-        out = render_rays(field, grid, origins[s:s + chunk], dirs[s:s + chunk], near, far, cfg, background, feature_heads)
+        out = render_rays(field, grid, origins[s:s + chunk], dirs[s:s + chunk], near, far, cfg, background, feature_heads,
+                          appearance)
         for k in keys:
             parts[k].append(out[k])
     res = {k: torch.cat(v).reshape(h, w, *v[0].shape[1:]) for k, v in parts.items()}

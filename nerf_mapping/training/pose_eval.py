@@ -207,7 +207,7 @@ def test_time_optimize(trainer, cameras, images, init_c2w: torch.Tensor, steps: 
                 c2w = apply_deltas(base, d)[cam_idx]
                 origins, dirs = rays_from_c2w(c2w, dirs_cam)
                 out = render_rays(field, trainer.grid, origins, dirs, trainer.scene.near, trainer.scene.far,
-                                  trainer.render_cfg, trainer.background)
+                                  trainer.render_cfg, trainer.background, appearance=trainer.appearance.mean())
                 loss = ((out["rgb"] - rgb) ** 2).mean()
                 opt.zero_grad(set_to_none=True)
                 if int(out["n_samples"]) > 0 and loss.requires_grad:

@@ -20,6 +20,7 @@ from nerf_mapping.fields.ngp_field import FieldConfig, NGPField
 from nerf_mapping.rendering.occupancy_grid import OccupancyGrid, OccupancyGridConfig
 from nerf_mapping.evaluation import psnr_from_mse
 from nerf_mapping.rendering.renderer import RenderConfig, render_camera, render_rays
+from nerf_mapping.training.appearance import AppearanceEmbedding
 from nerf_mapping.training.frame_store import FrameStore
 from nerf_mapping.training.pose_correction import PoseCorrection, PoseCorrectionConfig
 
@@ -82,6 +83,7 @@ class Trainer:
         self.render_cfg = cfg.render.resolved(box, scene.unbounded)
         self.background = torch.tensor(cfg.background, dtype=torch.float32)
         self.pose = PoseCorrection(cfg.pose, self.frames.num_ids)
+        self.appearance = AppearanceEmbedding(cfg.field.appearance_dim, self.frames.num_ids)
         self.step_count = 0
         self.n_rays = cfg.init_rays_per_step
         self.lock = threading.RLock()  # guards parameters against concurrent render calls
@@ -99,6 +101,7 @@ class Trainer:
             lr=oc.lr, eps=oc.eps, betas=(0.9, 0.99), fused=True,
         )
         self.pose_optimizer = self.pose.make_optimizer()
+        self.appearance_optimizer = self.appearance.make_optimizer(oc.lr)
 
     def lr_factor(self) -> float:
         oc = self.cfg.optim
@@ -117,6 +120,8 @@ class Trainer:
                                                 self.scene.near, self.scene.far)
         if rebuild:  # a pose parameter was replaced: rebuild its optimizer, keeping nothing stale
             self.pose_optimizer = self.pose.make_optimizer()
+        if self.appearance.ensure_size(self.frames.num_ids):
+            self.appearance_optimizer = self.appearance.make_optimizer(self.cfg.optim.lr)
 
     def density_fn(self, x: torch.Tensor) -> torch.Tensor:
         return self.field.density(x)[0]
@@ -134,8 +139,9 @@ class Trainer:
             dirs_cam = camera_directions(cams, slot, batch.px, batch.py)
             c2w = self.pose(cams.c2w[slot], batch.frame_ids)
             origins, dirs = rays_from_c2w(c2w, dirs_cam)
+            app = self.appearance(batch.frame_ids) if self.appearance.enabled else None
             out = render_rays(self.field, self.grid, origins, dirs, self.scene.near, self.scene.far,
-                              self.render_cfg, self.background)
+                              self.render_cfg, self.background, appearance=app)
             n_samples = int(out["n_samples"])
             target = batch.rgb
             if self.cfg.mask_background and batch.mask is not None:
@@ -145,14 +151,17 @@ class Trainer:
             if self.pose.enabled:
                 loss = loss + self.pose.regularizer(batch.frame_ids)
             f = self.lr_factor()
-            for g in self.optimizer.param_groups:
-                g["lr"] = self.cfg.optim.lr * f
-            self.optimizer.zero_grad(set_to_none=True)
+            opts = [o for o in (self.optimizer, self.appearance_optimizer) if o is not None]
+            for o in opts:
+                for g in o.param_groups:
+                    g["lr"] = self.cfg.optim.lr * f
+                o.zero_grad(set_to_none=True)
             if self.pose_optimizer is not None:
                 self.pose_optimizer.zero_grad(set_to_none=True)
             if n_samples > 0:
                 loss.backward()
-                self.optimizer.step()
+                for o in opts:
+                    o.step()
                 if self.pose_optimizer is not None:
                     self.pose_optimizer.step()
             self.step_count += 1
@@ -237,8 +246,10 @@ class Trainer:
 
     # -- inference ------------------------------------------------------------------------------------------------
     def render(self, cameras: Cameras, index: int, c2w: torch.Tensor | None = None, **kw) -> dict[str, torch.Tensor]:
+        """Render a camera; with appearance embeddings, at the training frames' mean appearance."""
         with self.lock:
             self.field.eval()
+            kw.setdefault("appearance", self.appearance.mean())
             return render_camera(self.field, self.grid, cameras, index, self.render_cfg, self.background,
                                  self.scene.near, self.scene.far, c2w=c2w, **kw)
 
@@ -254,8 +265,11 @@ class Trainer:
                 "field": self.field.state_dict(),
                 "grid": self.grid.state_dict(),
                 "pose": self.pose.state_dict(),
+                "appearance": self.appearance.state_dict_min(),
                 "optimizer": self.optimizer.state_dict(),
                 "pose_optimizer": self.pose_optimizer.state_dict() if self.pose_optimizer else None,
+                "appearance_optimizer": (self.appearance_optimizer.state_dict() if self.appearance_optimizer
+                                         else None),
             }
 
     def save(self, path, extra: dict | None = None) -> None:
@@ -282,11 +296,15 @@ class Trainer:
         tr.grid.load_state_dict(st["grid"])
         tr.pose.ensure_size(st["pose"]["params"].shape[0])
         tr.pose.load_state_dict(st["pose"])
+        if "appearance" in st:
+            tr.appearance.load_state_min(st["appearance"])
         tr._make_optimizers()
         if with_optimizer:
             tr.optimizer.load_state_dict(st["optimizer"])
             if tr.pose_optimizer is not None and st.get("pose_optimizer"):
                 tr.pose_optimizer.load_state_dict(st["pose_optimizer"])
+            if tr.appearance_optimizer is not None and st.get("appearance_optimizer"):
+                tr.appearance_optimizer.load_state_dict(st["appearance_optimizer"])
         tr.step_count = int(st["step"])
         tr.n_rays = int(st.get("n_rays", cfg.init_rays_per_step))
         tr.extra = st.get("extra", {})
