@@ -69,7 +69,8 @@ class NGPField(nn.Module):
         self.unbounded = bool(unbounded)
         self.encoding = HashEncoding(cfg.encoding)
         self.density_mlp = _mlp(self.encoding.n_output_dims, cfg.hidden_dim, 1, 1 + cfg.geo_feat_dim)
-        self.color_mlp = _mlp(cfg.geo_feat_dim + cfg.sh_degree**2 + cfg.appearance_dim, cfg.color_hidden_dim, cfg.color_hidden_layers, 3)
+        d_color = cfg.geo_feat_dim + cfg.sh_degree**2 + cfg.appearance_dim
+        self.color_mlp = _mlp(d_color, cfg.color_hidden_dim, cfg.color_hidden_layers, 3)
         self.heads = nn.ModuleDict()
 
     def unit_coords(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

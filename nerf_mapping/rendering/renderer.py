@@ -201,8 +201,8 @@ def render_camera(
     keys = ["rgb", "depth", "opacity", *(feature_heads or [])]
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
     for s in range(0, origins.shape[0], chunk):
-        out = render_rays(field, grid, origins[s:s + chunk], dirs[s:s + chunk], near, far, cfg, background, feature_heads,
-                          appearance)
+        out = render_rays(field, grid, origins[s:s + chunk], dirs[s:s + chunk], near, far, cfg, background,
+                          feature_heads, appearance)
         for k in keys:
             parts[k].append(out[k])
     res = {k: torch.cat(v).reshape(h, w, *v[0].shape[1:]) for k, v in parts.items()}
