@@ -245,7 +245,8 @@ def train_and_evaluate(train_noisy, gt_c2w, test, args, pose_mode: str, c2f, uni
                           tto_steps=args.tto_steps, rays_per_view=args.tto_rays)
     out = {"initial": e0, "final": e1, "initial_orientation_aligned": o0, "final_orientation_aligned": o1,
            "psnr": ev["psnr"], "psnr_before_tto": ev["psnr_before_tto"],
-           "train_psnr": tr.last_stats.get("psnr"), "steps": summ["steps"], "train_seconds": summ["train_seconds"],
+           "train_psnr": tr.last_stats.get("psnr"), "appearance_dim": cfg.field.appearance_dim,
+           "steps": summ["steps"], "train_seconds": summ["train_seconds"],
            "seconds": time.perf_counter() - t0,
            # the training poses themselves (c2w 3x4 rows, the file's frame), for per-frame analysis
            "poses": {"initial": init_np.tolist(), "refined": est_np.tolist(), "ground_truth": gt.tolist()}}
@@ -319,9 +320,10 @@ def run(args) -> dict:
         if not args.no_baseline:
             tasks.append(("off", (noisy, gt_train.cameras.c2w, test, args, "off", None, unit_to_mm,
                                   "no refinement")))
-        done = run_tasks(tasks, args, settings=run_settings(args, data_path, c2f=c2f, downscale=ds))
+        done = run_tasks(tasks, args, settings=run_settings(args, data_path, c2f=c2f, downscale=ds,
+                                                            appearance_preset=DTU_APPEARANCE_DIM))
         ref, base = done["refined"], done.get("off")
-        out = {"dataset": "dtu_linear_init", **_entry(ref, base, mm=True),
+        out = {"dataset": "dtu_linear_init", **_entry(ref, base, mm=True), "appearance_dim": ref.get("appearance_dim"),
                "initial_unaligned_median_rotation_deg": raw["median_rotation_deg"],
                "initial_unaligned_median_translation_mm": raw["median_translation"],
                "mm_per_scene_unit": unit_to_mm}
