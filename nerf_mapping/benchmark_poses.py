@@ -71,13 +71,12 @@ mean     0.50 / 0.31 deg, 2.84 mm            0.58 / 0.39 deg, 3.27 mm
 from 1.66 deg (1.22 deg orientation-aligned) / 3.96 mm; 16-21 min per run with two runs sharing the 2 cores. The
 masked test PSNR after test-time pose optimisation is unchanged (25.1-25.8 dB both ways). (An earlier build read
 0.47 deg / 3.06 mm without embeddings at seed 0; the runs are not bit-reproducible across builds.) The residual is
-not a flattening of the
-camera configuration: the angles between pairs of refined cameras match the ground truth's on average (slope
-1.001-1.005 over pairs 11-123 deg apart, rms difference 0.40-0.55 deg); it sits mostly in pitch and roll (median
-0.26-0.30 deg and 0.28-0.43 deg about the camera's x and z axes, 0.09-0.17 deg about y), with a common part in every
-camera's frame (means +0.13..+0.27 deg pitch, -0.21..-0.34 deg roll) that the orientation alignment partly absorbs.
-The centre fit itself is poorly conditioned on such a cap: a run reads 0.60 deg / 3.73 mm centre-aligned and
-0.36 deg / 3.67 mm after :func:`pose_eval.align_poses_by_orientation` (reported beside it as
+not a flattening of the camera configuration: the angles between pairs of refined cameras match the ground truth's on
+average (slope 1.001-1.005 over pairs 11-123 deg apart, rms difference 0.40-0.55 deg); it sits mostly in pitch and
+roll (median 0.26-0.30 deg and 0.28-0.43 deg about the camera's x and z axes, 0.09-0.17 deg about y), with a common
+part in every camera's frame (means +0.13..+0.27 deg pitch, -0.21..-0.34 deg roll) that the orientation alignment
+partly absorbs. The centre fit itself is poorly conditioned on such a cap: a run reads 0.60 deg / 3.73 mm
+centre-aligned and 0.36 deg / 3.67 mm after :func:`pose_eval.align_poses_by_orientation` (reported beside it as
 ``*_orientation_aligned``), and the linear-init training cameras read 1.66 deg after the centre fit against 1.30 deg
 unaligned in the shared DTU world (1.16 deg over all 49 cameras). Early on the translations get worse (3.96 ->
 10.9 mm at step 250, while the field is still rough) before they recover. The JSON keeps the initial, refined and
@@ -274,6 +273,7 @@ def _entry(ref: dict, base: dict | None, mm: bool) -> dict:
         "psnr_without_refinement": base["psnr"] if base else None,
         "final_median_rotation_deg_without_refinement": base["final"]["median_rotation_deg"] if base else None,
         "seconds": ref["seconds"] + (base["seconds"] if base else 0.0),
+        "appearance_dim": ref.get("appearance_dim"),
         "refined": ref, "without_refinement": base,
     }
     if mm:
@@ -323,7 +323,7 @@ def run(args) -> dict:
         done = run_tasks(tasks, args, settings=run_settings(args, data_path, c2f=c2f, downscale=ds,
                                                             appearance_preset=DTU_APPEARANCE_DIM))
         ref, base = done["refined"], done.get("off")
-        out = {"dataset": "dtu_linear_init", **_entry(ref, base, mm=True), "appearance_dim": ref.get("appearance_dim"),
+        out = {"dataset": "dtu_linear_init", **_entry(ref, base, mm=True),
                "initial_unaligned_median_rotation_deg": raw["median_rotation_deg"],
                "initial_unaligned_median_translation_mm": raw["median_translation"],
                "mm_per_scene_unit": unit_to_mm}

@@ -26,7 +26,7 @@ class AppearanceEmbedding(nn.Module):
         super().__init__()
         self.dim = int(dim)
         self.table = nn.Parameter(torch.randn(self._capacity(n), self.dim))
-        self.n_used = int(n)
+        self.register_buffer("n_used", torch.tensor(int(n)))  # frames seen (the table has spare rows)
 
     @staticmethod
     def _capacity(n: int) -> int:
@@ -38,7 +38,7 @@ class AppearanceEmbedding(nn.Module):
 
     def ensure_size(self, n: int) -> bool:
         """Hold ``n`` frames (new rows are random draws). Returns True when the parameter was replaced."""
-        self.n_used = max(self.n_used, int(n))
+        self.n_used.fill_(max(int(self.n_used), int(n)))
         if n <= self.table.shape[0]:
             return False
         grow = torch.randn(self._capacity(n) - self.table.shape[0], self.dim, dtype=self.table.dtype)
@@ -59,11 +59,4 @@ class AppearanceEmbedding(nn.Module):
         """Mean embedding of the frames seen so far ([dim]; None when embeddings are off)."""
         if not self.enabled:
             return None
-        return self.table[: max(self.n_used, 1)].mean(0)
-
-    def state_dict_min(self) -> dict:
-        return {"table": self.table.detach().clone(), "n_used": self.n_used}
-
-    def load_state_min(self, st: dict) -> None:
-        self.table = nn.Parameter(st["table"].clone())
-        self.n_used = int(st["n_used"])
+        return self.table[: max(int(self.n_used), 1)].mean(0)

@@ -187,6 +187,7 @@ def test_time_optimize(trainer, cameras, images, init_c2w: torch.Tensor, steps: 
     sizes = [(int(cameras.width[i]), int(cameras.height[i])) for i in range(v)]
     pix_masks = [m.reshape(-1) if m is not None else None for m in (masks or [None] * v)]
     base = init_c2w.float()
+    appearance = trainer.appearance.mean()  # held-out views are not training frames: the mean appearance
     try:
         with trainer.lock:
             field.eval()
@@ -207,7 +208,7 @@ def test_time_optimize(trainer, cameras, images, init_c2w: torch.Tensor, steps: 
                 c2w = apply_deltas(base, d)[cam_idx]
                 origins, dirs = rays_from_c2w(c2w, dirs_cam)
                 out = render_rays(field, trainer.grid, origins, dirs, trainer.scene.near, trainer.scene.far,
-                                  trainer.render_cfg, trainer.background, appearance=trainer.appearance.mean())
+                                  trainer.render_cfg, trainer.background, appearance=appearance)
                 loss = ((out["rgb"] - rgb) ** 2).mean()
                 opt.zero_grad(set_to_none=True)
                 if int(out["n_samples"]) > 0 and loss.requires_grad:

@@ -265,7 +265,7 @@ class Trainer:
                 "field": self.field.state_dict(),
                 "grid": self.grid.state_dict(),
                 "pose": self.pose.state_dict(),
-                "appearance": self.appearance.state_dict_min(),
+                "appearance": self.appearance.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "pose_optimizer": self.pose_optimizer.state_dict() if self.pose_optimizer else None,
                 "appearance_optimizer": (self.appearance_optimizer.state_dict() if self.appearance_optimizer
@@ -296,8 +296,9 @@ class Trainer:
         tr.grid.load_state_dict(st["grid"])
         tr.pose.ensure_size(st["pose"]["params"].shape[0])
         tr.pose.load_state_dict(st["pose"])
-        if "appearance" in st:
-            tr.appearance.load_state_min(st["appearance"])
+        if "appearance" in st:  # checkpoints from before appearance embeddings have none
+            tr.appearance.ensure_size(st["appearance"]["table"].shape[0])
+            tr.appearance.load_state_dict(st["appearance"])
         tr._make_optimizers()
         if with_optimizer:
             tr.optimizer.load_state_dict(st["optimizer"])
