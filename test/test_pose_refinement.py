@@ -292,3 +292,37 @@ def test_online_drift_spline_corrects_demo_odometry(tmp_path):
     # measured: 8.5 -> 7.4 cm RMS, last pose 11.5 -> 9.3 cm after 600 steps (the ROS demo, ~680 steps: 8.7 -> 6.4)
     assert after["rmse"] < 0.92 * before["rmse"], (before, after)
     assert after["final"] < 0.92 * before["final"], (before, after)
+
+
+def test_test_time_pose_optimisation_recovers_held_out_poses_on_masked_dtu(shared_data):
+    """Held-out views start a few degrees off; photometric test-time optimisation against the frozen field (trained
+    with the backdrop masked to the background, as the DTU benchmark does) must bring them back."""
+    from nerf_mapping.data import load_dataset
+    from nerf_mapping.training.offline import build_trainer, default_config
+    from nerf_mapping.training.pose_eval import perturb_poses, pose_errors, test_time_optimize
+
+    path = shared_data / DTU
+    if not (path / "cameras.npz").is_file():
+        pytest.skip(f"{path} missing")
+    train = load_dataset(path, "train", 8, cameras_file="cameras.npz")  # 50x38 px
+    test = load_dataset(path, "test", 8, cameras_file="cameras.npz")
+    cfg = _small_cfg(default_config(train, "auto"))
+    cfg.mask_background = True
+    tr = build_trainer(train, cfg)
+    tr.train(max_steps=TTO_TRAIN_STEPS, progress=False)
+    gt = test.cameras.c2w.clone()
+    start = perturb_poses(gt, TTO_NOISE_DEG, 0.02, seed=3, keep_first=False)
+    est = test_time_optimize(tr, test.cameras, test.images, start, steps=100, rays_per_view=256, masks=test.masks)
+    e0 = pose_errors(start.double().numpy(), gt.double().numpy(), align=False)
+    e1 = pose_errors(est.double().numpy(), gt.double().numpy(), align=False)
+    print(f"held-out median rotation {e0['median_rotation_deg']:.3f} -> {e1['median_rotation_deg']:.3f} deg")
+    assert e1["median_rotation_deg"] < TTO_ROT_FACTOR * e0["median_rotation_deg"]
+
+
+# Measured (same settings): 1.53 -> 0.48 deg median rotation (0.31x), ~33 s. With the raw pixels as the target
+# (the backdrop not replaced by the background colour) this tiny field gives 0.40 deg; at 100x75 px, 1000 training
+# steps and three perturbation seeds at 1.5 deg the masked target is the better one in mean error on all three
+# (0.72 / 0.56 / 0.32 deg against 0.75 / 0.59 / 0.40), which is why test-time optimisation uses it.
+TTO_TRAIN_STEPS = 200
+TTO_NOISE_DEG = 2.0
+TTO_ROT_FACTOR = 0.5

@@ -171,6 +171,9 @@ def test_time_optimize(trainer, cameras, images, init_c2w: torch.Tensor, steps: 
     cameras: Cameras of the views (intrinsics); images: list of uint8 [H,W,3]; init_c2w [V,3,4] initial poses in the
     reconstruction's frame. All views are optimised together (one batch of ``rays_per_view`` rays per view and
     step, own Adam with exponential lr decay); the field's parameters are frozen and restored afterwards.
+    ``masks`` (bool [H,W] per view, or None): where the field was trained with ``mask_background`` (DTU), pixels
+    outside a view's mask are matched against the background colour, as in training (DTU's backdrop is not in the
+    field); otherwise the raw pixels are the target.
     Returns refined c2w [V,3,4].
     """
     v = init_c2w.shape[0]
@@ -188,6 +191,9 @@ def test_time_optimize(trainer, cameras, images, init_c2w: torch.Tensor, steps: 
     pix_masks = [m.reshape(-1) if m is not None else None for m in (masks or [None] * v)]
     base = init_c2w.float()
     appearance = trainer.appearance.mean()  # held-out views are not training frames: the mean appearance
+    # the target the field was trained towards: the backdrop outside the object mask is the background colour
+    mask_bg = bool(getattr(trainer.cfg, "mask_background", False))
+    bg = trainer.background.float()
     try:
         with trainer.lock:
             field.eval()
@@ -201,7 +207,10 @@ def test_time_optimize(trainer, cameras, images, init_c2w: torch.Tensor, steps: 
                     cam_idx.append(torch.full((rays_per_view,), i, dtype=torch.long))
                     px.append((sel % w).float() + 0.5)
                     py.append((sel // w).float() + 0.5)
-                    rgb.append(imgs[i][sel].float() / 255.0)
+                    col = imgs[i][sel].float() / 255.0
+                    if mask_bg and pix_masks[i] is not None:
+                        col = torch.where(pix_masks[i][sel][:, None], col, bg.to(col))
+                    rgb.append(col)
                 cam_idx, px, py, rgb = (torch.cat(x) for x in (cam_idx, px, py, rgb))
                 dirs_cam = camera_directions(cameras, cam_idx, px, py)
                 d = params_to_deltas(params, "so3xr3")
@@ -250,7 +259,7 @@ def evaluate_heldout(trainer, est_train_c2w, gt_train_c2w, test_cameras, test_im
     init = torch.from_numpy(apply_sim3(*inv, test_cameras.c2w.double().numpy())).float()
     before = render_psnr(trainer, test_cameras, test_images, init, test_masks)
     refined = test_time_optimize(trainer, test_cameras, test_images, init, steps=tto_steps,
-                                 rays_per_view=rays_per_view)
+                                 rays_per_view=rays_per_view, masks=test_masks)
     after = render_psnr(trainer, test_cameras, test_images, refined, test_masks)
     res = {"psnr": after["psnr"], "psnr_before_tto": before["psnr"], "per_view": after["per_view"]}
     if "psnr_masked" in after:
