@@ -191,9 +191,6 @@ def test_time_optimize(trainer, cameras, images, init_c2w: torch.Tensor, steps: 
     pix_masks = [m.reshape(-1) if m is not None else None for m in (masks or [None] * v)]
     base = init_c2w.float()
     appearance = trainer.appearance.mean()  # held-out views are not training frames: the mean appearance
-    # the target the field was trained towards: the backdrop outside the object mask is the background colour
-    mask_bg = bool(getattr(trainer.cfg, "mask_background", False))
-    bg = trainer.background.float()
     try:
         with trainer.lock:
             field.eval()
@@ -207,10 +204,8 @@ def test_time_optimize(trainer, cameras, images, init_c2w: torch.Tensor, steps: 
                     cam_idx.append(torch.full((rays_per_view,), i, dtype=torch.long))
                     px.append((sel % w).float() + 0.5)
                     py.append((sel // w).float() + 0.5)
-                    col = imgs[i][sel].float() / 255.0
-                    if mask_bg and pix_masks[i] is not None:
-                        col = torch.where(pix_masks[i][sel][:, None], col, bg.to(col))
-                    rgb.append(col)
+                    m = pix_masks[i][sel] if pix_masks[i] is not None else None
+                    rgb.append(trainer.target_rgb(imgs[i][sel].float() / 255.0, m))  # the training target
                 cam_idx, px, py, rgb = (torch.cat(x) for x in (cam_idx, px, py, rgb))
                 dirs_cam = camera_directions(cameras, cam_idx, px, py)
                 d = params_to_deltas(params, "so3xr3")

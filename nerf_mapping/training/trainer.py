@@ -126,6 +126,14 @@ class Trainer:
     def density_fn(self, x: torch.Tensor) -> torch.Tensor:
         return self.field.density(x)[0]
 
+    def target_rgb(self, rgb: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """What the field is fitted to for pixels ``rgb`` [R,3] with foreground ``mask`` [R] (or None): with
+        ``mask_background``, pixels outside the mask are the background colour (training and test-time pose
+        optimisation share this rule)."""
+        if self.cfg.mask_background and mask is not None:
+            return torch.where(mask[:, None], rgb, self.background.to(rgb))
+        return rgb
+
     def step(self) -> dict[str, float]:
         """One optimisation step. Returns stats (loss, psnr, n_rays, n_samples)."""
         with self.lock:
@@ -143,9 +151,7 @@ class Trainer:
             out = render_rays(self.field, self.grid, origins, dirs, self.scene.near, self.scene.far,
                               self.render_cfg, self.background, appearance=app)
             n_samples = int(out["n_samples"])
-            target = batch.rgb
-            if self.cfg.mask_background and batch.mask is not None:
-                target = torch.where(batch.mask[:, None], target, self.background.to(target))
+            target = self.target_rgb(batch.rgb, batch.mask)
             err = (out["rgb"] - target) ** 2
             loss = err.mean()
             if self.pose.enabled:
