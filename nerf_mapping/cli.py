@@ -286,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config_arg(q)
         q.set_defaults(func=cmd_benchmark, dataset=name)
     _register_optional(bs, "nerf_mapping.benchmark_poses", "add_cli")
+    _register_optional(bs, "nerf_mapping.benchmark_drift", "add_cli")
 
     p = sub.add_parser("scene", help="the built-in labeled demo scene")
     ss = p.add_subparsers(dest="scene_command", required=True)

@@ -46,9 +46,25 @@ def test_train_eval_render(tiny_scene, tmp_path):
     assert "resumed from" in r.stdout
 
 
+def test_benchmark_drift_scores_the_sequence(tiny_scene, tmp_path):
+    """``benchmark drift`` feeds a demo sequence frame by frame to the node's trainer and scores both paths."""
+    out = tmp_path / "drift.json"
+    _cli("benchmark", "drift", "--scene", tiny_scene, "--steps-per-frame", 2, "--extra-steps", 3, "--report-every", 10,
+         "--threads", 1, "--quiet", "--json", out, "--set", "target_samples_per_step=4096")
+    res = json.loads(out.read_text())
+    assert res["frames"] == 24 and res["steps"] == 2 * 23 + 1 + 3
+    assert [c["step"] for c in res["curve"]] == [10, 20, 30, 40, 50]
+    assert [c["frames"] for c in res["curve"]] == [5, 10, 15, 20, 24]  # frame i enters before step 2 i + 1
+    assert res["odometry"]["n"] == 24 and res["odometry"]["rmse"] > 0.0
+    assert res["refined"]["rmse"] == res["refined"]["rmse"]  # finite (not NaN)
+    bad = _cli("benchmark", "drift", "--scene", tiny_scene / "images", "--quiet", check=False)  # not a demo scene
+    assert bad.returncode != 0 and "not a demo scene" in bad.stderr and "Traceback" not in bad.stderr
+
+
 @pytest.mark.parametrize("args,needle", [
     (["train", "--data", "/nonexistent/dir", "--steps", "1", "--output", "/tmp/x"], "nonexistent"),
     (["eval", "--checkpoint", "/nonexistent.pt"], "not found"),
+    (["benchmark", "drift", "--steps-per-frame", "-1"], "must be >= 0"),
     (["train", "--data", ".", "--steps", "1", "--output", "/tmp/x", "--set", "no.such=1"], None),
 ])
 def test_clear_errors(args, needle, tmp_path):

@@ -2,7 +2,6 @@
 margin; plus the CLI paths (train with pose noise -> poses export / errors) and DTU's linear-init cameras."""
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
@@ -240,57 +239,20 @@ def test_dtu_linear_init_errors_match_provenance(shared_data):
     assert 0.3 < al["median_rotation_deg"] < 2.0 and 1.0 < al["median_translation_mm"] < 10.0
 
 
-def _odometry_camera_c2w(scene, stamps_ns) -> torch.Tensor:
-    """Model (OpenGL) c2w of the scene's noisy odometry at image stamps, as the node builds keyframe poses."""
-    from nerf_mapping.ros.bag_convert import interpolate_poses
-    from nerf_mapping.ros.conversions import optical_pose_to_model_c2w
-
-    d = np.load(scene / "odometry.npz")
-    T_odom_base = interpolate_poses(d["odom_stamps_ns"], d["odom_noisy"], stamps_ns)
-    cams = T_odom_base @ d["extrinsic_base_to_camera_optical"]
-    return torch.tensor(np.stack([optical_pose_to_model_c2w(T)[:3] for T in cams]), dtype=torch.float32)
-
-
 def test_online_drift_spline_corrects_demo_odometry(tmp_path):
-    """The node's online refinement (drift spline + per-keyframe corrections, the node's defaults) on a demo-scene
-    sequence whose poses are the noisy, drifting odometry (random-walk drift, 8.5 cm RMS): the camera path must get
+    """The node's online refinement (its trainer and defaults: drift spline + per-keyframe corrections) on the demo
+    sequence, whose poses are the noisy, drifting odometry (random-walk drift, 8.5 cm RMS): the camera path must get
     closer to ground truth, overall and at the end of the loop."""
     pytest.importorskip("open3d", reason="the demo scene generator needs open3d")
-    from nerf_mapping.data import load_dataset
-    from nerf_mapping.ros.params import PARAMETERS
-    from nerf_mapping.scene import SceneConfig, generate_scene
-    from nerf_mapping.training.drift import ate
-    from nerf_mapping.training.frame_store import FrameStore
-    from nerf_mapping.training.offline import apply_inside_out_preset
-    from nerf_mapping.training.trainer import SceneSpec, Trainer, TrainerConfig
+    from nerf_mapping.benchmark_drift import demo_sequence, run_drift
 
-    scene = tmp_path / "scene"
-    generate_scene(SceneConfig(frames=150, seed=0, write_bag=False), scene, progress=False)  # the demo scene
-    data = load_dataset(scene, "all", 1)
-    stamps = np.load(scene / "odometry.npz")["image_stamps_ns"]
-    odom = _odometry_camera_c2w(scene, stamps)
-    gt = data.cameras.c2w.clone()
-    defaults = {name: value for name, value, *_ in PARAMETERS}
-    box = [defaults["scene_box"][:3], defaults["scene_box"][3:]]
-    cfg = TrainerConfig()
-    apply_inside_out_preset(cfg, box)
-    cfg.pose.mode = defaults["training.pose_refinement"]
-    cfg.pose.lr = cfg.pose.lr_final = defaults["training.pose_lr"]
-    cfg.pose.drift_knot_s = defaults["training.drift_knot_s"]
-    cfg.pose.drift_lr = defaults["training.drift_lr"]
-    cfg.threads = 2
-    frames = FrameStore(seed=cfg.seed)
-    for i, img in enumerate(data.images):
-        cam = dataclasses.replace(data.cameras[i:i + 1], c2w=odom[i:i + 1].clone())
-        frames.add(img, cam, stamp=float(stamps[i] - stamps[0]) * 1e-9)
-    tr = Trainer(cfg, SceneSpec(box, False, 0.05, float(np.linalg.norm(np.subtract(box[1], box[0])))), frames)
-    tr.train(max_steps=600, progress=False)
-    refined = tr.pose.refined(odom, torch.arange(len(odom)))
-    before = ate(odom[:, :, 3].double().numpy(), gt[:, :, 3].double().numpy())
-    after = ate(refined[:, :, 3].double().numpy(), gt[:, :, 3].double().numpy())
+    data, stamps, odom = demo_sequence(tmp_path / "scene", progress=False)  # the demo scene
+    res = run_drift(data, stamps, odom, steps_per_frame=0, extra_steps=600, threads=2, report_every=0,
+                    progress=False)  # every frame at once: half the time of entering them one by one
+    before, after = res["odometry"], res["refined"]
     assert before["rmse"] > 0.05  # the sequence really drifts (8.5 cm at 320x240, same seed)
-    # measured: 8.5 -> 7.1 cm RMS, last pose 11.5 -> 8.5 cm after 600 steps (an earlier build: 7.4 / 9.3; 1800 steps:
-    # 5.2 / 3.8 cm; the ROS demo, ~680 steps: 8.7 -> 6.4)
+    # measured (nerf-mapping benchmark drift --steps-per-frame 0 --extra-steps 600): 8.5 -> 7.0 cm RMS, last pose
+    # 11.5 -> 8.8 cm; frames entering one by one (4 steps apart, ~600 steps): 5.9 / 3.9 cm; the ROS demo: 8.7 -> 6.4
     assert after["rmse"] < 0.92 * before["rmse"], (before, after)
     assert after["final"] < 0.92 * before["final"], (before, after)
 

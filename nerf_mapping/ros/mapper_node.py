@@ -51,7 +51,7 @@ from nerf_mapping_interfaces.msg import MapStatus
 from nerf_mapping_interfaces.srv import ExportMesh, LoadMap, QuerySegmentation, RenderView, SaveMap
 
 from nerf_mapping.ros import conversions as conv
-from nerf_mapping.ros.params import PARAMETERS
+from nerf_mapping.ros.params import PARAMETERS, pose_mode, trainer_setup  # noqa: F401 (pose_mode: re-export)
 from nerf_mapping.ros.sync import AFTER_BUFFER, EMPTY, OdometryBuffer
 from nerf_mapping.training import drift
 
@@ -70,18 +70,6 @@ class Keyframe(NamedTuple):
 
 
 BOOL_OR_STRING = {"training.pose_refinement"}
-
-
-def pose_mode(value) -> str:
-    """``training.pose_refinement`` -> PoseCorrectionConfig.mode: false / off / none / '' mean off."""
-    if isinstance(value, bool) and value is False:
-        return "off"
-    v = str(value).strip().lower()
-    if v in ("off", "false", "none", "no", ""):
-        return "off"
-    if v == "true":
-        raise ValueError("training.pose_refinement: give a mode (so3xr3, se3, quat, 6d) or off, not true")
-    return v
 
 
 # ------------------------------------------------------------------------------------------------- output paths
@@ -289,29 +277,9 @@ class MapperNode(Node):
 
     def _build_trainer(self):
         from nerf_mapping.training.frame_store import FrameStore
-        from nerf_mapping.training.offline import apply_inside_out_preset, override
-        from nerf_mapping.training.trainer import SceneSpec, Trainer, TrainerConfig
+        from nerf_mapping.training.trainer import Trainer
 
-        box = [float(x) for x in self._p("scene_box")]
-        if len(box) != 6 or not all(math.isfinite(x) for x in box) or not all(box[i + 3] > box[i] for i in range(3)):
-            raise ValueError("scene_box must be [xmin, ymin, zmin, xmax, ymax, zmax] with max > min")
-        far = float(self._p("far")) or float(np.linalg.norm(np.subtract(box[3:], box[:3])))
-        scene = SceneSpec(scene_box=[box[:3], box[3:]], unbounded=bool(self._p("unbounded")),
-                          near=float(self._p("near")), far=far)
-        cfg = TrainerConfig()
-        if not scene.unbounded:
-            apply_inside_out_preset(cfg, scene.scene_box)  # the robot is inside the mapped volume
-        cfg.target_samples_per_step = int(self._p("training.target_samples_per_step"))
-        cfg.pose.mode = pose_mode(self._p("training.pose_refinement"))
-        cfg.pose.lr = float(self._p("training.pose_lr"))
-        cfg.pose.lr_final = min(cfg.pose.lr_final, cfg.pose.lr)  # decays (with a time budget), never grows
-        cfg.pose.c2f = None  # no coarse-to-fine online: the run has no known end
-        cfg.pose.drift_knot_s = float(self._p("training.drift_knot_s"))
-        cfg.pose.drift_lr = float(self._p("training.drift_lr"))
-        for item in self._p("training.overrides"):
-            if item.strip():
-                k, _, v = item.partition("=")
-                override(cfg, k.strip(), v.strip())
+        cfg, scene = trainer_setup(self._p)
         return Trainer(cfg, scene, FrameStore(capacity=self.kf_cfg.capacity, seed=cfg.seed))
 
     def _offloaded(self, fn):

@@ -2,7 +2,11 @@
 it). Nested YAML keys map to dotted parameter names (``keyframe.min_translation``)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
 
 # (name, default, description). Types follow the default's Python type.
 PARAMETERS: list[tuple[str, object, str]] = [
@@ -79,3 +83,51 @@ class Param:
 
 def parameter_table() -> list[Param]:
     return [Param(*p) for p in PARAMETERS]
+
+
+def defaults() -> dict[str, object]:
+    """{parameter name: default value}."""
+    return {name: value for name, value, _ in PARAMETERS}
+
+
+def pose_mode(value) -> str:
+    """``training.pose_refinement`` -> PoseCorrectionConfig.mode: false / off / none / '' mean off."""
+    if isinstance(value, bool) and value is False:
+        return "off"
+    v = str(value).strip().lower()
+    if v in ("off", "false", "none", "no", ""):
+        return "off"
+    if v == "true":
+        raise ValueError("training.pose_refinement: give a mode (so3xr3, se3, quat, 6d) or off, not true")
+    return v
+
+
+def trainer_setup(get: Callable[[str], object] | None = None):
+    """The node's trainer configuration and scene from its parameters (``get(name)`` -> value; None: the defaults).
+    Shared by the node, the online drift benchmark and the tests, so that they train exactly what the node trains.
+    Returns (TrainerConfig, SceneSpec)."""
+    from nerf_mapping.training.offline import apply_inside_out_preset, override
+    from nerf_mapping.training.trainer import SceneSpec, TrainerConfig
+
+    if get is None:
+        get = defaults().__getitem__
+    box = [float(x) for x in get("scene_box")]
+    if len(box) != 6 or not all(math.isfinite(x) for x in box) or not all(box[i + 3] > box[i] for i in range(3)):
+        raise ValueError("scene_box must be [xmin, ymin, zmin, xmax, ymax, zmax] with max > min")
+    far = float(get("far")) or float(np.linalg.norm(np.subtract(box[3:], box[:3])))
+    scene = SceneSpec(scene_box=[box[:3], box[3:]], unbounded=bool(get("unbounded")), near=float(get("near")), far=far)
+    cfg = TrainerConfig()
+    if not scene.unbounded:
+        apply_inside_out_preset(cfg, scene.scene_box)  # the robot is inside the mapped volume
+    cfg.target_samples_per_step = int(get("training.target_samples_per_step"))
+    cfg.pose.mode = pose_mode(get("training.pose_refinement"))
+    cfg.pose.lr = float(get("training.pose_lr"))
+    cfg.pose.lr_final = min(cfg.pose.lr_final, cfg.pose.lr)  # decays (with a time budget), never grows
+    cfg.pose.c2f = None  # no coarse-to-fine online: the run has no known end
+    cfg.pose.drift_knot_s = float(get("training.drift_knot_s"))
+    cfg.pose.drift_lr = float(get("training.drift_lr"))
+    for item in get("training.overrides"):
+        if item.strip():
+            k, _, v = item.partition("=")
+            override(cfg, k.strip(), v.strip())
+    return cfg, scene

@@ -62,15 +62,19 @@ lrs trade that floor for speed (600 steps, 5e-4 / 1e-3: 7.2 / 6.0 cm from odomet
 truth; 1e-3 for 1800 steps: 4.9 cm); knots every 1 s end at 7.0 cm (5.8 cm with lr 5e-4, but 2.3 cm from the
 ground truth and 5.3 cm after 1800 steps), every 4 s with lr 5e-4 at 7.0 cm, a 3x keyframe lr at 7.6 cm: the
 correction is limited by how fast the field sharpens on a CPU, not by these settings, so the defaults stay.
-Frames entering one at a time, as the node sees them (frame i added at step 4 i, 600 steps, node defaults, one
-thread): 8.5 -> 6.0 cm (last pose 11.5 -> 6.7 cm) with seed 0, 8.5 -> 4.6 cm (last 7.8) with seed 1; early in the run
-the refined path is worse than the odometry (step 200, 50 frames: 2.5 -> 3.9 cm) while the rough map pulls the
-poses. Holding the poses longer (``start_steps`` 200 / 300 against 100) ends worse, 6.4 / 7.8 cm. Frame-to-model
-tracking, i.e. optimising each new keyframe's correction against the frozen field before it is trained (10
-iterations of 512 rays, lr 3e-4 decaying 10x, from step 300), ends at 5.6 cm (last 5.3) and 4.3 cm (last 6.8) but
-spends 165-185 s on tracking beside 100-155 s of mapping; the same time spent on mapping (1540 steps, seed 0) gives
-4.6 cm (last 2.3), and tracking from step 100 with larger steps pulls frames off (20 iterations of 256 rays, lr
-1e-3 / 1e-2: 6.8 / 18.5 cm), so the node does not track.
+Frames entering one at a time, as the node sees them (``nerf-mapping benchmark drift``: the node's trainer and
+defaults, frame i added before step 4 i + 1, 597 steps, one thread, ~100 s): 8.5 -> 5.9 / 4.2 / 4.7 cm (seeds
+0 / 1 / 2; after a rigid fit 4.5 -> 3.5 / 3.3 / 3.4 cm; last pose 11.5 -> 3.9 / 4.3 / 6.7 cm); every frame at once
+(``--steps-per-frame 0 --extra-steps 600``): 7.0 cm, last pose 8.8. Early in the run the refined path is worse
+than the odometry (step 200, 50 frames: 2.5 -> 3.5-3.9 cm) while the rough map pulls the poses; a 300-step pose
+warm-up (``--set pose.warmup_steps=300``, against 50) cuts that excess from 1.0-1.4 to 0.2-0.4 cm but ends mixed
+(seeds 0 / 1: 5.5 / 4.6 cm against 5.9 / 4.2, last pose 6.3 / 5.5 against 3.9 / 4.3), so the default stays. Measured with an earlier harness (the trainer's default
+65k samples per step, its field lr decaying over the run; 8.5 -> 6.0 / 4.6 cm, seeds 0 / 1): holding the poses
+longer (``start_steps`` 200 / 300 against 100) ends worse, 6.4 / 7.8 cm; frame-to-model tracking, i.e. optimising each
+new keyframe's correction against the frozen field before it is trained (10 iterations of 512 rays, lr 3e-4
+decaying 10x, from step 300), ends at 5.6 / 4.3 cm but spends 165-185 s on tracking beside 100-155 s of mapping;
+the same time spent on mapping (1540 steps, seed 0) gives 4.6 cm, and tracking from step 100 with larger steps
+pulls frames off (20 iterations of 256 rays, lr 1e-3 / 1e-2: 6.8 / 18.5 cm), so the node does not track.
 
 Schedule: the pose parameters have their own Adam optimizer; the poses stay put for ``start_steps`` (the field must
 first be more than noise), then the learning rate warms up linearly over ``warmup_steps`` and then decays
