@@ -64,7 +64,8 @@ ground truth and 5.3 cm after 1800 steps), every 4 s with lr 5e-4 at 7.0 cm, a 3
 correction is limited by how fast the field sharpens on a CPU, not by these settings, so the defaults stay.
 Frames entering one at a time, as the node sees them (``nerf-mapping benchmark drift``: the node's trainer and
 defaults, frame i added before step 4 i + 1, 597 steps, one thread, ~100 s): 8.5 -> 5.9 / 4.2 / 4.7 cm (seeds
-0 / 1 / 2; after a rigid fit 4.5 -> 3.5 / 3.3 / 3.4 cm; last pose 11.5 -> 3.9 / 4.3 / 6.7 cm); every frame at once
+0 / 1 / 2; after a rigid fit 4.5 -> 3.5 / 3.3 / 3.4 cm; last pose 11.5 -> 3.9 / 4.3 / 6.7 cm; a rerun of seed 0
+reproduced every digit), 4.4 cm (last pose 1.7) with 1200 more steps after the last frame; every frame at once
 (``--steps-per-frame 0 --extra-steps 600``): 7.0 cm, last pose 8.8. Early in the run the refined path is worse
 than the odometry (step 200, 50 frames: 2.5 -> 3.5-3.9 cm) while the rough map pulls the poses; a 300-step pose
 warm-up (``--set pose.warmup_steps=300``, against 50) cuts that excess from 1.0-1.4 to 0.2-0.4 cm but ends mixed
