@@ -69,7 +69,9 @@ reproduced every digit), 4.4 cm (last pose 1.7) with 1200 more steps after the l
 (``--steps-per-frame 0 --extra-steps 600``): 7.0 cm, last pose 8.8. Early in the run the refined path is worse
 than the odometry (step 200, 50 frames: 2.5 -> 3.5-3.9 cm) while the rough map pulls the poses; a 300-step pose
 warm-up (``--set pose.warmup_steps=300``, against 50) cuts that excess from 1.0-1.4 to 0.2-0.4 cm but ends mixed
-(seeds 0 / 1: 5.5 / 4.6 cm against 5.9 / 4.2, last pose 6.3 / 5.5 against 3.9 / 4.3), so the default stays. Measured with an earlier harness (the trainer's default
+(seeds 0 / 1: 5.5 / 4.6 cm against 5.9 / 4.2, last pose 6.3 / 5.5 against 3.9 / 4.3), so the default stays. So do
+the learning rates: knot lr 1e-4 / 5e-4 / 1e-3 (against 2e-4, seed 0) ends at 6.7 / 7.5 / 12.9 cm, a keyframe lr of
+3e-5 (against 1e-4) at 5.5 / 4.3 / 5.1 cm over seeds 0 / 1 / 2 (mean 4.97 against 4.96 cm). Measured with an earlier harness (the trainer's default
 65k samples per step, its field lr decaying over the run; 8.5 -> 6.0 / 4.6 cm, seeds 0 / 1): holding the poses
 longer (``start_steps`` 200 / 300 against 100) ends worse, 6.4 / 7.8 cm; frame-to-model tracking, i.e. optimising each
 new keyframe's correction against the frozen field before it is trained (10 iterations of 512 rays, lr 3e-4
