@@ -51,7 +51,7 @@ from nerf_mapping_interfaces.msg import MapStatus
 from nerf_mapping_interfaces.srv import ExportMesh, LoadMap, QuerySegmentation, RenderView, SaveMap
 
 from nerf_mapping.ros import conversions as conv
-from nerf_mapping.ros.params import PARAMETERS, pose_mode, trainer_setup  # noqa: F401 (pose_mode: re-export)
+from nerf_mapping.ros.params import PARAMETERS, trainer_setup
 from nerf_mapping.ros.sync import AFTER_BUFFER, EMPTY, OdometryBuffer
 from nerf_mapping.training import drift
 
