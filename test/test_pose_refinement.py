@@ -251,7 +251,7 @@ def test_online_drift_spline_corrects_demo_odometry(tmp_path):
     before, after = res["odometry"], res["refined"]
     assert before["rmse"] > 0.05  # the sequence really drifts (8.5 cm at 320x240, same seed)
     # measured (nerf-mapping benchmark drift, the same run with one thread): 8.5 -> 5.9 cm RMS, last pose 11.5 -> 3.9
-    # cm (seeds 1 / 2: 4.2 / 4.7 cm, last 4.3 / 6.7); every frame at once, 600 steps: 7.0 / 8.8; the ROS demo: 8.7 -> 6.4
+    # cm (seeds 1 / 2: 4.2 / 4.7 cm, last 4.3 / 6.7); every frame at once, 600 steps: 7.0 / 8.8; the ROS demo: 8.7 -> 6.4-8.3
     assert after["rmse"] < 0.92 * before["rmse"], (before, after)
     assert after["final"] < 0.92 * before["final"], (before, after)
 
