@@ -143,6 +143,7 @@ def run_drift(data, stamps_s, odom, steps_per_frame: int = 4, extra_steps: int =
 def cmd_benchmark_drift(args) -> int:
     from nerf_mapping.data import DataError
 
+    # checked here too (run_drift does) so that bad arguments fail before a scene is generated
     if args.steps_per_frame < 0 or args.extra_steps < 0 or args.report_every < 0 or args.frames < 2:
         raise SystemExit("error: --steps-per-frame, --extra-steps and --report-every must be >= 0, --frames >= 2")
     try:
