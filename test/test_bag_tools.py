@@ -289,7 +289,8 @@ def test_msg_bridge_image_is_fast():
 # ------------------------------------------------------------------------------------------------------ convert
 def _check_converted(bag: Path, data, expect_model: str):
     from nerf_mapping.geometry import opencv_to_opengl
-    from nerf_mapping.scene.trajectory import base_to_camera_optical, make_pose, matrix_from_quat_xyzw
+    from nerf_mapping.geometry.rigid import make_pose, matrix_from_quat_xyzw
+    from nerf_mapping.scene.trajectory import base_to_camera_optical
 
     msgs = read_bag(bag)
     n = len(data)

@@ -7,7 +7,7 @@ import torch
 
 from nerf_mapping.cameras import Cameras
 from nerf_mapping.training.frame_store import FrameStore
-from nerf_mapping.training.keyframes import (BLURRY, DUPLICATE, FIRST, TOO_CLOSE, KeyframeConfig, KeyframeSelector,
+from nerf_mapping.mapping.keyframes import (BLURRY, DUPLICATE, FIRST, TOO_CLOSE, KeyframeConfig, KeyframeSelector,
                                              downscale_factor, downscale_image, laplacian_variance, pose_distance,
                                              redundancy_victim)
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from nerf_mapping.geometry import is_rigid, so3_exp
-from nerf_mapping.training.pose_correction import (
+from nerf_mapping.pose.correction import (
     MODES,
     PARAM_DIMS,
     PoseCorrection,
@@ -17,7 +17,7 @@ from nerf_mapping.training.pose_correction import (
     deltas_to_params,
     params_to_deltas,
 )
-from nerf_mapping.training.pose_eval import (
+from nerf_mapping.evaluation.poses import (
     align_poses,
     align_poses_by_orientation,
     apply_sim3,
@@ -176,20 +176,16 @@ def test_lr_schedule_and_c2f_weights():
         def set_level_weights(self, w):
             self.w = w
 
-    class _Tr:
-        def __init__(self):
-            self.field = type("F", (), {})()
-            self.field.encoding = _Enc()
-            self.pose_optimizer = pc.make_optimizer()
-            self.step_count = 50
-            self.progress = 0.4
+    from nerf_mapping.training.extension import StepContext
 
-    tr = _Tr()
-    pc.on_step(tr)
-    assert tr.field.encoding.w is not None and tr.field.encoding.w.shape == (16,)
-    assert tr.pose_optimizer.param_groups[0]["lr"] == pytest.approx(pc.lr_at(50, 0.4))
-    tr.progress = 0.7
-    pc.on_step(tr)
+    field = type("F", (), {})()
+    field.encoding = _Enc()
+    pc.rebuild_optimizer()
+    pc.before_step(StepContext(step=50, progress=0.4, lr_factor=1.0, field=field))
+    assert field.encoding.w is not None and field.encoding.w.shape == (16,)
+    assert pc.optimizer.param_groups[0]["lr"] == pytest.approx(pc.lr_at(50, 0.4))
+    pc.before_step(StepContext(step=51, progress=0.7, lr_factor=1.0, field=field))
+    tr = type("T", (), {"field": field})()
     assert tr.field.encoding.w is None  # annealing done: weights removed
 
 
@@ -242,7 +238,7 @@ def test_orientation_alignment_recovers_a_similarity_and_ignores_centre_tilt():
 
 
 def test_config_override_types():
-    from nerf_mapping.training.offline import override
+    from nerf_mapping.config import override
     from nerf_mapping.training.trainer import TrainerConfig
 
     cfg = TrainerConfig()
@@ -289,7 +285,7 @@ def _camera_at(distance: float = 4.0):
 
 
 def test_frustum_points_lie_in_front_of_the_camera_inside_the_box():
-    from nerf_mapping.training.pose_correction import frustum_points
+    from nerf_mapping.pose.correction import frustum_points
 
     pts = frustum_points(_camera_at(4.0), [[-1.5] * 3, [1.5] * 3], 0.5, 10.0)
     assert pts.shape == (8 * 8 * 3, 3)
@@ -301,7 +297,7 @@ def test_frustum_points_lie_in_front_of_the_camera_inside_the_box():
 @pytest.mark.parametrize("mode", ["so3xr3", "se3"])
 def test_camp_preconditioner_whitens_the_image_motion(mode):
     """Uncapped, (J P)^T (J P) / N = I: every direction of phi moves the image by the same amount."""
-    from nerf_mapping.training.pose_correction import camp_preconditioner, frustum_points
+    from nerf_mapping.pose.correction import camp_preconditioner, frustum_points
 
     pts = frustum_points(_camera_at(4.0), [[-1.5] * 3, [1.5] * 3], 0.5, 10.0)
     P = camp_preconditioner(pts, mode)

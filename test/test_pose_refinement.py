@@ -23,8 +23,9 @@ def _small_cfg(cfg):
 
 def test_refinement_reduces_pose_error_on_lego(shared_data):
     from nerf_mapping.data import load_dataset
-    from nerf_mapping.training.offline import build_trainer, default_config
-    from nerf_mapping.training.pose_eval import perturb_poses, pose_errors, refined_train_poses
+    from nerf_mapping.config.presets import offline_config
+    from nerf_mapping.training.offline import build_trainer
+    from nerf_mapping.evaluation.poses import perturb_poses, pose_errors, refined_train_poses
 
     path = shared_data / LEGO
     if not path.is_dir():
@@ -33,7 +34,7 @@ def test_refinement_reduces_pose_error_on_lego(shared_data):
     gt = data.cameras.c2w.clone()
     noisy = perturb_poses(gt, 3.0, 0.05, seed=1)
     data.cameras.c2w = noisy
-    cfg = _small_cfg(default_config(data, "auto"))
+    cfg = _small_cfg(offline_config(data))
     cfg.pose.mode = "so3xr3"
     cfg.pose.c2f = (0.0, 0.4)
     # At 50x50 px and 8k samples per step the translation is barely observable: the CamP preconditioner (default,
@@ -147,7 +148,7 @@ def test_benchmark_poses_parallel_runs_keep_the_running_ones_when_one_fails(tmp_
     """``--jobs 2``: a run that fails stops the sweep, but the run going beside it is finished and kept."""
     from types import SimpleNamespace
 
-    from nerf_mapping.benchmark_poses import run_tasks
+    from nerf_mapping.benchmarks.poses import run_tasks
 
     args = SimpleNamespace(json=tmp_path / "sweep.json", jobs=2)
     tasks = [("slow", ("slow", 2.0)), ("bad", ("bad", 0.0))]
@@ -161,7 +162,7 @@ def test_benchmark_poses_keeps_finished_runs_when_a_later_one_fails(tmp_path, mo
     """An hours-long sweep that dies keeps what it measured: every finished run lands in ``<json>.partial.json``."""
     from types import SimpleNamespace
 
-    from nerf_mapping import benchmark_poses as bp
+    from nerf_mapping.benchmarks import poses as bp
 
     def fake(*a):
         if a[-1] == "second":
@@ -182,7 +183,7 @@ def test_benchmark_poses_resume_runs_only_the_missing_runs(tmp_path, monkeypatch
     and only when they were measured with the same settings."""
     from types import SimpleNamespace
 
-    from nerf_mapping import benchmark_poses as bp
+    from nerf_mapping.benchmarks import poses as bp
 
     calls = []
 
@@ -223,7 +224,7 @@ def test_dtu_linear_init_errors_match_provenance(shared_data):
     """The DTU linear-init cameras load, and their error against cameras.npz matches the documented size
     (median 1.16 deg / 5.85 mm, unaligned, DTU world millimetres)."""
     from nerf_mapping.data import load_dataset
-    from nerf_mapping.training.pose_eval import pose_errors, to_file_frame
+    from nerf_mapping.evaluation.poses import pose_errors, to_file_frame
 
     path = shared_data / DTU
     if not (path / "cameras_linear_init.npz").is_file():
@@ -244,7 +245,7 @@ def test_online_drift_spline_corrects_demo_odometry(tmp_path):
     sequence, whose poses are the noisy, drifting odometry (random-walk drift, 8.5 cm RMS): the camera path must get
     closer to ground truth, overall and at the end of the loop."""
     pytest.importorskip("open3d", reason="the demo scene generator needs open3d")
-    from nerf_mapping.benchmark_drift import demo_sequence, run_drift
+    from nerf_mapping.benchmarks.drift import demo_sequence, run_drift
 
     data, stamps, odom = demo_sequence(tmp_path / "scene", progress=False)  # the demo scene
     res = run_drift(data, stamps, odom, steps_per_frame=4, threads=2, report_every=0, progress=False)
@@ -260,15 +261,16 @@ def test_test_time_pose_optimisation_recovers_held_out_poses_on_masked_dtu(share
     """Held-out views start a few degrees off; photometric test-time optimisation against the frozen field (trained
     with the backdrop masked to the background, as the DTU benchmark does) must bring them back."""
     from nerf_mapping.data import load_dataset
-    from nerf_mapping.training.offline import build_trainer, default_config
-    from nerf_mapping.training.pose_eval import perturb_poses, pose_errors, test_time_optimize
+    from nerf_mapping.config.presets import offline_config
+    from nerf_mapping.training.offline import build_trainer
+    from nerf_mapping.evaluation.poses import perturb_poses, pose_errors, test_time_optimize
 
     path = shared_data / DTU
     if not (path / "cameras.npz").is_file():
         pytest.skip(f"{path} missing")
     train = load_dataset(path, "train", 8, cameras_file="cameras.npz")  # 50x38 px
     test = load_dataset(path, "test", 8, cameras_file="cameras.npz")
-    cfg = _small_cfg(default_config(train, "auto"))
+    cfg = _small_cfg(offline_config(train))
     cfg.mask_background = True
     tr = build_trainer(train, cfg)
     tr.train(max_steps=TTO_TRAIN_STEPS, progress=False)

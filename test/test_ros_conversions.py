@@ -11,7 +11,7 @@ from geometry_msgs.msg import Pose, Transform  # noqa: E402
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
 
 from nerf_mapping.ros import conversions as conv  # noqa: E402
-from nerf_mapping.ros.mapper_node import safe_output_path  # noqa: E402
+from nerf_mapping.export.paths import safe_output_path  # noqa: E402
 
 
 def img_msg(arr: np.ndarray, encoding: str, pad: int = 0) -> Image:

@@ -14,7 +14,6 @@ from nerf_mapping.scene import (
     CLASSES,
     OdometryNoiseParams,
     SceneConfig,
-    add_cli,
     default_scene_dir,
     ensure_default_scene,
     generate_scene,
@@ -22,7 +21,8 @@ from nerf_mapping.scene import (
     read_labeled_ply,
     simulate_odometry_noise,
 )
-from nerf_mapping.scene.trajectory import inv_pose, make_pose, matrix_from_quat_xyzw, so3_exp, so3_log
+from nerf_mapping.cli.scene import add_cli
+from nerf_mapping.geometry.rigid import inv_pose, make_pose, matrix_from_quat_xyzw, so3_exp, so3_log
 
 # small but complete scene: fast enough for CI, every output present
 SMALL = SceneConfig(seed=3, frames=12, width=80, height=60, odom_jitter_trans=0.01, odom_jitter_rot=0.004,

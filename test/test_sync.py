@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from nerf_mapping.ros.sync import (AFTER_BUFFER, BEFORE_BUFFER, EMPTY, GAP_TOO_LARGE, STAMP_BACKWARDS,
+from nerf_mapping.mapping.sync import (AFTER_BUFFER, BEFORE_BUFFER, EMPTY, GAP_TOO_LARGE, STAMP_BACKWARDS,
                                    OdometryBuffer)
 
 S = 1_000_000_000

@@ -6,7 +6,8 @@ import torch
 
 from nerf_mapping.data import load_dataset
 from nerf_mapping.evaluation import evaluate, psnr
-from nerf_mapping.training.offline import build_trainer, default_config
+from nerf_mapping.config.presets import offline_config
+from nerf_mapping.training.offline import build_trainer
 from nerf_mapping.training.trainer import Trainer
 
 
@@ -21,7 +22,7 @@ def test_lego_crop_psnr_rises(shared_data):
     root = shared_data / "nerf_synthetic_lego"
     train = load_dataset(root, "train", downscale=4)
     test = load_dataset(root, "test", downscale=4, max_frames=3)
-    cfg = default_config(train)
+    cfg = offline_config(train)
     cfg.target_samples_per_step = 1 << 15
     trainer = build_trainer(train, cfg)
     trainer.train(max_steps=250, progress=False)
@@ -36,7 +37,7 @@ def test_lego_crop_psnr_rises(shared_data):
 def test_frames_added_while_training_are_used(tiny_scene, tmp_path):
     """Online use: frames arrive while the trainer runs; pose parameters grow; checkpoints round-trip."""
     data = load_dataset(tiny_scene, "train")
-    cfg = default_config(data)
+    cfg = offline_config(data)
     cfg.target_samples_per_step = 1 << 13
     cfg.pose.mode = "so3xr3"
     cfg.field.appearance_dim = 4  # the per-frame embeddings grow with the frames and round-trip too
@@ -73,7 +74,7 @@ def test_real_capture_smoke(shared_data, name, downscale):
     """Unbounded phone capture with OpenCV distortion (fox) and DTU: trains, improves, renders finite images."""
     train = load_dataset(shared_data / name, "train", downscale=downscale, max_frames=8)
     test = load_dataset(shared_data / name, "test", downscale=downscale, max_frames=1)
-    cfg = default_config(train)
+    cfg = offline_config(train)
     cfg.target_samples_per_step = 1 << 13
     trainer = build_trainer(train, cfg)
     first = trainer.step()["loss"]
@@ -91,7 +92,7 @@ def test_mask_background_trains_masked_out_pixels_to_the_background(tiny_scene):
 
     from nerf_mapping.data import load_dataset
     from nerf_mapping.training.frame_store import FrameStore
-    from nerf_mapping.training.offline import default_config, scene_spec
+    from nerf_mapping.training.offline import scene_spec
     from nerf_mapping.training.trainer import Trainer
 
     data = load_dataset(tiny_scene, "train")
@@ -99,7 +100,7 @@ def test_mask_background_trains_masked_out_pixels_to_the_background(tiny_scene):
     for i in range(4):
         img = data.images[i]
         fs.add(img, data.cameras[i : i + 1], mask=torch.zeros(img.shape[:2], dtype=torch.bool))
-    cfg = default_config(data, "auto")
+    cfg = offline_config(data)
     cfg.target_samples_per_step = 4096
     cfg.background = (1.0, 0.0, 1.0)  # a colour no pixel of the room has
     cfg.mask_background = True
@@ -120,7 +121,7 @@ def test_image_limited_resolution_follows_the_pixel_footprint():
     from types import SimpleNamespace
 
     from nerf_mapping.cameras import Cameras
-    from nerf_mapping.training.offline import default_config, image_limited_resolution
+    from nerf_mapping.config.presets import image_limited_resolution
 
     box = torch.tensor([[-1.5, -1.5, -1.5], [1.5, 1.5, 1.5]])
     c2w = torch.eye(3, 4).expand(4, 3, 4).clone()
@@ -135,9 +136,9 @@ def test_image_limited_resolution_follows_the_pixel_footprint():
     assert image_limited_resolution(cams(10.0, 16), box) == 128  # clamped below
     assert image_limited_resolution(cams(5000.0, 4000), box) == 2048  # clamped above
     scene = SimpleNamespace(cameras=cams(277.8, 200), scene_box=box, unbounded=False, format="blender")
-    assert default_config(scene).field.encoding.max_resolution == 512
+    assert offline_config(scene).field.encoding.max_resolution == 512
     # joint pose refinement: one cell per pixel footprint, less room to absorb per-view misalignment
-    assert default_config(scene, pose_refinement=True).field.encoding.max_resolution == 256
+    assert offline_config(scene, pose_mode="so3xr3").field.encoding.max_resolution == 256
 
 
 def test_cli_configure_caps_the_grid_however_refinement_is_asked_for():
@@ -146,7 +147,7 @@ def test_cli_configure_caps_the_grid_however_refinement_is_asked_for():
     from types import SimpleNamespace
 
     from nerf_mapping.cameras import Cameras
-    from nerf_mapping.cli import configure
+    from nerf_mapping.cli.common import configure
 
     box = torch.tensor([[-1.5, -1.5, -1.5], [1.5, 1.5, 1.5]])
     c2w = torch.eye(3, 4).expand(4, 3, 4).clone()
@@ -176,7 +177,7 @@ def test_cli_configure_caps_the_grid_however_refinement_is_asked_for():
     inside = torch.eye(3, 4).expand(4, 3, 4).clone()  # cameras inside the box: the inside-out preset's 1024
     scene_in = SimpleNamespace(cameras=Cameras.create(inside, 277.8, 277.8, 100, 100, 200, 200), scene_box=box,
                                unbounded=False, format="nerfstudio")
-    assert default_config(scene_in).field.encoding.max_resolution == 1024
+    assert offline_config(scene_in).field.encoding.max_resolution == 1024
 
 
 def test_appearance_embeddings_explain_per_frame_colour_changes_without_touching_geometry(shared_data):
@@ -195,7 +196,7 @@ def test_appearance_embeddings_explain_per_frame_colour_changes_without_touching
         fs = FrameStore(seed=0)
         for i, img in frames:
             fs.add(img, data.cameras[i : i + 1])
-        cfg = default_config(data)
+        cfg = offline_config(data)
         cfg.target_samples_per_step = 1 << 13
         cfg.field.appearance_dim = appearance_dim
         tr = Trainer(cfg, scene_spec(data), fs)

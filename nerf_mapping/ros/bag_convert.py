@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nerf_mapping.geometry.rigid import interpolate_poses
+
 
 
 def camera_info_fields(cameras, i: int) -> dict:
@@ -51,25 +53,6 @@ def camera_info_fields(cameras, i: int) -> dict:
     return {"distortion_model": dist_model, "d": np.asarray(d, float), "k": k,
             "p": np.concatenate([k, np.zeros((3, 1))], 1), "width": int(cameras.width[i]),
             "height": int(cameras.height[i])}
-
-
-def interpolate_poses(key_stamps_ns: np.ndarray, key_poses: np.ndarray, stamps_ns: np.ndarray) -> np.ndarray:
-    """Piecewise SE(3) interpolation of ``key_poses`` [N,4,4] at ``key_stamps_ns`` (increasing) to ``stamps_ns``;
-    held constant outside the key range."""
-    from nerf_mapping.geometry import interpolate_se3
-
-    key_stamps_ns = np.asarray(key_stamps_ns, np.int64)
-    out = np.empty((len(stamps_ns), 4, 4))
-    for j, t in enumerate(np.asarray(stamps_ns, np.int64)):
-        if t <= key_stamps_ns[0]:
-            out[j] = key_poses[0]
-        elif t >= key_stamps_ns[-1]:
-            out[j] = key_poses[-1]
-        else:
-            k = int(np.searchsorted(key_stamps_ns, t, side="right")) - 1
-            alpha = float(t - key_stamps_ns[k]) / float(key_stamps_ns[k + 1] - key_stamps_ns[k])
-            out[j] = interpolate_se3(key_poses[k], key_poses[k + 1], alpha)
-    return out
 
 
 def convert_dataset_to_bag(

@@ -4,8 +4,8 @@ Every ``*_to_*`` reader raises ``ValueError`` with a human-readable reason on a 
 step/size mismatch, non-finite values, non-unit quaternion ...); callers count and drop such messages.
 
 Frames: ROS optical frames (REP 103: z forward, x right, y down) are converted to the model's OpenGL camera axes
-(x right, y up, z back) in exactly one place, :func:`optical_pose_to_model_c2w` (via ``geometry.opencv_to_opengl``);
-:func:`model_c2w_to_optical_pose` is its inverse.
+(x right, y up, z back) by :func:`nerf_mapping.geometry.optical_pose_to_model_c2w` (re-exported here for the node);
+the quaternion math is :mod:`nerf_mapping.geometry.rigid`'s, the validation of message values is here.
 """
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ import math
 
 import numpy as np
 
-from nerf_mapping.geometry import opencv_to_opengl
+from nerf_mapping.geometry import model_c2w_to_optical_pose, optical_pose_to_model_c2w  # noqa: F401 - re-export
+from nerf_mapping.geometry.rigid import matrix_from_quat_xyzw, quat_xyzw_from_matrix
 
 QUAT_NORM_TOL = 1e-2
 """|1 - |q|| above this is rejected (publishers normalise; a sloppy float32 quaternion stays well within)."""
@@ -187,39 +188,18 @@ def camera_info_to_intrinsics(msg) -> dict:
 
 # ---------------------------------------------------------------------------------------------------------- poses
 def _quat_xyzw_to_matrix(x: float, y: float, z: float, w: float) -> np.ndarray:
-    q = np.array([w, x, y, z], dtype=np.float64)
+    """A message quaternion -> 3x3, after validation (finite, unit within QUAT_NORM_TOL: ValueError otherwise)."""
+    q = np.array([x, y, z, w], dtype=np.float64)
     if not np.all(np.isfinite(q)):
         raise ValueError("quaternion is not finite")
     n = float(np.linalg.norm(q))
     if abs(n - 1.0) > QUAT_NORM_TOL:
         raise ValueError(f"quaternion is not unit (norm {n:.4f})")
-    w, x, y, z = q / n
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-    ])
+    return matrix_from_quat_xyzw(q / n)
 
 
 def _matrix_to_quat_xyzw(R: np.ndarray) -> tuple[float, float, float, float]:
-    R = np.asarray(R, dtype=np.float64)
-    tr = R[0, 0] + R[1, 1] + R[2, 2]
-    if tr > 0:
-        s = 2.0 * math.sqrt(tr + 1.0)
-        w, x, y, z = 0.25 * s, (R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s
-    elif R[0, 0] > R[1, 1] and R[0, 0] > R[2, 2]:
-        s = 2.0 * math.sqrt(1.0 + R[0, 0] - R[1, 1] - R[2, 2])
-        w, x, y, z = (R[2, 1] - R[1, 2]) / s, 0.25 * s, (R[0, 1] + R[1, 0]) / s, (R[0, 2] + R[2, 0]) / s
-    elif R[1, 1] > R[2, 2]:
-        s = 2.0 * math.sqrt(1.0 + R[1, 1] - R[0, 0] - R[2, 2])
-        w, x, y, z = (R[0, 2] - R[2, 0]) / s, (R[0, 1] + R[1, 0]) / s, 0.25 * s, (R[1, 2] + R[2, 1]) / s
-    else:
-        s = 2.0 * math.sqrt(1.0 + R[2, 2] - R[0, 0] - R[1, 1])
-        w, x, y, z = (R[1, 0] - R[0, 1]) / s, (R[0, 2] + R[2, 0]) / s, (R[1, 2] + R[2, 1]) / s, 0.25 * s
-    n = math.sqrt(w * w + x * x + y * y + z * z)
-    if w < 0:
-        n = -n
-    return x / n, y / n, z / n, w / n
+    return tuple(float(v) for v in quat_xyzw_from_matrix(R))
 
 
 def _translation(x, y, z) -> np.ndarray:
@@ -278,22 +258,6 @@ def odometry_to_matrix(msg) -> np.ndarray:
 
 def pose_stamped_to_matrix(msg) -> np.ndarray:
     return pose_msg_to_matrix(msg.pose)
-
-
-def optical_pose_to_model_c2w(T_world_optical) -> np.ndarray:
-    """4x4 pose of a ROS optical frame (z fwd, x right, y down) -> model c2w [3,4] float32 (OpenGL camera axes).
-
-    The ONLY place the ROS layer converts camera axes.
-    """
-    T = np.asarray(T_world_optical, dtype=np.float64)
-    return opencv_to_opengl(T[:3, :4]).astype(np.float32)
-
-
-def model_c2w_to_optical_pose(c2w) -> np.ndarray:
-    """Inverse of :func:`optical_pose_to_model_c2w`: model c2w [3,4] -> 4x4 optical-frame pose (float64)."""
-    T = np.eye(4)
-    T[:3, :4] = opencv_to_opengl(np.asarray(c2w, dtype=np.float64)[:3, :4])
-    return T
 
 
 # ---------------------------------------------------------------------------------------------------------- outputs

@@ -44,11 +44,12 @@ def _scene_odometry(scene: Path) -> dict:
 def gt_base_positions(scene: Path, stamps_ns) -> np.ndarray:
     """Ground-truth base_link positions [N,3] at ``stamps_ns``: exact at image stamps (ground-truth camera pose and
     the scene's base->camera extrinsic), else interpolated in the 50 Hz ground-truth odometry."""
-    from nerf_mapping.training.drift import interpolate_positions, inv_se3
+    from nerf_mapping.evaluation.trajectory import interpolate_positions
+    from nerf_mapping.geometry.rigid import inv_pose
 
     d = _scene_odometry(Path(scene))
     img_t = np.asarray(d["image_stamps_ns"], dtype=np.int64)
-    base_at_img = (d["camera_gt_opencv"] @ inv_se3(d["extrinsic_base_to_camera_optical"]))[:, :3, 3]
+    base_at_img = (d["camera_gt_opencv"] @ inv_pose(d["extrinsic_base_to_camera_optical"]))[:, :3, 3]
     out = interpolate_positions(stamps_ns, d["odom_stamps_ns"], d["odom_gt"][:, :3, 3])
     t = np.asarray(stamps_ns, dtype=np.int64)
     idx = np.clip(np.searchsorted(img_t, t), 0, len(img_t) - 1)
@@ -60,7 +61,7 @@ def gt_base_positions(scene: Path, stamps_ns) -> np.ndarray:
 def trajectory_errors(scene: Path, paths: dict) -> dict:
     """ATE of every collected path (``{"odom"|"refined": {"stamps_ns": [...], "xyz": [...]}}``) against ground
     truth; also stores the ground-truth positions into ``paths["ground_truth"]``."""
-    from nerf_mapping.training.drift import ate
+    from nerf_mapping.evaluation.trajectory import ate
 
     out = {}
     for name in ("odom", "refined"):

@@ -1,7 +1,6 @@
 """Built-in labeled demo scene: a small furnished room rendered with open3d raycasting (see generate.py for the
 output layout). Importing this package is cheap: open3d / rosbags are imported only when generating."""
 
-from .cli import add_cli
 from .generate import (
     SceneConfig,
     SceneInfo,
@@ -21,7 +20,6 @@ __all__ = [
     "OdometryNoiseResult",
     "SceneConfig",
     "SceneInfo",
-    "add_cli",
     "default_scene_dir",
     "ensure_default_scene",
     "generate_scene",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .cli import add_cli
+from nerf_mapping.cli.scene import add_cli
 
 
 def main(argv: list[str] | None = None) -> int:

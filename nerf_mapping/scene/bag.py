@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .render import Intrinsics
-from .trajectory import quat_xyzw_from_matrix
+from nerf_mapping.geometry.rigid import quat_xyzw_from_matrix
 
 TOPIC_IMAGE = "/camera/image_raw"
 TOPIC_CAMERA_INFO = "/camera/camera_info"

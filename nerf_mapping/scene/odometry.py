@@ -9,7 +9,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .trajectory import make_pose, rot_z, so3_exp
+from nerf_mapping.geometry.rigid import inv_pose, make_pose, so3_exp, so3_log
+
+from .trajectory import rot_z
 
 
 @dataclass
@@ -65,7 +67,6 @@ def simulate_odometry_noise(
 def body_twist(poses: np.ndarray, stamps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Linear and angular velocity in the child (body) frame by central finite differences, as nav_msgs/Odometry
     reports them (twist in child_frame_id). Returns (linear [N,3], angular [N,3])."""
-    from .trajectory import inv_pose, so3_log
 
     n = len(poses)
     i0 = np.clip(np.arange(n) - 1, 0, n - 1)

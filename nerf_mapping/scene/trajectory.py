@@ -1,4 +1,5 @@
-"""Handheld camera trajectory, the fixed base_link -> camera_optical extrinsic and small SE(3) helpers (numpy).
+"""Handheld camera trajectory, the fixed base_link -> camera_optical extrinsic (numpy; the SE(3) helpers are
+:mod:`nerf_mapping.geometry.rigid`).
 
 Frames (REP 103/105):
 - ``world`` (= ``map``): z up, metres; the ground-truth ``odom`` frame coincides with it.
@@ -14,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
+from nerf_mapping.geometry.rigid import inv_pose, make_pose, so3_exp
 
 # OpenCV optical axes (x right, y down, z forward) -> OpenGL/nerfstudio camera axes (x right, y up, z back).
 # Kept local because this module only needs the constant; the project-wide converter is nerf_mapping.geometry.
@@ -36,84 +39,6 @@ def rot_z(a) -> np.ndarray:
     c, s = np.cos(a), np.sin(a)
     z, o = np.zeros_like(a), np.ones_like(a)
     return np.stack([np.stack([c, -s, z], -1), np.stack([s, c, z], -1), np.stack([z, z, o], -1)], -2)
-
-
-def so3_exp(w: np.ndarray) -> np.ndarray:
-    """Rodrigues: rotation vectors [...,3] -> rotation matrices [...,3,3]."""
-    w = np.asarray(w, float)
-    theta = np.linalg.norm(w, axis=-1, keepdims=True)[..., None]  # [...,1,1]
-    k = w / np.maximum(theta[..., 0], 1e-12)
-    kx = np.zeros(w.shape[:-1] + (3, 3))
-    kx[..., 0, 1], kx[..., 0, 2] = -k[..., 2], k[..., 1]
-    kx[..., 1, 0], kx[..., 1, 2] = k[..., 2], -k[..., 0]
-    kx[..., 2, 0], kx[..., 2, 1] = -k[..., 1], k[..., 0]
-    eye = np.broadcast_to(np.eye(3), kx.shape)
-    return eye + np.sin(theta) * kx + (1.0 - np.cos(theta)) * (kx @ kx)
-
-
-def so3_log(r: np.ndarray) -> np.ndarray:
-    """Rotation matrices [...,3,3] -> rotation vectors [...,3] (angles < pi)."""
-    cos = np.clip((np.trace(r, axis1=-2, axis2=-1) - 1.0) / 2.0, -1.0, 1.0)
-    theta = np.arccos(cos)
-    v = np.stack([r[..., 2, 1] - r[..., 1, 2], r[..., 0, 2] - r[..., 2, 0], r[..., 1, 0] - r[..., 0, 1]], -1)
-    scale = np.where(theta < 1e-8, 0.5, theta / (2.0 * np.sin(np.maximum(theta, 1e-8))))
-    return v * scale[..., None]
-
-
-def make_pose(r: np.ndarray, t: np.ndarray) -> np.ndarray:
-    r, t = np.asarray(r, float), np.asarray(t, float)
-    out = np.zeros(r.shape[:-2] + (4, 4))
-    out[..., :3, :3] = r
-    out[..., :3, 3] = t
-    out[..., 3, 3] = 1.0
-    return out
-
-
-def inv_pose(t: np.ndarray) -> np.ndarray:
-    r = t[..., :3, :3]
-    rt = np.swapaxes(r, -1, -2)
-    return make_pose(rt, -(rt @ t[..., :3, 3:4])[..., 0])
-
-
-def quat_xyzw_from_matrix(r: np.ndarray) -> np.ndarray:
-    """Rotation matrices [...,3,3] -> unit quaternions [...,4] in ROS order (x, y, z, w), w >= 0."""
-    r = np.asarray(r, float)
-    m = r.reshape(-1, 3, 3)
-    q = np.empty((len(m), 4))
-    tr = np.trace(m, axis1=1, axis2=2)
-    # pick the numerically largest component per matrix (Shepperd's method)
-    diag = np.stack([m[:, 0, 0], m[:, 1, 1], m[:, 2, 2], tr], 1)
-    k = np.argmax(diag, 1)
-    for i in range(len(m)):
-        a = m[i]
-        if k[i] == 3:
-            s = 2.0 * np.sqrt(1.0 + tr[i])
-            q[i] = [(a[2, 1] - a[1, 2]) / s, (a[0, 2] - a[2, 0]) / s, (a[1, 0] - a[0, 1]) / s, 0.25 * s]
-        elif k[i] == 0:
-            s = 2.0 * np.sqrt(1.0 + a[0, 0] - a[1, 1] - a[2, 2])
-            q[i] = [0.25 * s, (a[0, 1] + a[1, 0]) / s, (a[0, 2] + a[2, 0]) / s, (a[2, 1] - a[1, 2]) / s]
-        elif k[i] == 1:
-            s = 2.0 * np.sqrt(1.0 + a[1, 1] - a[0, 0] - a[2, 2])
-            q[i] = [(a[0, 1] + a[1, 0]) / s, 0.25 * s, (a[1, 2] + a[2, 1]) / s, (a[0, 2] - a[2, 0]) / s]
-        else:
-            s = 2.0 * np.sqrt(1.0 + a[2, 2] - a[0, 0] - a[1, 1])
-            q[i] = [(a[0, 2] + a[2, 0]) / s, (a[1, 2] + a[2, 1]) / s, 0.25 * s, (a[1, 0] - a[0, 1]) / s]
-    q *= np.where(q[:, 3:4] < 0, -1.0, 1.0)
-    q /= np.linalg.norm(q, axis=1, keepdims=True)
-    return q.reshape(r.shape[:-2] + (4,))
-
-
-def matrix_from_quat_xyzw(q: np.ndarray) -> np.ndarray:
-    q = np.asarray(q, float)
-    x, y, z, w = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
-    return np.stack(
-        [
-            np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
-            np.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
-            np.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1),
-        ],
-        -2,
-    )
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -79,7 +79,7 @@ class FrameStore:
         # Drop the most redundant frame (its temporal neighbours are closest to it in pose), never the very first one
         # (it anchors the gauge for pose refinement) nor the newest: coverage of the whole run is kept instead of
         # a sliding window that forgets where the robot has been.
-        from nerf_mapping.training.keyframes import redundancy_victim
+        from nerf_mapping.mapping.keyframes import redundancy_victim
 
         ids = sorted(self._images)
         victim = redundancy_victim(ids, {i: self._cameras[i].c2w[0].numpy() for i in ids}, protect=1)

@@ -1,11 +1,16 @@
 """The training loop: sample rays from the frame store, render, photometric loss, optimise field and poses.
 
-The trainer accepts new frames while it runs (``frames.add`` from another thread), grows its per-frame pose
-parameters accordingly, and adapts the number of rays per step to keep the number of samples per step constant
+The trainer accepts new frames while it runs (``frames.add`` from another thread), grows its per-frame parameters
+accordingly, and adapts the number of rays per step to keep the number of samples per step constant
 (as nerfacc's examples do), which keeps step time steady while the occupancy grid sharpens.
+
+Everything trained beside the field (pose corrections, appearance embeddings, later a language field) is a
+:class:`~nerf_mapping.training.extension.TrainerExtension` with its own optimiser, schedule and loss; ``step`` calls
+their hooks in order and knows none of them by name.
 """
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass
@@ -20,9 +25,10 @@ from nerf_mapping.fields.ngp_field import FieldConfig, NGPField
 from nerf_mapping.rendering.occupancy_grid import OccupancyGrid, OccupancyGridConfig
 from nerf_mapping.evaluation import psnr_from_mse
 from nerf_mapping.rendering.renderer import RenderConfig, render_camera, render_rays
-from nerf_mapping.training.appearance import AppearanceEmbedding
+from nerf_mapping.fields.appearance import AppearanceEmbedding
+from nerf_mapping.training.extension import StepContext, TrainerExtension
 from nerf_mapping.training.frame_store import FrameStore
-from nerf_mapping.training.pose_correction import PoseCorrection, PoseCorrectionConfig
+from nerf_mapping.pose.correction import PoseCorrection, PoseCorrectionConfig
 
 
 @dataclass
@@ -83,7 +89,8 @@ class Trainer:
         self.render_cfg = cfg.render.resolved(box, scene.unbounded)
         self.background = torch.tensor(cfg.background, dtype=torch.float32)
         self.pose = PoseCorrection(cfg.pose, self.frames.num_ids)
-        self.appearance = AppearanceEmbedding(cfg.field.appearance_dim, self.frames.num_ids)
+        self.appearance = AppearanceEmbedding(cfg.field.appearance_dim, self.frames.num_ids, cfg.optim.lr)
+        self.extensions: list[TrainerExtension] = [self.pose, self.appearance]
         self.step_count = 0
         self.n_rays = cfg.init_rays_per_step
         self.lock = threading.RLock()  # guards parameters against concurrent render calls
@@ -100,28 +107,22 @@ class Trainer:
             [{"params": enc, "weight_decay": 0.0}, {"params": mlp, "weight_decay": oc.weight_decay}],
             lr=oc.lr, eps=oc.eps, betas=(0.9, 0.99), fused=True,
         )
-        self.pose_optimizer = self.pose.make_optimizer()
-        self.appearance_optimizer = self.appearance.make_optimizer(oc.lr)
+        for ext in self.extensions:
+            ext.rebuild_optimizer()
+
+    def add_extension(self, ext: TrainerExtension) -> None:
+        """Train ``ext`` beside the field from the next step on (its state is saved under ``ext.name``)."""
+        if any(e.name == ext.name for e in self.extensions):
+            raise ValueError(f"a trainer extension named {ext.name!r} exists already")
+        with self.lock:
+            ext.rebuild_optimizer()
+            self.extensions.append(ext)
 
     def lr_factor(self) -> float:
         oc = self.cfg.optim
         warm = min(1.0, (self.step_count + 1) / max(oc.warmup_steps, 1))
         decay = oc.decay_gamma ** sum(self.progress >= m for m in oc.decay_milestones)
         return warm * decay
-
-    def _sync_pose_params(self) -> None:
-        rebuild = self.pose.ensure_size(self.frames.num_ids)  # new frames arrived: the parameters grew
-        pending = self.pose.pending_frames()
-        if pending:
-            live = set(self.frames.frame_ids())
-            for fid in pending:
-                cam = self.frames.camera(fid) if fid in live else None  # evicted before it was ever trained
-                rebuild |= self.pose.init_frame(fid, cam, self.frames.stamp(fid), self.scene.scene_box,
-                                                self.scene.near, self.scene.far)
-        if rebuild:  # a pose parameter was replaced: rebuild its optimizer, keeping nothing stale
-            self.pose_optimizer = self.pose.make_optimizer()
-        if self.appearance.ensure_size(self.frames.num_ids):
-            self.appearance_optimizer = self.appearance.make_optimizer(self.cfg.optim.lr)
 
     def density_fn(self, x: torch.Tensor) -> torch.Tensor:
         return self.field.density(x)[0]
@@ -140,36 +141,39 @@ class Trainer:
             # Sample first, then size the pose parameters: a frame added by another thread in between would
             # otherwise be sampled without a pose parameter (num_ids only grows, so this order is safe).
             batch, cams, slot = self.frames.sample(self.n_rays)
-            self._sync_pose_params()
-            self.pose.on_step(self)  # pose lr schedule, coarse-to-fine level weights
+            f = self.lr_factor()
+            ctx = StepContext(step=self.step_count, progress=self.progress, lr_factor=f, field=self.field)
+            for ext in self.extensions:
+                ext.sync(self.frames, self.scene)  # frames added by another thread: grow per-frame parameters
+                ext.before_step(ctx)  # own lr schedule (and e.g. coarse-to-fine level weights)
             self.field.train()
             self.grid.update_every_n_steps(self.step_count, self.density_fn, self.render_cfg.step_size)
             dirs_cam = camera_directions(cams, slot, batch.px, batch.py)
-            c2w = self.pose(cams.c2w[slot], batch.frame_ids)
+            c2w = cams.c2w[slot]
+            inputs: dict = {}
+            for ext in self.extensions:
+                c2w = ext.transform_c2w(c2w, batch.frame_ids)
+                inputs.update(ext.render_inputs(batch.frame_ids))
             origins, dirs = rays_from_c2w(c2w, dirs_cam)
-            app = self.appearance(batch.frame_ids) if self.appearance.enabled else None
             out = render_rays(self.field, self.grid, origins, dirs, self.scene.near, self.scene.far,
-                              self.render_cfg, self.background, appearance=app)
+                              self.render_cfg, self.background, **inputs)
             n_samples = int(out["n_samples"])
             target = self.target_rgb(batch.rgb, batch.mask)
             err = (out["rgb"] - target) ** 2
             loss = err.mean()
-            if self.pose.enabled:
-                loss = loss + self.pose.regularizer(batch.frame_ids)
-            f = self.lr_factor()
-            opts = [o for o in (self.optimizer, self.appearance_optimizer) if o is not None]
+            for ext in self.extensions:
+                extra = ext.loss(batch.frame_ids, out)
+                if extra is not None:
+                    loss = loss + extra
+            for g in self.optimizer.param_groups:
+                g["lr"] = self.cfg.optim.lr * f
+            opts = [self.optimizer] + [e.optimizer for e in self.extensions if e.optimizer is not None]
             for o in opts:
-                for g in o.param_groups:
-                    g["lr"] = self.cfg.optim.lr * f
                 o.zero_grad(set_to_none=True)
-            if self.pose_optimizer is not None:
-                self.pose_optimizer.zero_grad(set_to_none=True)
             if n_samples > 0:
                 loss.backward()
                 for o in opts:
                     o.step()
-                if self.pose_optimizer is not None:
-                    self.pose_optimizer.step()
             self.step_count += 1
             # Keep samples per step near the target: the grid gets sparser as training proceeds.
             if n_samples > 0:
@@ -251,11 +255,30 @@ class Trainer:
         }
 
     # -- inference ------------------------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def fast_inference(self):
+        """Within the block, render with the native kernels when this trainer trains with the torch reference and
+        they exist: both compute the same function (their agreement is tested), and a torch-reference benchmark
+        measures training, not evaluation speed. Restores the training implementation afterwards."""
+        from nerf_mapping import native
+
+        enc, grid = self.field.encoding, self.grid.cfg
+        saved = enc.impl, grid.impl
+        if enc.impl == "torch" and native.available():
+            enc.impl, grid.impl = "native", "auto"
+        try:
+            yield self
+        finally:
+            enc.impl, grid.impl = saved
+
     def render(self, cameras: Cameras, index: int, c2w: torch.Tensor | None = None, **kw) -> dict[str, torch.Tensor]:
-        """Render a camera; with appearance embeddings, at the training frames' mean appearance."""
+        """Render a camera; extensions supply their inputs for novel views (e.g. the training frames' mean
+        appearance) unless ``kw`` gives them."""
         with self.lock:
             self.field.eval()
-            kw.setdefault("appearance", self.appearance.mean())
+            for ext in self.extensions:
+                for k, v in ext.eval_render_inputs().items():
+                    kw.setdefault(k, v)
             return render_camera(self.field, self.grid, cameras, index, self.render_cfg, self.background,
                                  self.scene.near, self.scene.far, c2w=c2w, **kw)
 
@@ -270,12 +293,10 @@ class Trainer:
                 "n_rays": self.n_rays,
                 "field": self.field.state_dict(),
                 "grid": self.grid.state_dict(),
-                "pose": self.pose.state_dict(),
-                "appearance": self.appearance.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
-                "pose_optimizer": self.pose_optimizer.state_dict() if self.pose_optimizer else None,
-                "appearance_optimizer": (self.appearance_optimizer.state_dict() if self.appearance_optimizer
-                                         else None),
+                **{k: v for e in self.extensions for k, v in (
+                    (e.name, e.state_dict()),
+                    (e.name + "_optimizer", e.optimizer.state_dict() if e.optimizer is not None else None))},
             }
 
     def save(self, path, extra: dict | None = None) -> None:
@@ -300,18 +321,16 @@ class Trainer:
         tr = cls(cfg, scene, frames)
         tr.field.load_state_dict(st["field"])
         tr.grid.load_state_dict(st["grid"])
-        tr.pose.ensure_size(st["pose"]["params"].shape[0])
-        tr.pose.load_state_dict(st["pose"])
-        if "appearance" in st:  # checkpoints from before appearance embeddings have none
-            tr.appearance.ensure_size(st["appearance"]["table"].shape[0])
-            tr.appearance.load_state_dict(st["appearance"])
+        for ext in tr.extensions:
+            if ext.name in st:  # e.g. checkpoints from before appearance embeddings have none
+                ext.prepare_load(st[ext.name])
+                ext.load_state_dict(st[ext.name])
         tr._make_optimizers()
         if with_optimizer:
             tr.optimizer.load_state_dict(st["optimizer"])
-            if tr.pose_optimizer is not None and st.get("pose_optimizer"):
-                tr.pose_optimizer.load_state_dict(st["pose_optimizer"])
-            if tr.appearance_optimizer is not None and st.get("appearance_optimizer"):
-                tr.appearance_optimizer.load_state_dict(st["appearance_optimizer"])
+            for ext in tr.extensions:
+                if ext.optimizer is not None and st.get(ext.name + "_optimizer"):
+                    ext.optimizer.load_state_dict(st[ext.name + "_optimizer"])
         tr.step_count = int(st["step"])
         tr.n_rays = int(st.get("n_rays", cfg.init_rays_per_step))
         tr.extra = st.get("extra", {})

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .generate import SceneConfig
+from nerf_mapping.scene.generate import SceneConfig
 
 _D = SceneConfig()
 
@@ -65,7 +65,7 @@ def config_from_args(args: argparse.Namespace) -> SceneConfig:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from .generate import generate_scene
+    from nerf_mapping.scene.generate import generate_scene
 
     try:
         cfg = config_from_args(args)

@@ -21,7 +21,7 @@ import torch
 from nerf_mapping.cameras import camera_directions, rays_from_c2w
 from nerf_mapping.geometry import so3_exp
 from nerf_mapping.rendering.renderer import render_rays
-from nerf_mapping.training.pose_correction import apply_deltas, params_to_deltas
+from nerf_mapping.pose.correction import apply_deltas, params_to_deltas
 
 
 # ====================================================================== noise

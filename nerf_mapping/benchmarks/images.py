@@ -9,24 +9,25 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-DEFAULTS = {"lego": {"downscale": 2, "background": (1.0, 1.0, 1.0), "test_every": 10},
-            "dtu": {"downscale": 1, "background": None, "test_every": 1},
-            "fox": {"downscale": 4, "background": None, "test_every": 1}}
 
 
 def run(name: str, args) -> dict:
-    from nerf_mapping.cli import _load, configure
+    """Train on ``args.data`` for ``args.time_budget`` seconds and evaluate the held-out views (``args``: the
+    ``benchmark lego|dtu|fox`` options). Raises ValueError / DataError on bad input."""
+    from nerf_mapping.config.presets import BENCHMARK_DATA, offline_config
+    from nerf_mapping.data import load_dataset
     from nerf_mapping.evaluation import evaluate
     from nerf_mapping.training.offline import build_trainer
 
-    d = DEFAULTS[name]
+    d = BENCHMARK_DATA[name]
     downscale = args.downscale or d["downscale"]
-    train = _load(args.data, "train", downscale, background=d["background"])
-    test = _load(args.data, "test", downscale, background=d["background"])
+    kw = {} if d["background"] is None else {"background": d["background"]}
+    train = load_dataset(args.data, "train", downscale, **kw)
+    test = load_dataset(args.data, "test", downscale, **kw)
     if name == "lego" and len(test) != 200:
-        raise SystemExit(f"error: expected the 200 lego test views, found {len(test)}")
+        raise ValueError(f"expected the 200 lego test views, found {len(test)}")
     test_idx = list(range(0, len(test), d["test_every"]))
-    cfg = configure(train, args, background=d["background"])
+    cfg = offline_config(train, overrides=args.set, field_impl=args.field_impl, background=d["background"])
     trainer = build_trainer(train, cfg)
     out_dir = Path(args.output) if args.output else (
         Path(args.json).parent / f"bench_{name}_{trainer.field.encoding.impl}" if args.json else None)
@@ -38,17 +39,16 @@ def run(name: str, args) -> dict:
     quick_idx = test_idx[:: max(1, len(test_idx) // 5)][:5]
 
     def on_eval(tr, seconds):
-        impl = tr.field.encoding.impl, tr.grid.cfg.impl
-        _fast_eval(tr)
-        r = evaluate(tr.render, test, quick_idx, progress=False)
+        with tr.fast_inference():
+            r = evaluate(tr.render, test, quick_idx, progress=False)
         curve.append({"train_seconds": round(seconds, 1), "steps": tr.step_count, "psnr": r[headline]})
-        tr.field.encoding.impl, tr.grid.cfg.impl = impl
         print(f"  t={seconds:6.1f}s step={tr.step_count:6d} psnr({len(quick_idx)} views)={r[headline]:.2f}")
 
     summary = trainer.train(time_budget=args.time_budget, eval_every=args.eval_every, on_eval=on_eval)
     train_impl = trainer.field.encoding.impl
-    _fast_eval(trainer)
-    res = evaluate(trainer.render, test, test_idx, output_dir=out_dir / "renders" if out_dir else None)
+    with trainer.fast_inference():
+        eval_impl = trainer.field.encoding.impl
+        res = evaluate(trainer.render, test, test_idx, output_dir=out_dir / "renders" if out_dir else None)
     curve.append({"train_seconds": round(summary["train_seconds"], 1), "steps": trainer.step_count,
                   "psnr": res[headline], "n_views": len(test_idx)})
     out = {
@@ -63,7 +63,7 @@ def run(name: str, args) -> dict:
         "rays_per_second": summary["rays_per_second"],
         "samples_per_second": summary["samples_per_second"],
         "field_impl": train_impl,
-        "eval_impl": trainer.field.encoding.impl,
+        "eval_impl": eval_impl,
         "resolution": [int(train.cameras.width[0]), int(train.cameras.height[0])],
         "curve": curve,
         "per_image": res["per_image"],
@@ -74,16 +74,6 @@ def run(name: str, args) -> dict:
         (out_dir / "result.json").write_text(json.dumps(out, indent=2))
         out["plot"] = str(out_dir / "psnr_vs_time.png")
     return out
-
-
-def _fast_eval(trainer) -> None:
-    """Render with the native kernels when they exist: the torch reference computes the same function (their
-    agreement is tested), and evaluation time is not what the torch benchmark measures."""
-    from nerf_mapping import native
-
-    if trainer.field.encoding.impl == "torch" and native.available():
-        trainer.field.encoding.impl = "native"
-        trainer.grid.cfg.impl = "auto"
 
 
 def plot_curve(curve: list[dict], path: Path, title: str) -> None:

@@ -11,66 +11,8 @@ import sys
 import time
 from pathlib import Path
 
-
-def _add_impl_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--field-impl", choices=["auto", "native", "torch", "tcnn"], default="auto",
-                   help="hash-encoding implementation (auto: tcnn on CUDA if installed, else the native CPU kernel, "
-                        "else pure PyTorch)")
-
-
-def _add_config_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any trainer config field, e.g. --set field.encoding.log2_hashmap_size=17")
-
-
-def _apply_overrides(cfg, items: list[str]) -> None:
-    from nerf_mapping.training.offline import override
-
-    for it in items:
-        if "=" not in it:
-            raise SystemExit(f"--set expects KEY=VALUE, got '{it}'")
-        k, v = it.split("=", 1)
-        try:
-            override(cfg, k.strip(), v.strip())
-        except (ValueError, AttributeError) as e:
-            raise SystemExit(f"--set {it}: {e}")
-
-
-def configure(data, args, pose_mode: str | None = None, seed: int | None = None, preset=None, background=None):
-    """``default_config``, then ``preset(cfg)`` (a caller's defaults), the ``--set`` overrides, and last ``pose_mode``
-    (when given, it wins over ``--set pose.mode``).
-
-    The defaults depend on whether the poses are refined (the hash grid's cap, see ``default_config``); that is
-    decided by the final ``pose.mode``, however it was asked for, so ``--set pose.mode=se3`` gets the same grid as
-    ``--pose-opt se3``. An explicit ``--set field.encoding.max_resolution=...`` still wins."""
-    from nerf_mapping.training.offline import default_config
-
-    def build(refine: bool):
-        cfg = default_config(data, args.field_impl, background=background, pose_refinement=refine)
-        if seed is not None:
-            cfg.seed = seed
-        if preset is not None:
-            preset(cfg)
-        _apply_overrides(cfg, args.set)
-        if pose_mode is not None:
-            cfg.pose.mode = pose_mode
-        return cfg
-
-    guess = pose_mode is not None and pose_mode != "off"
-    cfg = build(guess)
-    return cfg if (cfg.pose.mode != "off") == guess else build(not guess)
-
-
-def _load(path, split, downscale, max_frames=None, background=None):
-    from nerf_mapping.data import DataError, load_dataset
-
-    kw = {}
-    if background is not None:
-        kw["background"] = background
-    try:
-        return load_dataset(path, split=split, downscale=downscale, max_frames=max_frames, **kw)
-    except (DataError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}")
+from nerf_mapping.cli.common import (add_config_arg, add_impl_arg, configure, exit_on_error, load_data,
+                                     load_trainer)
 
 
 # ------------------------------------------------------------------------------------------------------------ train
@@ -80,9 +22,9 @@ def cmd_train(args) -> int:
 
     if args.steps is None and args.time_budget is None:
         args.time_budget = 300.0
-    data = _load(args.data, "train", args.downscale, args.max_frames)
+    data = load_data(args.data, "train", args.downscale, args.max_frames)
     # --- pose refinement (issue 5): optional synthetic pose noise on the training poses
-    from nerf_mapping import pose_cli
+    from nerf_mapping.cli import poses as pose_cli
 
     pose_cli.apply_pose_noise(args, data)
     # --- end pose refinement
@@ -111,28 +53,16 @@ def cmd_train(args) -> int:
 
 
 # ------------------------------------------------------------------------------------------------------------- eval
-def _load_trainer(path):
-    from nerf_mapping.training.trainer import Trainer
-
-    p = Path(path)
-    if not p.is_file():
-        raise SystemExit(f"error: checkpoint {p} not found")
-    try:
-        return Trainer.load(p, with_optimizer=False)
-    except Exception as e:  # noqa: BLE001 - report any unreadable checkpoint cleanly
-        raise SystemExit(f"error: cannot load checkpoint {p}: {e}")
-
-
 def cmd_eval(args) -> int:
     from nerf_mapping.evaluation import evaluate
 
-    trainer = _load_trainer(args.checkpoint)
+    trainer = load_trainer(args.checkpoint)
     extra = getattr(trainer, "extra", {})
     data_path = args.data or extra.get("data")
     if not data_path:
         raise SystemExit("error: --data is required (the checkpoint does not record its dataset)")
     downscale = args.downscale if args.downscale is not None else int(extra.get("downscale", 1))
-    data = _load(data_path, args.split, downscale, background=tuple(trainer.cfg.background))
+    data = load_data(data_path, args.split, downscale, background=tuple(trainer.cfg.background))
     out_dir = Path(args.output_dir) if args.output_dir else Path(args.checkpoint).parent / f"eval_{args.split}"
     indices = list(range(0, len(data), args.every))
     res = evaluate(trainer.render, data, indices, output_dir=out_dir)
@@ -154,7 +84,7 @@ def cmd_render(args) -> int:
     from nerf_mapping.evaluation import to_uint8
     from nerf_mapping.export.camera_path import generate_trajectory, load_camera_path, write_video
 
-    trainer = _load_trainer(args.checkpoint)
+    trainer = load_trainer(args.checkpoint)
     extra = getattr(trainer, "extra", {})
     if args.camera_path:
         try:
@@ -189,9 +119,9 @@ def cmd_render(args) -> int:
 
 # -------------------------------------------------------------------------------------------------------- benchmark
 def cmd_benchmark(args) -> int:
-    from nerf_mapping import benchmark
+    from nerf_mapping.benchmarks import images as benchmark
 
-    res = benchmark.run(args.dataset, args)
+    res = exit_on_error(benchmark.run, args.dataset, args)
     text = json.dumps({k: v for k, v in res.items() if k not in ("curve", "per_image")}, indent=2)
     print(text)
     if args.json:
@@ -204,7 +134,7 @@ def cmd_benchmark(args) -> int:
 # ------------------------------------------------------------------------------------------------------------- demo
 def cmd_demo(args) -> int:
     if args.offline:
-        from nerf_mapping import demo
+        from nerf_mapping.cli import demo
 
         return demo.run(args)
     from nerf_mapping.ros import demo as ros_demo
@@ -240,9 +170,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", type=Path, default=None, help="continue from a checkpoint")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
-    _add_impl_arg(p)
-    _add_config_arg(p)
-    from nerf_mapping.pose_cli import add_train_args  # --pose-noise-rot-deg/--pose-noise-trans/--pose-opt/--c2f
+    add_impl_arg(p)
+    add_config_arg(p)
+    from nerf_mapping.cli.poses import add_train_args  # --pose-noise-rot-deg/--pose-noise-trans/--pose-opt/--c2f
 
     add_train_args(p)
     p.set_defaults(func=cmd_train)
@@ -282,20 +212,20 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--json", type=Path, default=None)
         q.add_argument("--output", type=Path, default=None, help="folder for renders and the PSNR-vs-time plot")
         q.add_argument("--eval-every", type=float, default=60.0, help="training seconds between PSNR-curve points")
-        _add_impl_arg(q)
-        _add_config_arg(q)
+        add_impl_arg(q)
+        add_config_arg(q)
         q.set_defaults(func=cmd_benchmark, dataset=name)
-    _register_optional(bs, "nerf_mapping.benchmark_poses", "add_cli")
-    _register_optional(bs, "nerf_mapping.benchmark_drift", "add_cli")
+    _register_optional(bs, "nerf_mapping.benchmarks.poses", "add_cli")
+    _register_optional(bs, "nerf_mapping.benchmarks.drift", "add_cli")
 
     p = sub.add_parser("scene", help="the built-in labeled demo scene")
     ss = p.add_subparsers(dest="scene_command", required=True)
-    from nerf_mapping.scene import add_cli as scene_add_cli
+    from nerf_mapping.cli.scene import add_cli as scene_add_cli
 
     scene_add_cli(ss)
 
     # Feature modules register their own commands: poses (export/inspect), ROS bag tools, node, launch.
-    _register_optional(sub, "nerf_mapping.pose_cli", "add_cli")
+    _register_optional(sub, "nerf_mapping.cli.poses", "add_cli")
     _register_optional(sub, "nerf_mapping.ros.cli", "add_cli")
 
     p = sub.add_parser("demo", help="the main job on the bundled demo scene: ROS node + bag player over DDS "

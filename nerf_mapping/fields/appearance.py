@@ -7,8 +7,8 @@ rendered with the mean embedding of the training frames.
 
 Rows start as N(0, 1) draws (as ``torch.nn.Embedding`` and nerfacto): zero rows all receive nearly the same
 gradient while the field is still rough (every frame is "too dark" together), so Adam moves them in lockstep and the
-colour MLP never learns to tell them apart (measured: two exposures of the same views fit no better than without
-embeddings, 16.6 dB both).
+colour MLP never learns to tell them apart (zero rows fit two exposures of the same views no better than no
+embeddings at all: docs/results/appearance.md).
 
 The table grows with the frame store (the online node adds keyframes while training) in chunks of ``GROW_CHUNK``
 rows, so its own Adam optimizer is rebuilt (and its moments reset) once per chunk, not once per keyframe.
@@ -18,13 +18,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from nerf_mapping.training.extension import StepContext, TrainerExtension
+
 GROW_CHUNK = 64
 
 
-class AppearanceEmbedding(nn.Module):
-    def __init__(self, dim: int, n: int = 0):
+class AppearanceEmbedding(TrainerExtension):
+    """The embedding table as a trainer extension: it grows with the frame store, follows the field's learning-rate
+    schedule (``lr`` times the field's factor) and feeds ``appearance`` to the training render."""
+
+    name = "appearance"
+
+    def __init__(self, dim: int, n: int = 0, lr: float = 1e-2):
         super().__init__()
         self.dim = int(dim)
+        self.lr = float(lr)
         self.table = nn.Parameter(torch.randn(self._capacity(n), self.dim))
         self.register_buffer("n_used", torch.tensor(int(n)))  # frames seen (the table has spare rows)
 
@@ -45,10 +53,29 @@ class AppearanceEmbedding(nn.Module):
         self.table = nn.Parameter(torch.cat([self.table.data, grow]))
         return True
 
-    def make_optimizer(self, lr: float) -> torch.optim.Optimizer | None:
+    def make_optimizer(self) -> torch.optim.Optimizer | None:
         if not self.enabled:
             return None
-        return torch.optim.Adam([self.table], lr=lr, eps=1e-15)
+        return torch.optim.Adam([self.table], lr=self.lr, eps=1e-15)
+
+    # -- trainer hooks --------------------------------------------------------------------------------------------
+    def sync(self, frames, scene) -> None:
+        if self.ensure_size(frames.num_ids):
+            self.rebuild_optimizer()
+
+    def before_step(self, ctx: StepContext) -> None:
+        if self.optimizer is not None:
+            for g in self.optimizer.param_groups:
+                g["lr"] = self.lr * ctx.lr_factor
+
+    def render_inputs(self, frame_ids: torch.Tensor) -> dict:
+        return {"appearance": self(frame_ids)} if self.enabled else {}
+
+    def eval_render_inputs(self) -> dict:
+        return {"appearance": self.mean()}
+
+    def prepare_load(self, state: dict) -> None:
+        self.ensure_size(state["table"].shape[0])
 
     def forward(self, frame_ids: torch.Tensor) -> torch.Tensor:
         """[R] frame ids -> [R, dim] embeddings."""

@@ -1,6 +1,6 @@
 """Throughput of the hash encoding and a full NGP-style train step: torch reference vs native kernels.
 
-    python benchmarks/bench_kernels.py [--n 65536] [--log2 15 17 19] [--reps 3] [--impls torch native]
+    python -m nerf_mapping.benchmarks.kernels [--n 65536] [--log2 15 17 19] [--reps 3] [--impls torch native]
 
 Reports M points/s (min time over --reps after one warm-up) for:
   fwd      encoding forward only

@@ -18,18 +18,6 @@ POSE_OPT_CHOICES = ("off", "so3xr3", "se3", "quat", "6d")
 PRECONDITION_CHOICES = ("camp", "diag", "none")
 
 
-def parse_c2f(text: str | None) -> tuple[float, float] | None:
-    if text is None or str(text).lower() in ("", "none", "off"):
-        return None
-    try:
-        a, b = (float(x) for x in str(text).split(","))
-    except ValueError:
-        raise SystemExit(f"--c2f expects START,END (fractions of the run), got '{text}'") from None
-    if not (0.0 <= a <= b):
-        raise SystemExit(f"--c2f expects 0 <= START <= END, got '{text}'")
-    return (a, b)
-
-
 # ------------------------------------------------------------------------------------------------ train hooks
 def add_train_args(p: argparse.ArgumentParser) -> None:
     """Pose-noise / pose-refinement flags of ``nerf-mapping train``."""
@@ -50,7 +38,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 
 def apply_pose_noise(args, data):
     """Perturb ``data``'s training poses in place when noise flags are set; remembers the exact poses."""
-    from nerf_mapping.training.pose_eval import perturb_poses
+    from nerf_mapping.evaluation.poses import perturb_poses
 
     rot = float(getattr(args, "pose_noise_rot_deg", 0.0) or 0.0)
     trans = float(getattr(args, "pose_noise_trans", 0.0) or 0.0)
@@ -62,8 +50,11 @@ def apply_pose_noise(args, data):
 
 
 def apply_pose_config(args, cfg) -> None:
-    """--c2f / --pose-precondition (``--pose-opt`` is applied by ``cli.configure``, whose grid cap follows it)."""
-    c2f = parse_c2f(getattr(args, "c2f", None))
+    """--c2f / --pose-precondition (``--pose-opt`` is applied by ``cli.common.configure``, whose grid cap follows it)."""
+    from nerf_mapping.cli.common import exit_on_error
+    from nerf_mapping.config.presets import parse_c2f
+
+    c2f = exit_on_error(parse_c2f, getattr(args, "c2f", None))
     if c2f is not None:
         cfg.pose.c2f = c2f
     if getattr(args, "pose_precondition", None) is not None:
@@ -109,7 +100,7 @@ def _load(path):
 def cmd_export(args) -> int:
     import numpy as np
 
-    from nerf_mapping.training.pose_eval import export_transforms, refined_train_poses, to_file_frame
+    from nerf_mapping.evaluation.poses import export_transforms, refined_train_poses, to_file_frame
 
     tr = _load(args.checkpoint)
     ex = tr.extra
@@ -142,7 +133,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_errors(args) -> int:
-    from nerf_mapping.training.pose_eval import pose_errors, refined_train_poses
+    from nerf_mapping.evaluation.poses import pose_errors, refined_train_poses
 
     tr = _load(args.checkpoint)
     ex = tr.extra

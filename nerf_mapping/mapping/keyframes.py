@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -20,6 +21,16 @@ FIRST = "first"
 TOO_CLOSE = "too_close"
 BLURRY = "blurry"
 DUPLICATE = "duplicate"
+
+
+class Keyframe(NamedTuple):
+    """Bookkeeping of one keyframe of the online map. The frame store holds it at ``T_map_odom @ T_odom_cam`` (model
+    c2w); poses are 4x4 float64 ``T_parent_child``."""
+
+    stamp_ns: int
+    T_odom_base: np.ndarray  # raw odometry body pose (the odometry path)
+    T_odom_cam: np.ndarray   # raw odometry camera (optical) pose = T_odom_base @ T_base_cam
+    T_map_odom: np.ndarray   # drift estimate applied when the keyframe entered the map
 
 
 @dataclass

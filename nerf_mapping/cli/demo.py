@@ -7,19 +7,20 @@ from pathlib import Path
 
 
 def run(args) -> int:
-    from nerf_mapping.cli import _load
+    from nerf_mapping.cli.common import load_data
+    from nerf_mapping.config.presets import offline_config
     from nerf_mapping.evaluation import evaluate, to_uint8
     from nerf_mapping.export.camera_path import generate_trajectory, write_video
     from nerf_mapping.scene import ensure_default_scene
-    from nerf_mapping.training.offline import build_trainer, checkpoint_extra, default_config
+    from nerf_mapping.training.offline import build_trainer, checkpoint_extra
 
     out = Path(args.output).resolve()
     out.mkdir(parents=True, exist_ok=True)
     scene_dir = ensure_default_scene(progress=True)
     print(f"demo scene: {scene_dir}")
-    train = _load(scene_dir, "train", 1)
-    test = _load(scene_dir, "test", 1)
-    cfg = default_config(train)
+    train = load_data(scene_dir, "train", 1)
+    test = load_data(scene_dir, "test", 1)
+    cfg = offline_config(train)
     trainer = build_trainer(train, cfg)
     print(f"training {args.time_budget:.0f} s on {len(train)} frames "
           f"({int(train.cameras.width[0])}x{int(train.cameras.height[0])}), hash encoding: {trainer.field.encoding.impl}")

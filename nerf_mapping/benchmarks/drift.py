@@ -3,18 +3,18 @@
     nerf-mapping benchmark drift --json OUT.json
 
 The demo scene (:mod:`nerf_mapping.scene`: 150 frames, seed 0, drifting odometry; generated into ``--scene`` unless
-it is there already) is fed to the node's trainer (:func:`nerf_mapping.ros.params.trainer_setup`: the node's
-defaults, then ``--set`` overrides): frame i enters at step ``--steps-per-frame`` * i with its noisy odometry camera
+it is there already) is fed to the node's mapper (:class:`nerf_mapping.mapping.mapper.OnlineMapper` with the node's
+defaults, :func:`nerf_mapping.ros.params.mapper_config`, then ``--set`` overrides): frame i enters at step ``--steps-per-frame`` * i with its noisy odometry camera
 pose (interpolated at the image stamp, as the node does) and its stamp, and training goes on ``--extra-steps`` after
 the last frame (``--steps-per-frame 0``: every frame at once, then ``--extra-steps`` steps). As in the node without a
 time budget the field's learning rate never decays. Every ``--report-every`` steps, and at the end, the camera
-positions of the frames entered so far are scored against ground truth (:func:`training.drift.ate`: RMS, after a
+positions of the frames entered so far are scored against ground truth (:func:`evaluation.trajectory.ate`: RMS, after a
 rigid fit, the last frame's) for the odometry and for the refined poses.
 
 Unlike the ROS demo (``scripts/demo.sh``), which reports the same ATE for the keyframes that a real-time run managed to
 select and train, frames here are tied to steps rather than to wall-clock time: the runs are deterministic for a
-seed and comparable across machines and builds. Every frame enters (no keyframe selection). Figures: see the drift
-spline in :mod:`nerf_mapping.training.pose_correction`.
+seed and comparable across machines and builds. Every frame enters (no keyframe selection). The method is the drift
+spline of :mod:`nerf_mapping.pose.correction`. Measured results: docs/results/drift.md.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import numpy as np
 
 
 def add_cli(bs) -> None:
-    from nerf_mapping.cli import _add_config_arg
+    from nerf_mapping.cli.common import add_config_arg
 
     q = bs.add_parser("drift", help="online pose refinement (the node's trainer) on the demo sequence, frames entering "
                                     "one at a time: ATE of odometry vs refined poses")
@@ -41,7 +41,7 @@ def add_cli(bs) -> None:
     q.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     q.add_argument("--quiet", action="store_true")
     q.add_argument("--json", type=Path, default=None)
-    _add_config_arg(q)
+    add_config_arg(q)
     q.set_defaults(func=cmd_benchmark_drift)
 
 
@@ -54,7 +54,7 @@ def demo_sequence(scene: Path, frames: int = 150, seed: int = 0, progress: bool 
     import torch
 
     from nerf_mapping.data import load_dataset
-    from nerf_mapping.ros.bag_convert import interpolate_poses
+    from nerf_mapping.geometry.rigid import interpolate_poses
     from nerf_mapping.ros.conversions import optical_pose_to_model_c2w
     from nerf_mapping.scene import SceneConfig, generate_scene
 
@@ -75,42 +75,46 @@ def demo_sequence(scene: Path, frames: int = 150, seed: int = 0, progress: bool 
 def run_drift(data, stamps_s, odom, steps_per_frame: int = 4, extra_steps: int = 0, seed: int = 0,
               threads: int | None = None, overrides: list[str] | tuple = (), report_every: int = 100,
               progress: bool = True) -> dict:
-    """Feed the sequence to the node's trainer (see the module docstring). Returns a dict with the final ``odometry``
-    and ``refined`` ATE (:func:`training.drift.ate` dicts, metres), ``curve`` (one entry per report: step, frames,
-    odometry / refined RMS and last-frame error), ``steps``, ``seconds``."""
+    """Feed the sequence to the node's mapper (see the module docstring). Returns a dict with the final ``odometry``
+    and ``refined`` ATE (:func:`evaluation.trajectory.ate` dicts, metres), ``curve`` (one entry per report: step,
+    frames, odometry / refined RMS and last-frame error), ``steps``, ``seconds``."""
     import torch
 
-    from nerf_mapping.cli import _apply_overrides
-    from nerf_mapping.ros.params import trainer_setup
-    from nerf_mapping.training.drift import ate
-    from nerf_mapping.training.frame_store import FrameStore
-    from nerf_mapping.training.trainer import Trainer
+    from nerf_mapping.evaluation.trajectory import ate
+    from nerf_mapping.geometry import model_c2w_to_optical_pose
+    from nerf_mapping.mapping.mapper import OnlineMapper
+    from nerf_mapping.ros.params import mapper_config
 
     n = len(data)
     if n == 0:
         raise ValueError("the sequence has no frames")
     if steps_per_frame < 0 or extra_steps < 0:
         raise ValueError("steps_per_frame and extra_steps must be >= 0")
-    cfg, scene = trainer_setup()
-    cfg.seed = seed
-    cfg.threads = threads
-    _apply_overrides(cfg, list(overrides))
-    frames = FrameStore(seed=cfg.seed)
+    cfg = mapper_config()  # the node's defaults
+    cfg.training = dataclasses.replace(cfg.training, seed=seed, threads=0,
+                                       overrides=tuple(cfg.training.overrides) + tuple(overrides))
+    cfg.keyframe = dataclasses.replace(cfg.keyframe, capacity=max(cfg.keyframe.capacity, n))  # every frame stays
+    if threads:
+        torch.set_num_threads(threads)
+    mapper = OnlineMapper(cfg)
     gt = data.cameras.c2w
 
     def add(i: int) -> None:
-        cam = dataclasses.replace(data.cameras[i:i + 1], c2w=odom[i:i + 1].clone())
-        frames.add(data.images[i], cam, stamp=float(stamps_s[i]))
+        # the camera's odometry pose (a model c2w) as the node gets it: raw odometry camera pose and image stamp;
+        # the body pose only feeds the odometry path, which is not scored here
+        T_odom_cam = model_c2w_to_optical_pose(odom[i].double().numpy())
+        image = data.images[i].numpy()
+        mapper.add_keyframe(image, T_odom_cam, T_odom_cam, int(round(float(stamps_s[i]) * 1e9)),
+                            camera=data.cameras[i:i + 1])
 
     def score(k: int) -> tuple[dict, dict]:
-        ref = trainer.pose.refined(odom[:k], torch.arange(k))
+        ref = mapper.trainer.pose.refined(odom[:k], torch.arange(k))
         g = gt[:k, :, 3].double().numpy()
         return ate(odom[:k, :, 3].double().numpy(), g), ate(ref[:k, :, 3].double().numpy(), g)
 
     entered = n if steps_per_frame == 0 else 1
     for i in range(entered):
         add(i)
-    trainer = Trainer(cfg, scene, frames)
     total = (steps_per_frame * (n - 1) + 1 if steps_per_frame else 0) + extra_steps
     curve = []
     bar = None
@@ -123,7 +127,7 @@ def run_drift(data, stamps_s, odom, steps_per_frame: int = 4, extra_steps: int =
         while entered < n and s >= steps_per_frame * entered:
             add(entered)
             entered += 1
-        trainer.step()
+        mapper.step()
         if bar is not None:
             bar.update(1)
         if report_every and ((s + 1) % report_every == 0 or s + 1 == total):

@@ -1,57 +1,17 @@
-"""Small geometry helpers: axis conversions, rigidity checks, SO(3)/SE(3) exp/log, quaternions, pose interpolation
-and scene normalisation.
+"""SO(3) / SE(3) in torch: exp/log maps, composition, inversion and (w, x, y, z) quaternions.
 
-Torch functions are batched over leading dims and differentiable; the exp/log maps switch to Taylor expansions near
-zero angle so gradients stay finite at the identity (pose refinement starts there). Quaternions are (w, x, y, z).
+Batched over leading dims and differentiable; the exp/log maps switch to Taylor expansions near zero angle so
+gradients stay finite at the identity (pose refinement starts there). Poses are [..., 3, 4] (4x4 accepted where the
+last row is ignored). The numpy 4x4 helpers for bookkeeping (ROS, odometry, trajectories) are in
+:mod:`nerf_mapping.geometry.rigid`.
 """
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
 import torch
 from torch import Tensor
 
 _SMALL = 1e-4  # squared-angle threshold below which the Taylor branches are used (float32-safe)
-
-
-# ====================================================================== axis conventions
-def opencv_to_opengl(c2w):
-    """Convert a camera-to-world pose between OpenCV camera axes (x right, y down, z forward; ROS optical frames)
-    and OpenGL axes (x right, y up, z back) by negating the y and z rotation columns.
-
-    c2w: [..., 3, 4] or [..., 4, 4] (or [..., 3, 3]) numpy array or torch tensor. The map is an involution, so the
-    same function converts back (``opengl_to_opencv`` is an alias). Returns a new array of the same type.
-    """
-    out = c2w.clone() if isinstance(c2w, Tensor) else np.array(c2w, copy=True)
-    out[..., :3, 1] = -out[..., :3, 1]
-    out[..., :3, 2] = -out[..., :3, 2]
-    return out
-
-
-opengl_to_opencv = opencv_to_opengl
-
-
-def is_rigid(R, tol: float = 1e-3) -> bool:
-    """True if every rotation in ``R`` ([...,3,3] numpy or torch; extra columns ignored) is orthonormal with det +1
-    and finite, to within ``tol`` (max abs error of R^T R - I and det - 1)."""
-    r = R.detach().cpu().double().numpy() if isinstance(R, Tensor) else np.asarray(R, dtype=np.float64)
-    r = r[..., :3, :3]
-    if not np.all(np.isfinite(r)):
-        return False
-    eye = np.eye(3)
-    ortho = np.abs(np.swapaxes(r, -1, -2) @ r - eye).max(initial=0.0)
-    det = np.abs(np.linalg.det(r) - 1.0).max(initial=0.0) if r.size else 0.0
-    return bool(ortho <= tol and det <= tol)
-
-
-def rigidity_error(R) -> tuple[float, float]:
-    """(max |R^T R - I|, min det) over a batch of 3x3 numpy matrices: used for precise error messages."""
-    r = np.asarray(R, dtype=np.float64)[..., :3, :3]
-    ortho = float(np.abs(np.swapaxes(r, -1, -2) @ r - np.eye(3)).max(initial=0.0))
-    det = float(np.linalg.det(r).min(initial=np.inf)) if r.size else 1.0
-    return ortho, det
 
 
 # ====================================================================== SO(3) / SE(3)
@@ -203,90 +163,3 @@ def rotmat_to_quat(R: Tensor) -> Tensor:
     q = torch.gather(cands, -2, best[..., None, None].expand(*best.shape, 1, 4)).squeeze(-2)
     q = q / torch.linalg.vector_norm(q, dim=-1, keepdim=True)
     return torch.where(q[..., :1] < 0, -q, q)
-
-
-# ====================================================================== pose interpolation (numpy)
-def _np_rotmat_to_quat(R: np.ndarray) -> np.ndarray:
-    return rotmat_to_quat(torch.as_tensor(np.asarray(R, dtype=np.float64))).numpy()
-
-
-def _np_quat_to_rotmat(q: np.ndarray) -> np.ndarray:
-    return quat_to_rotmat(torch.as_tensor(np.asarray(q, dtype=np.float64))).numpy()
-
-
-def slerp(q0: np.ndarray, q1: np.ndarray, alpha: float) -> np.ndarray:
-    """Spherical linear interpolation of unit quaternions (wxyz, numpy [4]) along the shortest arc."""
-    q0 = np.asarray(q0, dtype=np.float64)
-    q1 = np.asarray(q1, dtype=np.float64)
-    dot = float(np.dot(q0, q1))
-    if dot < 0.0:  # q and -q are the same rotation: take the short way round
-        q1, dot = -q1, -dot
-    if dot > 0.9995:  # nearly parallel: lerp is accurate and avoids dividing by sin(~0)
-        q = q0 + alpha * (q1 - q0)
-        return q / np.linalg.norm(q)
-    omega = math.acos(min(dot, 1.0))
-    so = math.sin(omega)
-    return (math.sin((1.0 - alpha) * omega) * q0 + math.sin(alpha * omega) * q1) / so
-
-
-def interpolate_se3(T0, T1, alpha: float) -> np.ndarray:
-    """Interpolate two rigid poses (numpy [3,4] or [4,4]): slerp on rotation, lerp on translation.
-
-    alpha = 0 -> T0, 1 -> T1 (values outside [0, 1] extrapolate). Returns float64 with T0's shape.
-    """
-    T0 = np.asarray(T0, dtype=np.float64)
-    T1 = np.asarray(T1, dtype=np.float64)
-    q = slerp(_np_rotmat_to_quat(T0[:3, :3]), _np_rotmat_to_quat(T1[:3, :3]), float(alpha))
-    out = np.array(T0, copy=True)
-    out[:3, :3] = _np_quat_to_rotmat(q)
-    out[:3, 3] = (1.0 - alpha) * T0[:3, 3] + alpha * T1[:3, 3]
-    return out
-
-
-# ====================================================================== scene normalisation
-def focus_point(c2w, cond_max: float = 1e4) -> np.ndarray:
-    """Least-squares point nearest to all camera optical axes (OpenGL: axis = -Z column through the centre).
-
-    c2w: [N, 3, 4] numpy/torch. Returns a float64 [3] point. Minimises sum_i |(I - d_i d_i^T)(p - o_i)|^2; falls back
-    to the mean camera centre when the system is ill-conditioned (e.g. parallel axes of a forward-facing capture,
-    or a single camera).
-    """
-    c = c2w.detach().cpu().double().numpy() if isinstance(c2w, Tensor) else np.asarray(c2w, dtype=np.float64)
-    o = c[:, :3, 3]
-    d = -c[:, :3, 2]
-    d = d / np.linalg.norm(d, axis=-1, keepdims=True)
-    proj = np.eye(3)[None] - d[:, :, None] * d[:, None, :]  # [N,3,3] projectors orthogonal to each axis
-    A = proj.sum(0)
-    b = (proj @ o[:, :, None]).sum(0)[:, 0]
-    if len(c) < 2 or not np.all(np.isfinite(A)) or np.linalg.cond(A) > cond_max:
-        return o.mean(0)
-    return np.linalg.solve(A, b)
-
-
-def normalize_poses(c2w, radius: float = 1.0) -> tuple[np.ndarray, float]:
-    """Similarity that centres the scene at :func:`focus_point` and scales the camera centres into ``radius``.
-
-    Returns (world_transform [3,4] float64 with x_scene = T @ [x, 1], scale). No rotation: the file's up axis is kept.
-    """
-    c = c2w.detach().cpu().double().numpy() if isinstance(c2w, Tensor) else np.asarray(c2w, dtype=np.float64)
-    p = focus_point(c)
-    dist = np.linalg.norm(c[:, :3, 3] - p, axis=-1)
-    far = float(dist.max()) if dist.size else 0.0
-    scale = radius / far if far > 1e-9 else 1.0
-    T = np.concatenate([np.eye(3) * scale, (-scale * p)[:, None]], 1)
-    return T, scale
-
-
-def transform_poses(world_transform, c2w):
-    """Apply a similarity ``world_transform`` [3,4] (rotation * uniform scale | t) to c2w poses [N,3,4].
-
-    The pose rotation gets only the rotation part (scale removed) so it stays orthonormal. numpy in, numpy out.
-    """
-    W = np.asarray(world_transform, dtype=np.float64)
-    c = np.asarray(c2w, dtype=np.float64)[:, :3, :4]
-    s = np.cbrt(np.linalg.det(W[:3, :3]))
-    Rw = W[:3, :3] / s
-    out = np.empty_like(c)
-    out[:, :3, :3] = Rw[None] @ c[:, :3, :3]
-    out[:, :3, 3] = c[:, :3, 3] @ W[:3, :3].T + W[:3, 3]
-    return out

@@ -21,7 +21,7 @@ Gauge: the photometric loss is invariant to moving every camera *and* the scene 
 corrections have a 6-dof null space. ``gauge="fix_first"`` keeps the first frame id (the map's anchor: the frame
 store never evicts it) at zero correction; ``gauge="mean"`` subtracts the mean parameter over all frames (a
 first-order constraint on the mean correction); ``gauge="none"`` leaves it free. Errors are reported after a Sim(3)
-alignment anyway (:mod:`nerf_mapping.training.pose_eval`), so the gauge only keeps the map from drifting.
+alignment anyway (:mod:`nerf_mapping.evaluation.poses`), so the gauge only keeps the map from drifting.
 
 Regulariser: ``reg_weight * mean ||p||^2`` over the ray batch's frames (a light pull towards the input poses), plus
 for ``quat`` a unit-norm penalty that keeps the quaternion's scale (and so its effective learning rate) fixed.
@@ -41,43 +41,26 @@ representation) get the step size of the best-conditioned direction instead of a
 Drift spline (``drift_knot_s > 0``, for time-stamped sequences: the online node). Odometry error is mostly a slow
 drift of the odometry frame (``odom = B(t) @ true``), not independent per-frame noise. Per-frame corrections learn it
 badly on a CPU budget: a step draws ~2 rays per keyframe, so each frame's pose gradient is mostly noise, Adam turns
-that noise into a random walk (demo scene, poses started at ground truth: 2.4 cm RMS after 300 steps at lr 2e-3),
-and one fixed frame cannot anchor a map that the other frames pull along with their common drift. So a world-frame
-correction ``L(t) = [exp(w(t)) | v(t)]`` (rotation about the map origin, then translation, like B^-1) is learned as
-a piecewise-linear spline of 6-vectors with a knot every ``drift_knot_s`` seconds of frame time, shared by all
-frames between two knots: each knot pools the rays of every keyframe in its interval (~20 at 10 keyframes/s and
-2 s), and the first knot (the first frame's time) is fixed, so the map is anchored by everything seen in the first
-interval. The knots are learned as increments (knot_k = sum of the first k increments), i.e. in the
-parametrisation of a random walk, which is what drift is: a loop-closure gradient on a late knot moves every
-increment before it by the same step, so the correction is spread linearly over the path (what a pose graph does)
-instead of bending only the frames that see the loop close (demo sequence, 400 steps: 8.5 -> 7.7 cm ATE with
-increments, 8.5 cm with independent knots). The refined pose of a frame with input pose A is ``L(t) @ A @ delta``:
-the per-frame correction keeps the frame-level residual (odometry jitter). Frames without a time get no drift term.
-The knots have their own learning rate (``drift_lr``, in radians and scene units per step) on the same schedule.
-Measured with the node's defaults (knot every 2 s, knot lr 2e-4, keyframe lr 1e-4) on the demo sequence, all 150
-frames given at once at their odometry poses: ATE 8.5 -> 7.1 cm after 600 steps (4.5 -> 4.2 cm after a rigid fit;
-last pose 11.5 -> 8.5 cm) and 5.2 cm after 1800 (2.9 cm fitted, last pose 3.8 cm), the error left mostly mid-loop
-(9 cm at 10-12 s of 15); poses started at the ground truth wander 1.2 cm in 600 steps and 0.7 cm in 1800. Higher knot
-lrs trade that floor for speed (600 steps, 5e-4 / 1e-3: 7.2 / 6.0 cm from odometry, 1.7 / 1.9 cm from the ground
-truth; 1e-3 for 1800 steps: 4.9 cm); knots every 1 s end at 7.0 cm (5.8 cm with lr 5e-4, but 2.3 cm from the
-ground truth and 5.3 cm after 1800 steps), every 4 s with lr 5e-4 at 7.0 cm, a 3x keyframe lr at 7.6 cm: the
-correction is limited by how fast the field sharpens on a CPU, not by these settings, so the defaults stay.
-Frames entering one at a time, as the node sees them (``nerf-mapping benchmark drift``: the node's trainer and
-defaults, frame i added before step 4 i + 1, 597 steps, one thread, ~100 s): 8.5 -> 5.9 / 4.2 / 4.7 cm (seeds
-0 / 1 / 2; after a rigid fit 4.5 -> 3.5 / 3.3 / 3.4 cm; last pose 11.5 -> 3.9 / 4.3 / 6.7 cm; a rerun of seed 0
-reproduced every digit), 4.4 cm (last pose 1.7) with 1200 more steps after the last frame; every frame at once
-(``--steps-per-frame 0 --extra-steps 600``): 7.0 cm, last pose 8.8. Early in the run the refined path is worse
-than the odometry (step 200, 50 frames: 2.5 -> 3.5-3.9 cm) while the rough map pulls the poses; a 300-step pose
-warm-up (``--set pose.warmup_steps=300``, against 50) cuts that excess from 1.0-1.4 to 0.2-0.4 cm but ends mixed
-(seeds 0 / 1: 5.5 / 4.6 cm against 5.9 / 4.2, last pose 6.3 / 5.5 against 3.9 / 4.3), so the default stays. So do
-the learning rates: knot lr 1e-4 / 5e-4 / 1e-3 (against 2e-4, seed 0) ends at 6.7 / 7.5 / 12.9 cm, a keyframe lr of
-3e-5 (against 1e-4) at 5.5 / 4.3 / 5.1 cm over seeds 0 / 1 / 2 (mean 4.97 against 4.96 cm). Measured with an earlier harness (the trainer's default
-65k samples per step, its field lr decaying over the run; 8.5 -> 6.0 / 4.6 cm, seeds 0 / 1): holding the poses
-longer (``start_steps`` 200 / 300 against 100) ends worse, 6.4 / 7.8 cm; frame-to-model tracking, i.e. optimising each
-new keyframe's correction against the frozen field before it is trained (10 iterations of 512 rays, lr 3e-4
-decaying 10x, from step 300), ends at 5.6 / 4.3 cm but spends 165-185 s on tracking beside 100-155 s of mapping;
-the same time spent on mapping (1540 steps, seed 0) gives 4.6 cm, and tracking from step 100 with larger steps
-pulls frames off (20 iterations of 256 rays, lr 1e-3 / 1e-2: 6.8 / 18.5 cm), so the node does not track.
+that noise into a random walk (even from the ground truth, docs/results/drift.md), and one fixed frame cannot anchor
+a map that the other frames pull along with their common drift. So a world-frame correction
+``L(t) = [exp(w(t)) | v(t)]`` (rotation about the map origin, then translation, like B^-1) is learned as a
+piecewise-linear spline of 6-vectors with a knot every ``drift_knot_s`` seconds of frame time, shared by all frames
+between two knots: each knot pools the rays of every keyframe in its interval (~20 at 10 keyframes/s and 2 s), and
+the first knot (the first frame's time) is fixed, so the map is anchored by everything seen in the first interval.
+The knots are learned as increments (knot_k = sum of the first k increments), i.e. in the parametrisation of a random
+walk, which is what drift is: a loop-closure gradient on a late knot moves every increment before it by the same
+step, so the correction is spread linearly over the path (what a pose graph does) instead of bending only the frames
+that see the loop close (independent knots did not lower the ATE at all: docs/results/drift.md). The refined pose of
+a frame with input pose A is ``L(t) @ A @ delta``: the per-frame correction keeps the frame-level residual (odometry
+jitter). Frames without a time get no drift term. The knots have their own learning rate (``drift_lr``, in radians
+and scene units per step) on the same schedule.
+The node's settings (a knot every 2 s, knot lr 2e-4, keyframe lr 1e-4, the default warm-up and start delay) stay.
+On the demo sequence, other knot learning rates ended worse with frames entering one by one; higher ones also trade
+the floor reached from the ground truth for speed. Other knot spacings did no better, a lower keyframe lr gave the
+same mean, a longer warm-up mixed results and a longer start delay worse ones. The correction is limited by how fast
+the field sharpens on a CPU, not by these settings. The node does not track new keyframes against the frozen field
+before training them (frame-to-model tracking): the same time spent on mapping gave a lower ATE. Figures:
+docs/results/drift.md (``nerf-mapping benchmark drift``).
 
 Schedule: the pose parameters have their own Adam optimizer; the poses stay put for ``start_steps`` (the field must
 first be more than noise), then the learning rate warms up linearly over ``warmup_steps`` and then decays
@@ -107,6 +90,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from nerf_mapping.training.extension import StepContext, TrainerExtension
+
 from nerf_mapping.geometry import (compose, invert_rigid, quat_to_rotmat, rotmat_to_quat, se3_exp, se3_log, so3_exp,
                                    so3_log)
 
@@ -126,8 +111,8 @@ class PoseCorrectionConfig:
     """Learning rate at the end of the run (exponential decay over trainer.progress)."""
     start_steps: int = 100
     """Steps before the poses start moving (lr 0). The pose gradients of a still-random field are not just noisy but
-    biased: on DTU's linear-init cameras, poses moving from step 0 went 1.66 -> 4.1 deg in 50 steps and never came
-    back (-> 1.72 deg with a 100-step delay, 400 steps)."""
+    biased: on DTU's linear-init cameras, poses moving from step 0 diverged and never came back
+    (docs/results/poses.md)."""
     warmup_steps: int = 50
     """Linear warm-up of the pose lr after ``start_steps`` (the field is still rough at first)."""
     betas: tuple[float, float] = (0.9, 0.999)
@@ -152,9 +137,8 @@ class PoseCorrectionConfig:
     """Initial learning rate of the drift-spline knots (radians / scene units per step; same schedule as ``lr``)."""
     precondition_max_gain: float = 5.0
     """Cap on the ratio of the largest to the smallest step gain of the preconditioner (0 = no cap). Uncapped, the
-    near-ambiguous yaw+sideways-translation direction gets ~20x the step of a plain rotation, which lets the still
-    random field of the first steps throw poses off (lego, 3 deg noise: 3.0 -> 4.9 deg after 125 steps uncapped,
-    -> 2.1 deg with a cap of 5)."""
+    near-ambiguous yaw+sideways-translation direction gets a far larger step than a plain rotation, which lets the
+    still random field of the first steps throw poses off (docs/results/poses.md)."""
 
 
 def _rot6d_to_rotmat(d6: torch.Tensor) -> torch.Tensor:
@@ -284,7 +268,13 @@ def drift_knot_transforms(knots: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return torch.cat([so3_exp(p[:, :3]), p[:, 3:6, None]], dim=-1)
 
 
-class PoseCorrection(nn.Module):
+class PoseCorrection(TrainerExtension):
+    """Per-frame corrections (and the drift spline) as a trainer extension: they grow with the frame store, get their
+    preconditioner and spline registration on first sight, follow their own schedule and correct the ray batch's
+    camera poses."""
+
+    name = "pose"
+
     def __init__(self, cfg: PoseCorrectionConfig, num_frames: int = 0):
         super().__init__()
         if cfg.mode not in MODES:
@@ -474,15 +464,14 @@ class PoseCorrection(nn.Module):
             return 1.0 if progress >= e else 0.0
         return min(max((progress - s) / (e - s), 0.0), 1.0)
 
-    def on_step(self, trainer) -> None:
-        """Called by the trainer before every step: pose lr schedule and coarse-to-fine level weights."""
-        opt = getattr(trainer, "pose_optimizer", None)
-        if opt is not None:
-            lr = self.lr_at(trainer.step_count, trainer.progress)
-            for g in opt.param_groups:
+    def before_step(self, ctx: StepContext) -> None:
+        """Pose lr schedule and coarse-to-fine level weights of the field's hash encoding."""
+        if self.optimizer is not None:
+            lr = self.lr_at(ctx.step, ctx.progress)
+            for g in self.optimizer.param_groups:
                 g["lr"] = lr * g.get("lr_ratio", 1.0)
-        alpha = self.c2f_alpha(trainer.progress)
-        enc = trainer.field.encoding
+        alpha = self.c2f_alpha(ctx.progress)
+        enc = ctx.field.encoding
         if alpha is None:
             return
         if alpha >= 1.0:
@@ -492,6 +481,29 @@ class PoseCorrection(nn.Module):
             return
         enc.set_level_weights(c2f_level_weights(alpha, enc.cfg.n_levels, self.cfg.c2f_base_levels))
         self._c2f_active = True
+
+    # -- trainer hooks --------------------------------------------------------------------------------------------
+    def sync(self, frames, scene) -> None:
+        """New frames: grow, then give each frame seen for the first time its preconditioner and spline registration
+        (a frame evicted before it was ever trained gets neither)."""
+        rebuild = self.ensure_size(frames.num_ids)
+        pending = self.pending_frames()
+        if pending:
+            live = set(frames.frame_ids())
+            for fid in pending:
+                cam = frames.camera(fid) if fid in live else None
+                rebuild |= self.init_frame(fid, cam, frames.stamp(fid), scene.scene_box, scene.near, scene.far)
+        if rebuild:  # a pose parameter was replaced: rebuild its optimizer, keeping nothing stale
+            self.rebuild_optimizer()
+
+    def transform_c2w(self, c2w: torch.Tensor, frame_ids: torch.Tensor) -> torch.Tensor:
+        return self(c2w, frame_ids)
+
+    def loss(self, frame_ids: torch.Tensor, out: dict) -> torch.Tensor | None:
+        return self.regularizer(frame_ids) if self.enabled else None
+
+    def prepare_load(self, state: dict) -> None:
+        self.ensure_size(state["params"].shape[0])
 
     # -- corrections ----------------------------------------------------------------------------------------------
     def effective_params(self) -> torch.Tensor:

@@ -1,0 +1,666 @@
+"""The online mapper: camera images and odometry in; keyframes, a trained map, refined poses and the odometry drift
+out. No ROS here: the node (:mod:`nerf_mapping.ros.mapper_node`) converts messages and calls this object, and so do
+``benchmark drift`` and the unit tests, which therefore exercise exactly what the node runs.
+
+Data flow::
+
+    submit_image(stamp, frame, payload, decoder) --queue--> keyframe worker: odometry at the image stamp (SE(3)
+        interpolation, :mod:`.sync`) @ base->camera extrinsic (/tf_static tree or the configured one), keyframe
+        policy (:mod:`.keyframes`), downscale, insert into the trainer's frame store at the drift-corrected pose
+    add_odometry(stamp, frame, T_odom_base) -> odometry buffer
+    training thread: trainer.step() while keyframes exist (the one training loop of the project), the periodic
+        render of the newest keyframe between steps
+    pose_state() / drift_estimate() -> odometry path, refined path, T_map_odom (from the pose corrections)
+    render_view(), status(), save(), load()
+
+Threads: ``submit_image`` only enqueues (the caller's thread, e.g. a DDS callback, never decodes); the keyframe
+worker decodes, synchronises and inserts; the training thread steps. ``_state_lock`` guards swapping the trainer
+(``load``) and the keyframe bookkeeping; the trainer's own lock guards its parameters against concurrent renders.
+Every bad input is counted (``counts``, by reason) and dropped, never fatal.
+
+Drift: odometry drifts, so the map frame (the model's world) and the odometry frame differ by ``T_map_odom``. With
+the drift spline (``training.drift_knot_s > 0``, the default) a keyframe enters at its raw odometry pose and the
+spline learns the drift; otherwise it enters at ``T_map_odom_est @ T_odom_cam`` (the latest estimate applied) and the
+per-keyframe corrections learn the rest. Either way each keyframe's refined pose implies a ``T_map_odom``
+(:mod:`nerf_mapping.pose.drift`), and the newest keyframe's is the current estimate.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from nerf_mapping.cameras import Cameras
+from nerf_mapping.config.presets import online_config, online_scene
+from nerf_mapping.geometry import model_c2w_to_optical_pose, optical_pose_to_model_c2w
+from nerf_mapping.geometry.rigid import make_pose, matrix_from_quat_xyzw
+from nerf_mapping.mapping import map_io
+from nerf_mapping.mapping.keyframes import (Keyframe, KeyframeConfig, KeyframeSelector, downscale_factor,
+                                            downscale_image)
+from nerf_mapping.mapping.sync import AFTER_BUFFER, EMPTY, OdometryBuffer
+from nerf_mapping.pose import drift
+from nerf_mapping.pose.correction import apply_deltas
+from nerf_mapping.training.frame_store import FrameStore
+from nerf_mapping.training.trainer import Trainer
+
+RENDER_CHUNK = 1024  # rays per render chunk: bounds the peak memory of renders (samples x hidden width)
+HISTORY = 20000  # keyframes kept for the odometry / refined paths (evicted keyframes stay on the path)
+
+
+@dataclass
+class SyncConfig:
+    """Image <-> odometry synchronisation."""
+
+    buffer_s: float = 10.0
+    """Odometry history kept for interpolation (s)."""
+    max_gap_s: float = 0.25
+    """Largest gap between the two odometry samples bracketing an image (s)."""
+    tolerance_s: float = 0.02
+    """An image this close outside the buffer snaps to the end sample (s)."""
+    wait_s: float = 1.0
+    """How long an image waits for odometry newer than its stamp (or for its CameraInfo) before it is dropped (s)."""
+    queue_size: int = 64
+    """Images waiting for odometry / keyframe selection (the oldest is dropped beyond)."""
+
+
+@dataclass
+class OnlineTrainingConfig:
+    """The background optimisation (see :func:`nerf_mapping.config.presets.online_config` for the trainer)."""
+
+    enabled: bool = True
+    """Run the training thread (off: the mapper only collects keyframes)."""
+    target_samples_per_step: int = 1 << 15
+    """Samples per optimisation step (rays adapt)."""
+    threads: int = 0
+    """torch intra-op threads (0: torch's default)."""
+    max_steps: int = 0
+    """Stop training after this many steps (0: unlimited)."""
+    time_budget_s: float = 0.0
+    """Stop training after this many seconds (0: unlimited, no learning-rate decay)."""
+    pose_refinement: str = "so3xr3"
+    """Joint pose refinement: off | so3xr3 | se3 | quat | 6d."""
+    pose_lr: float = 1e-4
+    """Per-keyframe pose-correction learning rate (each keyframe gets ~2 rays a step: keep it small)."""
+    drift_knot_s: float = 2.0
+    """Odometry drift spline: one world-frame knot every this many seconds of keyframe time (0: per-keyframe
+    corrections only)."""
+    drift_lr: float = 2e-4
+    """Learning rate of the drift-spline knots (rad and m per step)."""
+    seed: int = 0
+    overrides: tuple[str, ...] = ()
+    """Extra trainer-config overrides ``dotted.key=value``."""
+
+
+@dataclass
+class MapperConfig:
+    scene_box: tuple[float, ...] = (-3.0, -2.5, -0.2, 3.0, 2.5, 3.0)
+    """[xmin, ymin, zmin, xmax, ymax, zmax] in the map frame."""
+    unbounded: bool = False
+    """Contract space outside ``scene_box`` (outdoor / unknown extent)."""
+    near: float = 0.05
+    """Ray near bound (m)."""
+    far: float = 0.0
+    """Ray far bound (m); 0 = the scene box diagonal."""
+    odom_frame: str = "odom"
+    """Frame of the odometry poses (others are dropped)."""
+    base_frame: str = "base_link"
+    """Body frame the odometry pose refers to."""
+    camera_frame: str = ""
+    """Camera optical frame ('' = the image's frame)."""
+    use_tf_static: bool = True
+    """Take the base->camera extrinsic from static transforms when they arrive."""
+    tf_wait_s: float = 1.0
+    """Seconds after the first image to wait for static transforms before using ``extrinsic_base_camera``."""
+    extrinsic_base_camera: tuple[float, ...] = (0.0, 0.0, 0.0, -0.5, 0.5, -0.5, 0.5)
+    """base->camera optical [x, y, z, qx, qy, qz, qw] when static transforms are unavailable (default: the optical
+    axes looking along base +x)."""
+    render_period_s: float = 3.0
+    """Periodic render of the newest keyframe (s); stretched so renders take <= 25 % of training. 0 = off."""
+    render_width: int = 80
+    """Width of the periodic render (pixels)."""
+    keyframe: KeyframeConfig = field(default_factory=KeyframeConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
+    training: OnlineTrainingConfig = field(default_factory=OnlineTrainingConfig)
+
+
+def extrinsic_matrix(v) -> np.ndarray:
+    """[x, y, z, qx, qy, qz, qw] -> 4x4 (ValueError unless 7 finite numbers with a unit quaternion)."""
+    v = [float(x) for x in v]
+    if len(v) != 7 or not all(math.isfinite(x) for x in v):
+        raise ValueError("extrinsic_base_camera must be 7 finite numbers [x, y, z, qx, qy, qz, qw]")
+    q = np.array(v[3:])
+    if abs(float(np.linalg.norm(q)) - 1.0) > 1e-2:
+        raise ValueError("extrinsic_base_camera: the quaternion is not unit")
+    return make_pose(matrix_from_quat_xyzw(q), v[:3])
+
+
+class OnlineMapper:
+    def __init__(self, cfg: MapperConfig | None = None, logger: logging.Logger | None = None,
+                 on_render: Callable[[np.ndarray, int], None] | None = None):
+        """``on_render(rgb uint8 [H,W,3], stamp_ns)`` receives the periodic render (from the training thread)."""
+        self.cfg = cfg = cfg or MapperConfig()
+        self.log = logger or logging.getLogger("nerf_mapping.mapper")
+        self.on_render = on_render
+        kc = cfg.keyframe
+        if kc.capacity < 2:
+            raise ValueError("keyframe.capacity must be >= 2")
+        t = cfg.training
+        if t.threads > 0:
+            torch.set_num_threads(t.threads)
+        self.scene = online_scene(cfg.scene_box, cfg.unbounded, cfg.near, cfg.far)
+        self.trainer_cfg = online_config(
+            self.scene, pose_mode=pose_mode(t.pose_refinement), pose_lr=t.pose_lr, drift_knot_s=t.drift_knot_s,
+            drift_lr=t.drift_lr, target_samples_per_step=t.target_samples_per_step, seed=t.seed,
+            overrides=[o for o in t.overrides if str(o).strip()])
+        self.trainer = Trainer(self.trainer_cfg, self.scene, FrameStore(capacity=kc.capacity, seed=t.seed))
+        self.selector = KeyframeSelector(kc)
+        self.odom = OdometryBuffer(cfg.sync.buffer_s, cfg.sync.max_gap_s, cfg.sync.tolerance_s)
+        self.intrinsics: dict | None = None
+        self.camera_frame = cfg.camera_frame
+        self.T_base_cam_cfg = extrinsic_matrix(cfg.extrinsic_base_camera)
+        self.T_base_cam_tf: np.ndarray | None = None
+        self._static_edges: dict[str, tuple[str, np.ndarray]] = {}  # child -> (parent, T_parent_child)
+        # input bookkeeping
+        self.counts: Counter = Counter()  # per-reason counters (the node publishes them)
+        self._counts_lock = threading.Lock()
+        self._last_warn: dict[str, float] = {}
+        self.images_received = 0
+        self.images_dropped = 0
+        self._last_image_ns: int | None = None
+        self._t_first_image: float | None = None
+        self._fallback_logged = False
+        self.latest_odom_ns = 0
+        self._last_odom_wall = 0.0
+        self._queue: deque = deque()
+        self._queue_cv = threading.Condition()
+        # keyframes: live frame id -> Keyframe; every keyframe ever taken (frame id, Keyframe) for the paths
+        self._state_lock = threading.RLock()
+        self.kf_info: dict[int, Keyframe] = {}
+        self.kf_history: deque = deque(maxlen=HISTORY)
+        self._latest_kf: int | None = None
+        # (trainer, [F,3,4] camera-frame corrections) refreshed after every step, so readers never touch the pose
+        # parameters while the trainer updates or grows them
+        self._pose_snap: tuple | None = None
+        # training thread
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.training_active = False
+        self._train_t0: float | None = None
+        self._rays_accum, self._rays_t, self._rays_per_second = 0.0, time.monotonic(), 0.0
+        self._next_render = 0.0
+
+    # ------------------------------------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Start the keyframe worker and (when enabled) the training thread."""
+        self._threads = [threading.Thread(target=self._keyframe_loop, name="nerf_mapper_keyframes", daemon=True)]
+        if self.cfg.training.enabled:
+            self._threads.append(threading.Thread(target=self._training_loop, name="nerf_mapper_training",
+                                                  daemon=True))
+        for th in self._threads:
+            th.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        with self._queue_cv:
+            self._queue_cv.notify_all()
+        for th in self._threads:
+            if th.is_alive():
+                th.join(timeout=timeout)
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    # ------------------------------------------------------------------------------------------------ counters
+    def count(self, reason: str, warning: str | None = None, image: bool = False) -> None:
+        """Count an input event by ``reason``; log ``warning`` (throttled per reason) when given."""
+        with self._counts_lock:
+            self.counts[reason] += 1
+            if image:
+                self.images_dropped += 1
+        if warning:
+            self._warn(reason, warning)
+
+    def drop_image(self, reason: str, detail: str = "") -> None:
+        self.count("image_" + reason, f"image dropped ({reason})" + (f": {detail}" if detail else ""), image=True)
+
+    def reject_image(self, reason: str, detail: str = "") -> None:
+        """An image message that failed validation before it could be queued."""
+        self.images_received += 1
+        self.drop_image(reason, detail)
+
+    def _warn(self, key: str, text: str, period: float = 5.0) -> None:
+        now = time.monotonic()  # throttled per reason: a per-call-site throttle would hide distinct reasons
+        if now - self._last_warn.get(key, -1e9) >= period:
+            self._last_warn[key] = now
+            self.log.warning(text)
+
+    # ------------------------------------------------------------------------------------------------ inputs
+    def submit_image(self, stamp_ns: int, frame_id: str, payload, decoder: Callable[[object], np.ndarray]) -> bool:
+        """Queue an image (``decoder(payload)`` -> uint8 [H,W,3], called on the worker thread). Images whose stamp is
+        not newer than the previous one are dropped. Returns whether it was queued."""
+        self.images_received += 1
+        if self._last_image_ns is not None and stamp_ns <= self._last_image_ns:
+            self.drop_image("stamp_backwards", f"stamp {stamp_ns} <= previous {self._last_image_ns}")
+            return False
+        self._last_image_ns = stamp_ns
+        if self._t_first_image is None:
+            self._t_first_image = time.monotonic()
+        with self._queue_cv:
+            if len(self._queue) >= self.cfg.sync.queue_size:
+                self._queue.popleft()
+                self.drop_image("queue_full")
+            self._queue.append((stamp_ns, frame_id, payload, decoder, time.monotonic()))
+            self._queue_cv.notify()
+        return True
+
+    @property
+    def queue_length(self) -> int:
+        return len(self._queue)
+
+    def set_intrinsics(self, intr: dict, frame_id: str = "") -> None:
+        """Camera intrinsics (``fx fy cx cy width height distortion model``); the first ones are kept."""
+        if self.intrinsics is not None:
+            return
+        self.intrinsics = intr
+        self.log.info(f"camera: {intr['model']} {intr['width']}x{intr['height']} fx={intr['fx']:.1f}")
+        if not self.camera_frame and frame_id:
+            self.camera_frame = frame_id
+            self._resolve_extrinsic()
+
+    def add_odometry(self, stamp_ns: int, frame_id: str, T_odom_base: np.ndarray) -> bool:
+        """An odometry pose of the base in the odometry frame; dropped (and counted) in another frame or when its
+        stamp goes backwards."""
+        if frame_id and frame_id != self.cfg.odom_frame:
+            self.count("odom_wrong_frame", f"odometry in frame {frame_id!r}, expected {self.cfg.odom_frame!r}: dropped")
+            return False
+        if not self.odom.add(stamp_ns, T_odom_base):
+            self.count("odom_stamp_backwards", "odometry stamp went backwards: dropped")
+            return False
+        self.count("odom_received")
+        self.latest_odom_ns = stamp_ns
+        self._last_odom_wall = time.monotonic()
+        return True
+
+    def add_static_transform(self, parent: str, child: str, T_parent_child: np.ndarray) -> None:
+        """An edge of the static transform tree (base -> ... -> camera is resolved from these)."""
+        self._static_edges[child] = (parent, np.asarray(T_parent_child, dtype=np.float64))
+        self._resolve_extrinsic()
+
+    def _resolve_extrinsic(self) -> None:
+        cam = self.camera_frame
+        if not cam:
+            return
+        T = np.eye(4)
+        frame, seen = cam, set()
+        while frame != self.cfg.base_frame:
+            if frame in seen or frame not in self._static_edges:
+                return  # incomplete (or cyclic) tree: wait for more edges
+            seen.add(frame)
+            parent, T_pc = self._static_edges[frame]
+            T = T_pc @ T
+            frame = parent
+        if self.T_base_cam_tf is None:
+            self.log.info(f"extrinsic {self.cfg.base_frame}->{cam} from /tf_static: t={T[:3, 3].round(3).tolist()}")
+        self.T_base_cam_tf = T
+
+    def camera_extrinsic(self) -> np.ndarray | None:
+        """base->camera optical: from the static transforms when known, else (``tf_wait_s`` after the first image)
+        the configured one; None while still waiting."""
+        if self.T_base_cam_tf is not None:
+            return self.T_base_cam_tf
+        if self.cfg.use_tf_static:
+            t_first = self._t_first_image
+            if t_first is None or time.monotonic() - t_first < self.cfg.tf_wait_s:
+                return None
+            if not self._fallback_logged:
+                self._fallback_logged = True
+                self.log.warning(f"no {self.cfg.base_frame}->{self.camera_frame or 'camera'} static transform: "
+                                 "using the configured extrinsic_base_camera")
+        return self.T_base_cam_cfg
+
+    # ------------------------------------------------------------------------------------------------ keyframes
+    def _keyframe_loop(self) -> None:
+        while not self._stop.is_set():
+            with self._queue_cv:
+                if not self._queue:
+                    self._queue_cv.wait(0.05)
+                items = list(self._queue)
+            if not items:
+                continue
+            for item in items:
+                if self._stop.is_set():
+                    return
+                if not self.process_image(*item):
+                    break  # waiting for odometry: later images wait too (time order)
+                with self._queue_cv:
+                    if self._queue and self._queue[0] is item:
+                        self._queue.popleft()
+            else:
+                continue
+            time.sleep(0.01)
+
+    def process_image(self, stamp_ns, frame_id, payload, decoder, t_enq) -> bool:
+        """One queued image: False when it must wait (odometry not yet past its stamp, camera info or extrinsic not
+        yet known), True when it was handled (taken as a keyframe, rejected by the policy, or dropped)."""
+        wait_s = self.cfg.sync.wait_s
+        try:
+            if self.intrinsics is None:
+                if time.monotonic() - t_enq < wait_s:
+                    return False  # its CameraInfo (same stamp) may simply come right after the image
+                self.drop_image("no_camera_info")
+                return True
+            if not self.camera_frame and frame_id:
+                self.camera_frame = frame_id
+                self._resolve_extrinsic()
+            T_base_cam = self.camera_extrinsic()
+            if T_base_cam is None:
+                return False  # waiting (at most tf_wait_s after the first image) for the static transforms
+            T_odom_base, reason = self.odom.pose_at(stamp_ns, count=False)
+            if T_odom_base is None:
+                # Odometry not yet past the image: wait while odometry is still flowing (a busy executor may deliver
+                # it late), but give up wait_s after both the image and the newest odometry arrived.
+                waited = time.monotonic() - max(t_enq, self._last_odom_wall)
+                if reason in (AFTER_BUFFER, EMPTY) and waited < wait_s:
+                    return False
+                self.odom.counts[reason] += 1
+                self.drop_image("no_pose_" + reason)
+                return True
+            image = decoder(payload)
+            intr = self.intrinsics
+            if image.shape[1] != intr["width"] or image.shape[0] != intr["height"]:
+                self.drop_image("size_mismatch", f"{image.shape[1]}x{image.shape[0]} != camera_info "
+                                                 f"{intr['width']}x{intr['height']}")
+                return True
+            T_odom_cam = T_odom_base @ T_base_cam
+            ok, why = self.selector.consider(image, T_odom_cam, stamp_ns)
+            self.count("keyframe_" + why)
+            if ok:
+                self.add_keyframe(image, T_odom_cam, T_odom_base, stamp_ns)
+        except ValueError as exc:
+            self.drop_image("invalid", str(exc))
+        except Exception as exc:  # noqa: BLE001 - never let the worker die
+            self.drop_image("error", repr(exc))
+        return True
+
+    def _camera(self, c2w_gl: np.ndarray, factor: float, camera: Cameras | None = None) -> Cameras:
+        if camera is not None:  # intrinsics given with the frame
+            cam = Cameras.create(c2w_gl, camera.fx[0], camera.fy[0], camera.cx[0], camera.cy[0],
+                                 int(camera.width[0]), int(camera.height[0]), camera.distortion[0],
+                                 int(camera.model[0]))
+        else:
+            it = self.intrinsics
+            cam = Cameras.create(c2w_gl, it["fx"], it["fy"], it["cx"], it["cy"], it["width"], it["height"],
+                                 it["distortion"], it["model"])
+        return cam if factor == 1.0 else cam.scaled(factor)
+
+    def add_keyframe(self, image: np.ndarray, T_odom_cam: np.ndarray, T_odom_base: np.ndarray, stamp_ns: int,
+                     camera: Cameras | None = None) -> int:
+        """Insert a keyframe (uint8 [H,W,3], raw odometry camera and body poses, stamp), bypassing the keyframe
+        policy; ``camera`` gives its intrinsics (default: the camera info). With the drift spline it enters at its
+        raw odometry pose (the spline's extrapolation is the drift estimate, applying it here as well would count
+        it twice), else at the odometry pose corrected by the current drift estimate. Returns its frame id."""
+        k = downscale_factor(image.shape[1], self.cfg.keyframe.max_width)
+        small = downscale_image(image, k)
+        with self._state_lock:
+            tr = self.trainer
+            T_map_odom = np.eye(4) if tr.pose.drift_enabled else self._drift_estimate(tr)
+            cam = self._camera(optical_pose_to_model_c2w(drift.apply_drift(T_map_odom, T_odom_cam)), 1.0 / k, camera)
+            cam.width[:] = small.shape[1]  # exact sizes after the integer crop
+            cam.height[:] = small.shape[0]
+            # no trainer lock: a step samples before it sizes the pose parameters, so a frame added meanwhile is
+            # sized but not trained until the next step (Trainer.step)
+            fid = tr.frames.add(torch.from_numpy(np.ascontiguousarray(small)), cam, stamp=stamp_ns * 1e-9)
+            live = set(tr.frames.frame_ids())
+            kf = Keyframe(int(stamp_ns), np.asarray(T_odom_base, dtype=np.float64),
+                          np.asarray(T_odom_cam, dtype=np.float64), T_map_odom)
+            self.kf_info = {i: v for i, v in self.kf_info.items() if i in live}
+            self.kf_info[fid] = kf
+            self.kf_history.append((fid, kf))
+            self._latest_kf = fid
+        return fid
+
+    # ------------------------------------------------------------------------------------------------ training
+    def step(self) -> dict:
+        """One training step (the caller's thread), then the pose snapshot that readers use."""
+        tr = self.trainer
+        st = tr.step()
+        self._rays_accum += st["n_rays"]
+        if tr.pose.enabled:
+            self._snapshot_pose(tr)
+        return st
+
+    def _training_loop(self) -> None:
+        t = self.cfg.training
+        while not self._stop.is_set():
+            tr = self.trainer
+            if len(tr.frames) == 0 or (t.max_steps and tr.step_count >= t.max_steps):
+                self.training_active = False
+                time.sleep(0.05)
+                continue
+            if self._train_t0 is None:
+                self._train_t0 = time.monotonic()
+            el = time.monotonic() - self._train_t0
+            if t.time_budget_s > 0:
+                tr.progress = min(el / t.time_budget_s, 1.0)
+                if el >= t.time_budget_s:
+                    self.training_active = False
+                    time.sleep(0.05)
+                    continue
+            self.training_active = True
+            # Ingestion before training: a backlog means the keyframe worker and the message callbacks need the CPU
+            # (and the GIL) more than one more step does.
+            backlog = len(self._queue)
+            if backlog > 1:
+                time.sleep(0.01 * min(backlog, 20))
+            try:
+                self.step()
+            except Exception as exc:  # noqa: BLE001 - keep mapping alive, report and back off
+                self._warn("training_step", f"training step failed: {exc!r}")
+                time.sleep(0.5)
+                continue
+            self._maybe_render(tr)
+        self.training_active = False
+
+    def _maybe_render(self, tr: Trainer) -> None:
+        # not before the occupancy grid has been carved: a render through the all-occupied initial grid marches
+        # every sample of every ray (tens of seconds on 2 cores)
+        now = time.monotonic()
+        if (self.on_render is None or self.cfg.render_period_s <= 0 or now < self._next_render
+                or tr.step_count <= max(tr.cfg.grid.warmup_steps, tr.cfg.grid.update_every)):
+            return
+        t0 = time.monotonic()
+        try:
+            out = self.render_latest_keyframe(self.cfg.render_width)
+            if out is not None:
+                self.on_render(*out)
+        except Exception as exc:  # noqa: BLE001
+            if not self._stop.is_set():
+                self._warn("periodic_render", f"periodic render failed: {exc!r}")
+        dur = time.monotonic() - t0
+        self._next_render = time.monotonic() + max(self.cfg.render_period_s, 3.0 * dur)
+
+    # ------------------------------------------------------------------------------------------------ rendering
+    def render_latest_keyframe(self, width: int = 0) -> tuple[np.ndarray, int] | None:
+        """(rgb uint8 [H,W,3], stamp_ns) of the newest keyframe at its refined pose, ``width`` pixels wide (0: the
+        training resolution); None before the first keyframe."""
+        with self._state_lock:
+            fid = self._latest_kf
+            if fid is None or fid not in self.kf_info:
+                return None
+            stamp_ns = self.kf_info[fid].stamp_ns
+            tr = self.trainer
+            cam = tr.frames.camera(fid)
+        w = int(cam.width[0])
+        factor = min(1.0, width / w) if width > 0 else 1.0
+        cams = cam.scaled(factor) if factor != 1.0 else cam
+        c2w = self._refined_c2w(tr, fid, cams.c2w[0])
+        out = tr.render(cams, 0, c2w=c2w, chunk=RENDER_CHUNK)
+        return (out["rgb"].clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).numpy(), stamp_ns
+
+    def render_view(self, T_map_optical: np.ndarray, width: int = 0, height: int = 0,
+                    max_size: int = 1920) -> dict[str, np.ndarray]:
+        """Render the map from a camera (optical-frame pose in the map frame) with the camera info's intrinsics
+        scaled to ``width`` x ``height`` (0: the keyframe width, height from the aspect ratio; without camera info a
+        60 degree horizontal field of view). Returns ``rgb`` uint8 [H,W,3] and ``depth`` float32 [H,W] (metres)."""
+        it = self.intrinsics or {"fx": 0.0, "width": 0, "height": 0}
+        w = int(width) or int(it["width"] and min(it["width"], self.cfg.keyframe.max_width)) or 160
+        h = int(height) or (round(w * it["height"] / it["width"]) if it["width"] else round(w * 0.75))
+        if not (8 <= w <= max_size and 8 <= h <= max_size):
+            raise ValueError(f"width/height must be within 8..{max_size}, got {w}x{h}")
+        c2w = optical_pose_to_model_c2w(T_map_optical)
+        if self.intrinsics is not None:
+            sx, sy = w / it["width"], h / it["height"]
+            cam = Cameras.create(c2w, it["fx"] * sx, it["fy"] * sy, it["cx"] * sx, it["cy"] * sy, w, h)
+        else:
+            f = 0.5 * w / math.tan(math.radians(30.0))
+            cam = Cameras.create(c2w, f, f, w / 2, h / 2, w, h)
+        out = self.trainer.render(cam, 0, chunk=RENDER_CHUNK)
+        return {"rgb": (out["rgb"].clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).numpy(),
+                "depth": out["depth"].numpy()}
+
+    # ------------------------------------------------------------------------------------------------ poses
+    def _refined_c2w(self, tr: Trainer, fid: int, c2w: torch.Tensor) -> torch.Tensor:
+        """Model c2w of keyframe ``fid`` after pose refinement (unchanged when refinement is off)."""
+        if not tr.pose.enabled or fid >= tr.pose.params.shape[0]:
+            return c2w
+        with torch.no_grad():
+            return tr.pose(c2w[None], torch.tensor([fid]))[0]
+
+    def _snapshot_pose(self, tr: Trainer):
+        """[F,3,4] float64 camera-frame corrections of every frame id of ``tr`` (None when refinement is off), read
+        under the trainer lock (the training thread updates and grows the parameters inside its steps)."""
+        if not tr.pose.enabled:
+            return None
+        with tr.lock, torch.no_grad():
+            d = tr.pose.all_deltas().detach().double().numpy().copy()
+        self._pose_snap = (tr, d)
+        return d
+
+    def _pose_deltas(self, tr: Trainer):
+        """The latest corrections snapshot of ``tr`` (taken now when there is none, e.g. right after a load)."""
+        if not tr.pose.enabled:
+            return None
+        snap = self._pose_snap
+        if snap is not None and snap[0] is tr:
+            return snap[1]
+        return self._snapshot_pose(tr)
+
+    def _implied_map_odom(self, tr: Trainer, entries) -> dict[int, np.ndarray]:
+        """T_map_odom implied by each keyframe of ``entries`` [(frame id, Keyframe)]: its refined map pose times the
+        inverse of its raw odometry camera pose. A keyframe the trainer has not seen yet implies the drift estimate
+        it was inserted with."""
+        d = self._pose_deltas(tr)
+        out: dict[int, np.ndarray] = {}
+        todo = []
+        for fid, kf in entries:
+            if d is None or fid >= d.shape[0]:
+                out[fid] = kf.T_map_odom
+            else:
+                todo.append((fid, kf))
+        if todo:
+            c2w = np.stack([optical_pose_to_model_c2w(drift.apply_drift(kf.T_map_odom, kf.T_odom_cam))
+                            for _, kf in todo]).astype(np.float64)
+            deltas = np.stack([d[fid] for fid, _ in todo])
+            refined = apply_deltas(torch.from_numpy(c2w), torch.from_numpy(deltas)).numpy()
+            for (fid, kf), r in zip(todo, refined):
+                out[fid] = drift.implied_map_odom(model_c2w_to_optical_pose(r), kf.T_odom_cam)
+        return out
+
+    def _drift_estimate(self, tr: Trainer) -> np.ndarray:
+        if not self.kf_history:
+            return np.eye(4)
+        fid, kf = self.kf_history[-1]
+        return drift.drift_estimate(self._implied_map_odom(tr, [(fid, kf)]), [fid])
+
+    def drift_estimate(self) -> np.ndarray:
+        """Current best T_map_odom (4x4): the one implied by the newest keyframe (identity before any)."""
+        with self._state_lock:
+            return self._drift_estimate(self.trainer)
+
+    def pose_state(self):
+        """The single source of refined poses: (odometry path [(stamp, T_odom_base)], refined path
+        [(stamp, T_map_base)], T_map_odom 4x4). Each keyframe of the refined path is moved by its own implied
+        map->odom; map->odom itself comes from the newest keyframe."""
+        with self._state_lock:
+            hist = list(self.kf_history)
+            tr = self.trainer
+        odom_path = [(kf.stamp_ns, kf.T_odom_base) for _, kf in hist]
+        corrections = self._implied_map_odom(tr, hist)
+        T_map_odom = drift.drift_estimate(corrections, [fid for fid, _ in hist])
+        refined_path = drift.refined_path([(fid, kf.stamp_ns, kf.T_odom_base) for fid, kf in hist], corrections,
+                                          T_map_odom)
+        return odom_path, refined_path, T_map_odom
+
+    # ------------------------------------------------------------------------------------------------ status
+    def status(self) -> dict:
+        """Training and input figures for a status message (``rays_per_second`` averaged since the last call)."""
+        tr = self.trainer
+        now = time.monotonic()
+        dt = now - self._rays_t
+        if dt > 0:
+            self._rays_per_second = self._rays_accum / dt
+        self._rays_accum, self._rays_t = 0.0, now
+        st = tr.last_stats or {}
+        out = {"keyframes": len(tr.frames), "images_received": self.images_received,
+               "images_dropped": self.images_dropped, "steps": int(tr.step_count),
+               "loss": float(st.get("loss", 0.0)), "psnr": float(st.get("psnr", 0.0)),
+               "rays_per_second": float(self._rays_per_second), "training": bool(self.training_active),
+               "pose_correction_rot_deg": 0.0, "pose_correction_trans": 0.0}
+        deltas = self._pose_deltas(tr)
+        if deltas is not None:
+            ids = [i for i in list(self.kf_info) if i < deltas.shape[0]]
+            if ids:
+                d = deltas[ids]  # [K,3,4] learned camera-frame corrections of the live keyframes
+                cos = np.clip((d[:, 0, 0] + d[:, 1, 1] + d[:, 2, 2] - 1.0) * 0.5, -1.0, 1.0)
+                out["pose_correction_rot_deg"] = float(np.degrees(np.arccos(cos)).mean())
+                out["pose_correction_trans"] = float(np.linalg.norm(d[:, :, 3], axis=-1).mean())
+        return out
+
+    def input_stats(self) -> dict:
+        """Per-reason input counters plus totals."""
+        with self._counts_lock:
+            stats = dict(self.counts)
+        stats.update({"images_received": self.images_received, "images_dropped": self.images_dropped,
+                      "queue": len(self._queue), "keyframes": len(self.trainer.frames)})
+        return stats
+
+    # ------------------------------------------------------------------------------------------------ maps
+    def save(self, path: Path, meta: dict | None = None) -> dict:
+        """Write the map (:mod:`.map_io`) to ``path``; returns ``keyframes`` and ``steps`` saved."""
+        with self._state_lock:
+            tr = self.trainer
+            map_io.save_map(path, tr, self.kf_info, meta)
+            return {"keyframes": len(tr.frames), "steps": int(tr.step_count)}
+
+    def load(self, path: Path) -> dict:
+        """Replace the map by the one in ``path``; training continues from its step count."""
+        tr, info = map_io.load_map(path, capacity=self.cfg.keyframe.capacity)
+        with self._state_lock:
+            self.trainer = tr
+            self.kf_info = info
+            self.kf_history = deque(sorted(info.items()), maxlen=HISTORY)
+            self._latest_kf = max(info) if info else None
+            self._train_t0 = None
+        return {"keyframes": len(tr.frames), "steps": int(tr.step_count)}
+
+
+def pose_mode(value) -> str:
+    """A pose-refinement setting -> ``PoseCorrectionConfig.mode``: false / off / none / '' mean off (YAML parses an
+    unquoted off as the boolean false)."""
+    if isinstance(value, bool) and value is False:
+        return "off"
+    v = str(value).strip().lower()
+    if v in ("off", "false", "none", "no", ""):
+        return "off"
+    if v == "true":
+        raise ValueError("training.pose_refinement: give a mode (so3xr3, se3, quat, 6d) or off, not true")
+    return v

@@ -1,0 +1,211 @@
+"""The online mapper without DDS: images, camera info, odometry and static transforms in; keyframes, training,
+refined poses, renders and a map file out. The node (test_mapper_node.py) runs the same object over DDS."""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from nerf_mapping.mapping.keyframes import KeyframeConfig
+from nerf_mapping.mapping.mapper import MapperConfig, OnlineMapper, OnlineTrainingConfig, SyncConfig
+
+PKG = Path(__file__).resolve().parents[1] / "nerf_mapping"
+ROS_MODULES = ("rclpy", "rosidl", "rosbag2_py", "launch", "launch_ros", "launch_testing", "tf2_ros", "cv_bridge",
+               "message_filters", "nerf_mapping_interfaces", "builtin_interfaces", "rcl_interfaces")
+
+
+def _feed(mapper: OnlineMapper, scene: Path, n_images: int | None = None) -> int:
+    """Give the mapper what the node would: camera info, the odometry stream, the static extrinsic and the images
+    (in time order, odometry first so that every image can be interpolated). Returns the images submitted."""
+    from nerf_mapping.data import load_dataset
+
+    data = load_dataset(scene, "all", 1)
+    d = np.load(scene / "odometry.npz")
+    cam = data.cameras
+    mapper.set_intrinsics({"fx": float(cam.fx[0]), "fy": float(cam.fy[0]), "cx": float(cam.cx[0]),
+                           "cy": float(cam.cy[0]), "width": int(cam.width[0]), "height": int(cam.height[0]),
+                           "distortion": [0.0] * 6, "model": 0}, "camera_optical")
+    mapper.add_static_transform("base_link", "camera_optical", d["extrinsic_base_to_camera_optical"])
+    for s, T in zip(d["odom_stamps_ns"], d["odom_noisy"]):
+        assert mapper.add_odometry(int(s), "odom", T)
+    stamps = d["image_stamps_ns"][:n_images]
+    for s, img in zip(stamps, data.images):
+        assert mapper.submit_image(int(s), "camera_optical", img.numpy(), lambda a: a)
+    return len(stamps)
+
+
+def _config(**training) -> MapperConfig:
+    return MapperConfig(keyframe=KeyframeConfig(min_translation=0.03, min_rotation_deg=3.0),
+                        sync=SyncConfig(wait_s=0.2),
+                        training=OnlineTrainingConfig(target_samples_per_step=4096, **training))
+
+
+def _wait(cond, timeout: float = 120.0) -> None:
+    t0 = time.monotonic()
+    while not cond():
+        assert time.monotonic() - t0 < timeout, "timed out"
+        time.sleep(0.05)
+
+
+def test_mapper_ingests_trains_refines_and_round_trips_its_map(tiny_scene, tmp_path):
+    renders = []
+    mapper = OnlineMapper(_config(max_steps=60), on_render=lambda rgb, stamp: renders.append((rgb.shape, stamp)))
+    mapper.cfg.render_period_s = 0.5
+    mapper.start()
+    try:
+        n = _feed(mapper, tiny_scene)
+        _wait(lambda: mapper.queue_length == 0 and mapper.trainer.step_count >= 60)
+    finally:
+        mapper.stop()
+    stats = mapper.input_stats()
+    kf = stats["keyframes"]
+    assert stats["images_received"] == n and 5 <= kf <= n
+    assert stats["images_dropped"] == 0  # every image had odometry around it
+    assert sum(v for k, v in stats.items() if k.startswith("keyframe_")) == n  # each image was decided on
+    assert stats["odom_received"] > n
+    st = mapper.status()
+    assert st["steps"] == 60 and st["keyframes"] == kf and np.isfinite(st["loss"]) and st["psnr"] > 10.0
+    # refined poses: one per keyframe, map->odom a rigid transform near identity (the drift of a short sequence)
+    odom_path, refined_path, T_map_odom = mapper.pose_state()
+    assert len(odom_path) == len(refined_path) == kf
+    assert np.allclose(T_map_odom[:3, :3] @ T_map_odom[:3, :3].T, np.eye(3), atol=1e-6)
+    assert np.linalg.norm(T_map_odom[:3, 3]) < 0.5
+    assert np.allclose(mapper.drift_estimate(), T_map_odom)
+    assert renders and renders[-1][0][1] == 80  # the periodic render, 80 px wide
+    view = mapper.render_view(refined_path[-1][1] @ np.load(tiny_scene / "odometry.npz")[
+        "extrinsic_base_to_camera_optical"], 48, 36)
+    assert view["rgb"].shape == (36, 48, 3) and view["rgb"].dtype == np.uint8 and view["depth"].shape == (36, 48)
+    with pytest.raises(ValueError, match="within 8"):
+        mapper.render_view(np.eye(4), 4, 4)
+
+    # map round trip: a new mapper loads keyframes, poses and the field, and renders the same image
+    path = mapper.save(tmp_path / "map.pt")
+    assert path == {"keyframes": kf, "steps": 60}
+    other = OnlineMapper(_config())
+    assert other.load(tmp_path / "map.pt") == {"keyframes": kf, "steps": 60}
+    assert len(other.kf_history) == kf and other.trainer.step_count == 60
+    a, b = mapper.render_latest_keyframe(), other.render_latest_keyframe()
+    assert a[1] == b[1] and np.abs(a[0].astype(int) - b[0].astype(int)).max() <= 1
+    _, refined_b, T_b = other.pose_state()
+    assert np.allclose(T_b, T_map_odom, atol=1e-5)
+    assert np.allclose(np.stack([T for _, T in refined_b]), np.stack([T for _, T in refined_path]), atol=1e-5)
+    other.step()  # and it keeps training
+    assert other.trainer.step_count == 61
+
+
+def test_mapper_counts_and_drops_bad_inputs(tiny_scene):
+    mapper = OnlineMapper(_config(enabled=False))
+    img = np.zeros((72, 96, 3), np.uint8)
+    assert not mapper.add_odometry(10, "elsewhere", np.eye(4))  # another frame
+    assert mapper.add_odometry(100, "odom", np.eye(4))
+    assert not mapper.add_odometry(50, "odom", np.eye(4))  # stamp backwards
+    assert mapper.submit_image(1_000, "cam", img, lambda a: a)
+    assert not mapper.submit_image(1_000, "cam", img, lambda a: a)  # not newer than the previous image
+    mapper.reject_image("invalid", "bad encoding")
+    c = mapper.input_stats()
+    assert c["odom_wrong_frame"] == 1 and c["odom_stamp_backwards"] == 1 and c["odom_received"] == 1
+    assert c["image_stamp_backwards"] == 1 and c["image_invalid"] == 1
+    assert c["images_received"] == 3 and c["images_dropped"] == 2
+    # no camera info: the queued image waits sync.wait_s, then is dropped with its reason
+    item = (1_000, "cam", img, lambda a: a, time.monotonic() - 1.0)
+    assert mapper.process_image(*item) and mapper.input_stats()["image_no_camera_info"] == 1
+    with pytest.raises(ValueError, match="capacity"):
+        OnlineMapper(MapperConfig(keyframe=KeyframeConfig(capacity=1)))
+    with pytest.raises(ValueError, match="scene_box"):
+        OnlineMapper(MapperConfig(scene_box=(0, 0, 0, 1, 1)))
+    with pytest.raises(ValueError, match="quaternion"):
+        OnlineMapper(MapperConfig(extrinsic_base_camera=(0, 0, 0, 0, 0, 0, 2)))
+
+
+def test_node_and_benchmark_share_the_mapper_defaults():
+    """``benchmark drift`` and the node build the mapper from one table of defaults (``ros.params``), which mirrors
+    ``MapperConfig``: the YAML shipped with the node, the parameter table and the dataclass agree."""
+    import yaml
+
+    from nerf_mapping.ros.params import defaults, mapper_config
+
+    assert mapper_config() == MapperConfig()
+    shipped = yaml.safe_load((PKG.parent / "config" / "mapper.yaml").read_text())["nerf_mapper"]["ros__parameters"]
+
+    def flat(d, prefix=""):
+        for k, v in d.items():
+            yield from (flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [(prefix + k, v)])
+
+    shipped = dict(flat(shipped))
+    assert set(shipped) == set(defaults())
+    assert mapper_config(shipped.__getitem__) == MapperConfig()
+
+
+def test_core_imports_no_ros():
+    """Only ``nerf_mapping/ros/`` may import rclpy or message packages; the mapper imports without them."""
+    offenders = []
+    for f in PKG.rglob("*.py"):
+        if "ros" in f.relative_to(PKG).parts[:1]:
+            continue
+        for node in ast.walk(ast.parse(f.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            for name in names:
+                top = name.split(".")[0]
+                if top in ROS_MODULES or top.endswith("_msgs") or top.endswith("_srvs"):
+                    offenders.append(f"{f.relative_to(PKG)}: {name}")
+    assert not offenders, offenders
+    block = ("import sys, importlib.abc\n"
+             "class Block(importlib.abc.MetaPathFinder):\n"
+             "    def find_spec(self, name, path=None, target=None):\n"
+             f"        if name.split('.')[0] in {ROS_MODULES!r} or name.split('.')[0].endswith('_msgs'):\n"
+             "            raise ImportError('blocked: ' + name)\n"
+             "sys.meta_path.insert(0, Block())\n"
+             "import nerf_mapping.mapping, nerf_mapping.mapping.mapper, nerf_mapping.benchmarks.drift\n"
+             "import nerf_mapping.ros.params\n"
+             "print('ok')\n")
+    r = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_trainer_extension_point_trains_an_extra_parameter_group(tiny_scene):
+    """A third extension plugs in without touching ``Trainer.step``: its loss is added, its optimiser steps, its
+    state is saved and loaded under its name."""
+    from nerf_mapping.config.presets import offline_config
+    from nerf_mapping.data import load_dataset
+    from nerf_mapping.training.extension import TrainerExtension
+    from nerf_mapping.training.offline import build_trainer
+    from nerf_mapping.training.trainer import Trainer
+
+    class Bias(TrainerExtension):
+        name = "bias"
+
+        def __init__(self):
+            super().__init__()
+            self.b = torch.nn.Parameter(torch.zeros(1))
+            self.seen = 0
+
+        def make_optimizer(self):
+            return torch.optim.SGD([self.b], lr=0.1)
+
+        def before_step(self, ctx):
+            self.seen = ctx.step + 1
+
+        def loss(self, frame_ids, out):
+            return (self.b - 1.0).pow(2).sum()
+
+    data = load_dataset(tiny_scene, "train", 1)
+    cfg = offline_config(data, overrides=["target_samples_per_step=2048"])
+    tr = build_trainer(data, cfg)
+    ext = Bias()
+    tr.add_extension(ext)
+    with pytest.raises(ValueError, match="exists"):
+        tr.add_extension(Bias())
+    for _ in range(5):
+        tr.step()
+    assert ext.seen == 5 and 0.5 < float(ext.b.detach()) < 1.0  # SGD towards 1
+    tr.save(tiny_scene.parent / "ext.pt")
+    st = torch.load(tiny_scene.parent / "ext.pt", weights_only=True)
+    assert torch.equal(st["bias"]["b"], ext.b.detach()) and st["bias_optimizer"] is not None
+    assert Trainer.load(tiny_scene.parent / "ext.pt", frames=tr.frames).step_count == 5  # unknown keys ignored
