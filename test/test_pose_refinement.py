@@ -211,12 +211,12 @@ def test_benchmark_poses_resume_runs_only_the_missing_runs(tmp_path, monkeypatch
     assert len(json.loads(partial.read_text())["runs"]) == 3
 
     other = SimpleNamespace(**{**vars(resumed), "steps": 500})
-    with pytest.raises(SystemExit, match="steps: 2000 there, 500 now"):
+    with pytest.raises(ValueError, match="steps: 2000 there, 500 now"):  # the CLI reports it without a traceback
         bp.run_tasks(tasks, other, settings=bp.run_settings(other, tmp_path))
     partial.write_text(json.dumps([{"run": [1.0, "refined"], "label": "a"}]))  # the older format: no settings
-    with pytest.raises(SystemExit, match="records no settings"):
+    with pytest.raises(ValueError, match="records no settings"):
         bp.run_tasks(tasks, resumed, settings=settings)
-    with pytest.raises(SystemExit, match="needs --json"):
+    with pytest.raises(ValueError, match="needs --json"):
         bp.run_tasks(tasks, SimpleNamespace(**{**vars(resumed), "json": None}), settings=settings)
 
 

@@ -144,18 +144,19 @@ def run_drift(data, stamps_s, odom, steps_per_frame: int = 4, extra_steps: int =
             "overrides": list(overrides), "seconds": time.perf_counter() - t0}
 
 
-def cmd_benchmark_drift(args) -> int:
-    from nerf_mapping.data import DataError
-
+def _run(args) -> dict:
     # checked here too (run_drift does) so that bad arguments fail before a scene is generated
     if args.steps_per_frame < 0 or args.extra_steps < 0 or args.report_every < 0 or args.frames < 2:
-        raise SystemExit("error: --steps-per-frame, --extra-steps and --report-every must be >= 0, --frames >= 2")
-    try:
-        data, stamps, odom = demo_sequence(args.scene, args.frames, progress=not args.quiet)
-        res = run_drift(data, stamps, odom, args.steps_per_frame, args.extra_steps, args.seed, args.threads, args.set,
-                        args.report_every, progress=not args.quiet)
-    except (ValueError, DataError, FileNotFoundError) as e:
-        raise SystemExit(f"error: {e}")
+        raise ValueError("--steps-per-frame, --extra-steps and --report-every must be >= 0, --frames >= 2")
+    data, stamps, odom = demo_sequence(args.scene, args.frames, progress=not args.quiet)
+    return run_drift(data, stamps, odom, args.steps_per_frame, args.extra_steps, args.seed, args.threads, args.set,
+                     args.report_every, progress=not args.quiet)
+
+
+def cmd_benchmark_drift(args) -> int:
+    from nerf_mapping.cli.common import exit_on_error
+
+    res = exit_on_error(_run, args)
     o, r = res["odometry"], res["refined"]
     print(f"ATE over {res['frames']} frames after {res['steps']} steps ({res['seconds']:.0f} s): "
           f"odometry {o['rmse'] * 100:.2f} cm -> refined {r['rmse'] * 100:.2f} cm RMS "

@@ -46,9 +46,13 @@ _NATIVE_FEATURES = (1, 2, 4, 8)  # compile-time specialisations in csrc/hash_enc
 @dataclass
 class HashEncodingConfig:
     n_levels: int = 16
+    """Resolution levels L (Instant-NGP's default)."""
     n_features_per_level: int = 2
+    """Features stored per table entry; the encoding's output width is L times this."""
     log2_hashmap_size: int = 19
+    """Entries per level table (T = 2^this); coarse levels that fit are indexed densely, finer ones hashed."""
     base_resolution: int = 16
+    """Coarsest level resolution."""
     max_resolution: int = 2048
     """finest level resolution; per-level growth b = exp((ln max - ln base) / (L - 1))"""
     impl: Literal["auto", "native", "torch", "tcnn"] = "auto"

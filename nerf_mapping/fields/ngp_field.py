@@ -18,16 +18,19 @@ from nerf_mapping.fields.sh_encoding import sh_encode
 @dataclass
 class FieldConfig:
     encoding: HashEncodingConfig = field(default_factory=HashEncodingConfig)
+    """The multiresolution hash encoding of positions."""
     hidden_dim: int = 64
     """Width of the density MLP's single hidden layer."""
     geo_feat_dim: int = 15
     """Geometry features passed from the density MLP to the color MLP."""
     color_hidden_dim: int = 64
+    """Width of the color MLP's hidden layers."""
     color_hidden_layers: int = 2
+    """Hidden layers of the color MLP."""
     sh_degree: int = 4
     """Spherical-harmonics bands for the view direction (degree**2 features)."""
     appearance_dim: int = 0
-    """Per-frame appearance embedding fed to the color MLP (see ``training.appearance``); 0 = off. Density never
+    """Per-frame appearance embedding fed to the color MLP (see :mod:`nerf_mapping.fields.appearance`); 0 = off. Density never
     sees it."""
 
 

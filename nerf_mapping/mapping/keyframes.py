@@ -38,6 +38,7 @@ class KeyframeConfig:
     min_translation: float = 0.05
     """Metres moved since the last keyframe that make a new one (either this or min_rotation_deg)."""
     min_rotation_deg: float = 5.0
+    """Degrees turned since the last keyframe that make a new one."""
     min_time_s: float = 0.0
     """Minimum seconds between keyframes (rate limit; 0 = none)."""
     max_time_s: float = 0.0
@@ -45,9 +46,11 @@ class KeyframeConfig:
     blur_ratio: float = 0.35
     """Reject a candidate whose Laplacian variance < blur_ratio * running median over recent candidates (0 = off)."""
     blur_window: int = 30
+    """Recent candidates whose Laplacian variance forms the running median of the blur test."""
     duplicate_threshold: float = 0.01
     """Reject when the mean abs. thumbnail difference to the last keyframe is below this (in [0,1]; 0 disables)."""
     thumbnail_size: int = 32
+    """Side of the grey thumbnails compared by the duplicate test (pixels)."""
     capacity: int = 200
     """Keyframes held by the training set (the store evicts the most redundant one beyond this)."""
     max_width: int = 320

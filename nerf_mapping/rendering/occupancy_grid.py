@@ -22,12 +22,15 @@ class OccupancyGridConfig:
     levels: int | None = None
     """None: 1 for bounded scenes, 4 for unbounded ones."""
     update_every: int = 16
+    """Training steps between two grid updates (``update_every_n_steps``)."""
     warmup_steps: int = 64
     """Before this step every cell is re-evaluated at each update; afterwards a random subset plus occupied ones."""
     update_fraction: float = 0.125
     """After warm-up, each update evaluates this fraction of the cells at random plus as many occupied cells (on
     CPU a full 128^3 sweep costs as much as several training steps, so it is kept short)."""
     ema_decay: float = 0.95
+    """Each update keeps max(decay x old, new) opacity per evaluated cell: new density shows at once, density the
+    field has lost fades over a few updates."""
     impl: str = "auto"
     """Ray-marching kernel: auto (native C++ when built), native, torch (the pure-PyTorch reference)."""
     occ_thre: float = 0.01

@@ -26,6 +26,7 @@ class RenderConfig:
     early_stop_eps: float = 1e-4
     """Samples behind a transmittance below this are dropped (transmittance early stop)."""
     max_samples_per_ray: int = 1024
+    """Cap on the samples marched per ray (bounds the cost of rays through a still-transparent grid)."""
     prune_pass: bool = True
     """Find the contributing samples first (density only, no gradients, in rounds with early stop), then run the
     full field with gradients on those only."""

@@ -36,30 +36,45 @@ class OptimConfig:
     lr: float = 1e-2
     """Adam learning rate of the field (hash table and MLPs)."""
     eps: float = 1e-15
+    """Adam epsilon (Instant-NGP's 1e-15: hash entries see rare, tiny gradients that a larger epsilon would damp)."""
     weight_decay: float = 1e-6
     """Applied to the MLP weights only (never to the hash table)."""
     warmup_steps: int = 100
+    """Linear learning-rate warm-up (steps)."""
     decay_milestones: tuple[float, ...] = (0.5, 0.75, 0.9)
     """Fractions of the run (steps or time budget) at which the lr is multiplied by ``decay_gamma``."""
     decay_gamma: float = 0.33
+    """Learning-rate factor applied at each milestone."""
 
 
 @dataclass
 class TrainerConfig:
+    """Everything the trainer needs, dumped into every checkpoint. Defaults are generic; the presets for a capture
+    (object-centric, inside-out, unbounded, online) are built by :mod:`nerf_mapping.config.presets`."""
+
     field: FieldConfig = _field(default_factory=FieldConfig)
+    """The radiance field (hash encoding, MLP sizes, appearance embeddings)."""
     grid: OccupancyGridConfig = _field(default_factory=OccupancyGridConfig)
+    """The occupancy grid that skips empty space."""
     render: RenderConfig = _field(default_factory=RenderConfig)
+    """Ray marching and compositing."""
     optim: OptimConfig = _field(default_factory=OptimConfig)
+    """The field's optimiser and learning-rate schedule."""
     pose: PoseCorrectionConfig = _field(default_factory=PoseCorrectionConfig)
+    """Joint pose refinement (off by default)."""
     target_samples_per_step: int = 1 << 16
     """Rays per step are adapted so that about this many samples are rendered per step."""
     init_rays_per_step: int = 512
+    """Rays of the first step (the grid is still all occupied, so each ray is expensive)."""
     max_rays_per_step: int = 1 << 14
+    """Upper bound of the adapted ray count."""
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    """Colour composited behind the field (the datasets' background: white for NeRF-synthetic, black for DTU)."""
     mask_background: bool = False
     """Where frames carry foreground masks (DTU), train pixels outside the mask towards ``background`` (the object
     alone is mapped; a backdrop the bounded field cannot represent no longer biases geometry or poses)."""
     seed: int = 0
+    """Seeds torch's generator (field initialisation) and the frame store's ray sampler."""
     threads: int | None = None
     """torch intra-op threads; None keeps torch's default (all cores)."""
 
@@ -69,9 +84,13 @@ class SceneSpec:
     """What the trainer needs to know about the scene (serialised into checkpoints)."""
 
     scene_box: list[list[float]]
+    """[[xmin, ymin, zmin], [xmax, ymax, zmax]]: the region of interest in the world frame."""
     unbounded: bool
+    """Space outside the box is contracted (mip-NeRF 360) instead of ignored."""
     near: float
+    """Ray near bound (scene units)."""
     far: float
+    """Ray far bound (scene units)."""
 
 
 class Trainer:
