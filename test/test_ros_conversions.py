@@ -12,6 +12,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
 
 from nerf_mapping.ros import conversions as conv  # noqa: E402
 from nerf_mapping.export.paths import safe_output_path  # noqa: E402
+from nerf_mapping.geometry import model_c2w_to_optical_pose, optical_pose_to_model_c2w  # noqa: E402
 
 
 def img_msg(arr: np.ndarray, encoding: str, pad: int = 0) -> Image:
@@ -148,12 +149,12 @@ def test_optical_to_model_convention():
     T = np.eye(4)
     T[:3, :3] = np.array([[0, 0, 1], [-1, 0, 0], [0, -1, 0]], dtype=float)
     T[:3, 3] = [1, 2, 3]
-    c2w = conv.optical_pose_to_model_c2w(T)
+    c2w = optical_pose_to_model_c2w(T)
     assert c2w.shape == (3, 4) and c2w.dtype == np.float32
     # OpenGL camera looks along -Z: the viewing direction must be world +x, up (+Y) must be world +z
     assert np.allclose(-c2w[:, 2], [1, 0, 0]) and np.allclose(c2w[:, 1], [0, 0, 1])
     assert np.allclose(c2w[:, 3], [1, 2, 3])
-    assert np.allclose(conv.model_c2w_to_optical_pose(c2w), T, atol=1e-6)
+    assert np.allclose(model_c2w_to_optical_pose(c2w), T, atol=1e-6)
 
 
 def test_path_cloud_marker():

@@ -55,7 +55,7 @@ def demo_sequence(scene: Path, frames: int = 150, seed: int = 0, progress: bool 
 
     from nerf_mapping.data import load_dataset
     from nerf_mapping.geometry.rigid import interpolate_poses
-    from nerf_mapping.ros.conversions import optical_pose_to_model_c2w
+    from nerf_mapping.geometry import optical_pose_to_model_c2w
     from nerf_mapping.scene import SceneConfig, generate_scene
 
     scene = Path(scene)

@@ -4,16 +4,13 @@ Every ``*_to_*`` reader raises ``ValueError`` with a human-readable reason on a 
 step/size mismatch, non-finite values, non-unit quaternion ...); callers count and drop such messages.
 
 Frames: ROS optical frames (REP 103: z forward, x right, y down) are converted to the model's OpenGL camera axes
-(x right, y up, z back) by :func:`nerf_mapping.geometry.optical_pose_to_model_c2w` (re-exported here for the node);
+(x right, y up, z back) by :func:`nerf_mapping.geometry.optical_pose_to_model_c2w`, never here;
 the quaternion math is :mod:`nerf_mapping.geometry.rigid`'s, the validation of message values is here.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from nerf_mapping.geometry import model_c2w_to_optical_pose, optical_pose_to_model_c2w  # noqa: F401 - re-export
 from nerf_mapping.geometry.rigid import matrix_from_quat_xyzw, quat_xyzw_from_matrix
 
 QUAT_NORM_TOL = 1e-2

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from nerf_mapping.geometry import model_c2w_to_optical_pose
+
 
 def _gt_frames(scene: Path) -> tuple[list[int], list[Path], list[np.ndarray]]:
     d = json.loads((scene / "transforms.json").read_text())
@@ -295,7 +297,7 @@ def _call_services(node, out: Path, gt_c2w, gt_paths, bar) -> dict:
         return r
 
     k = len(gt_c2w) // 2
-    T = conv.model_c2w_to_optical_pose(gt_c2w[k][:3])
+    T = model_c2w_to_optical_pose(gt_c2w[k][:3])
 
     def fill_render(req):
         req.pose = conv.matrix_to_pose_msg(T)
