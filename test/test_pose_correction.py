@@ -24,9 +24,9 @@ from nerf_mapping.evaluation.poses import (
     perturb_poses,
     pose_errors,
     rotation_errors_deg,
-    to_file_frame,
     umeyama,
 )
+from nerf_mapping.geometry import to_file_frame
 
 PARAM_MODES = [m for m in MODES if m != "off"]
 

@@ -224,7 +224,8 @@ def test_dtu_linear_init_errors_match_provenance(shared_data):
     """The DTU linear-init cameras load, and their error against cameras.npz matches the documented size
     (median 1.16 deg / 5.85 mm, unaligned, DTU world millimetres)."""
     from nerf_mapping.data import load_dataset
-    from nerf_mapping.evaluation.poses import pose_errors, to_file_frame
+    from nerf_mapping.evaluation.poses import pose_errors
+    from nerf_mapping.geometry import to_file_frame
 
     path = shared_data / DTU
     if not (path / "cameras_linear_init.npz").is_file():

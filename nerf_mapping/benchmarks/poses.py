@@ -207,7 +207,8 @@ def _entry(ref: dict, base: dict | None, mm: bool) -> dict:
 def run(args) -> dict:
     from nerf_mapping.config.presets import DTU_APPEARANCE_DIM, parse_c2f
     from nerf_mapping.data import load_dataset
-    from nerf_mapping.evaluation.poses import perturb_poses, pose_errors, to_file_frame
+    from nerf_mapping.evaluation.poses import perturb_poses, pose_errors
+    from nerf_mapping.geometry import to_file_frame
 
     t_start = time.perf_counter()
     c2f = parse_c2f(args.c2f)  # ValueError on a bad window

@@ -100,7 +100,9 @@ def _load(path):
 def cmd_export(args) -> int:
     import numpy as np
 
-    from nerf_mapping.evaluation.poses import export_transforms, refined_train_poses, to_file_frame
+    from nerf_mapping.evaluation.poses import refined_train_poses
+    from nerf_mapping.export.transforms import export_transforms
+    from nerf_mapping.geometry import to_file_frame
 
     tr = _load(args.checkpoint)
     ex = tr.extra

@@ -1,6 +1,6 @@
 """Pose-refinement evaluation: synthetic pose noise, Sim(3) (Umeyama) alignment, rotation / translation errors,
-test-time pose optimisation of held-out views (field frozen), and export of refined poses to nerfstudio
-``transforms.json``.
+and test-time pose optimisation of held-out views (field frozen). Refined poses are exported by
+:mod:`nerf_mapping.export.transforms`.
 
 Protocol (BARF's): a refined reconstruction lives in a gauge (a similarity transform) of its own. Errors are measured
 after aligning the estimated camera centres to the ground-truth ones with a Sim(3) fit, and held-out views are first
@@ -10,10 +10,7 @@ applied to runs without refinement, so the two PSNRs compare like with like.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -263,56 +260,6 @@ def evaluate_heldout(trainer, est_train_c2w, gt_train_c2w, test_cameras, test_im
     return res
 
 
-# ====================================================================== frames and export
-def to_file_frame(world_transform, c2w_scene) -> np.ndarray:
-    """Map poses from the normalised scene frame back to the dataset file's frame (inverse of
-    ``SceneData.world_transform``, a similarity x_scene = W [x_file, 1])."""
-    W = np.asarray(world_transform, dtype=np.float64)[:3, :4]
-    M, b = W[:, :3], W[:, 3]
-    s = float(np.cbrt(np.linalg.det(M)))
-    Rw = M / s
-    c = np.asarray(c2w_scene, dtype=np.float64)[:, :3, :4]
-    out = np.empty_like(c)
-    out[:, :, :3] = Rw.T[None] @ c[:, :, :3]
-    out[:, :, 3] = (c[:, :, 3] - b) @ np.linalg.inv(M).T
-    return out
-
-
 def refined_train_poses(trainer, train_c2w: torch.Tensor) -> torch.Tensor:
     """Refined training poses [F,3,4] (frame id i = i-th training frame, as ``offline.frame_store_from`` adds them)."""
     return trainer.pose.refined(train_c2w.float(), torch.arange(train_c2w.shape[0]))
-
-
-def export_transforms(path, c2w_file, intrinsics, sizes, file_paths=None, extra_meta: dict | None = None) -> Path:
-    """Write a nerfstudio ``transforms.json`` with per-frame intrinsics and ``transform_matrix`` (OpenGL c2w, 4x4).
-
-    c2w_file [N,3,4] in the dataset file's frame; intrinsics [N,4] (fx, fy, cx, cy); sizes [N,2] (w, h);
-    file_paths: image paths (written relative to the json's folder), else ``images/frame_%05d.png`` placeholders.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    c = np.asarray(c2w_file, dtype=np.float64)
-    K = np.asarray(intrinsics, dtype=np.float64)
-    S = np.asarray(sizes).astype(int)
-    frames = []
-    for i in range(c.shape[0]):
-        T = np.eye(4)
-        T[:3, :4] = c[i]
-        if file_paths is not None:
-            fp = Path(file_paths[i])
-            try:
-                rel = os.path.relpath(fp.resolve(), path.parent.resolve())
-            except ValueError:
-                rel = str(fp.resolve())
-        else:
-            rel = f"images/frame_{i:05d}.png"
-        frames.append({
-            "file_path": rel, "transform_matrix": T.tolist(),
-            "fl_x": float(K[i, 0]), "fl_y": float(K[i, 1]), "cx": float(K[i, 2]), "cy": float(K[i, 3]),
-            "w": int(S[i, 0]), "h": int(S[i, 1]),
-        })
-    doc = {"camera_model": "OPENCV", "k1": 0.0, "k2": 0.0, "p1": 0.0, "p2": 0.0, "frames": frames}
-    if extra_meta:
-        doc["nerf_mapping"] = extra_meta
-    path.write_text(json.dumps(doc, indent=2))
-    return path
