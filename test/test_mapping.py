@@ -97,6 +97,16 @@ def test_mapper_ingests_trains_refines_and_round_trips_its_map(tiny_scene, tmp_p
     assert np.allclose(np.stack([T for _, T in refined_b]), np.stack([T for _, T in refined_path]), atol=1e-5)
     other.step()  # and it keeps training
     assert other.trainer.step_count == 61
+    # a running mapper (its training thread waiting for keyframes) continues on a loaded map, up to its step cap
+    live = OnlineMapper(_config(max_steps=64))
+    live.start()
+    try:
+        live.load(tmp_path / "map.pt")
+        _wait(lambda: live.trainer.step_count >= 64)
+        time.sleep(0.3)
+    finally:
+        live.stop()
+    assert live.trainer.step_count == 64 and not live.training_active
 
 
 def test_mapper_counts_and_drops_bad_inputs(tiny_scene):

@@ -8,8 +8,8 @@ Data flow::
         interpolation, :mod:`.sync`) @ base->camera extrinsic (/tf_static tree or the configured one), keyframe
         policy (:mod:`.keyframes`), downscale, insert into the trainer's frame store at the drift-corrected pose
     add_odometry(stamp, frame, T_odom_base) -> odometry buffer
-    training thread: trainer.step() while keyframes exist (the one training loop of the project), the periodic
-        render of the newest keyframe between steps
+    training thread: Trainer.train (the project's one training loop; open-ended, it waits while there are no
+        keyframes), the periodic render of the newest keyframe between steps
     pose_state() / drift_estimate() -> odometry path, refined path, T_map_odom (from the pose corrections)
     render_view(), status(), save(), load()
 
@@ -191,9 +191,9 @@ class OnlineMapper:
         self._pose_snap: tuple | None = None
         # training thread
         self._stop = threading.Event()
+        self._interrupt = threading.Event()  # ends the current training run (stop, or a map loaded)
         self._threads: list[threading.Thread] = []
         self.training_active = False
-        self._train_t0: float | None = None
         self._rays_accum, self._rays_t, self._rays_per_second = 0.0, time.monotonic(), 0.0
         self._next_render = 0.0
 
@@ -209,6 +209,7 @@ class OnlineMapper:
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
+        self._interrupt.set()
         with self._queue_cv:
             self._queue_cv.notify_all()
         for th in self._threads:
@@ -430,45 +431,49 @@ class OnlineMapper:
 
     # ------------------------------------------------------------------------------------------------ training
     def step(self) -> dict:
-        """One training step (the caller's thread), then the pose snapshot that readers use."""
+        """One training step on the caller's thread (``benchmark drift`` ties frames to steps this way)."""
         tr = self.trainer
         st = tr.step()
-        self._rays_accum += st["n_rays"]
-        if tr.pose.enabled:
-            self._snapshot_pose(tr)
+        self._after_step_bookkeeping(tr, st)
         return st
 
+    def _after_step_bookkeeping(self, tr: Trainer, st: dict) -> None:
+        self._rays_accum += st["n_rays"]
+        if tr.pose.enabled:
+            self._snapshot_pose(tr)  # the pose snapshot that readers use
+
     def _training_loop(self) -> None:
+        """The training thread: :meth:`Trainer.train` (the project's one training loop), open-ended or for the time
+        budget, interrupted when a map is loaded (the loop then continues on the new trainer) or the mapper stops.
+        ``training.max_steps`` is a cap on the trainer's step count, not a run length: it stops the run without
+        turning on the learning-rate decay that a run length would."""
         t = self.cfg.training
         while not self._stop.is_set():
+            self._interrupt.clear()  # before reading the trainer: a load from now on ends the run below
+            if self._stop.is_set():
+                break
             tr = self.trainer
-            if len(tr.frames) == 0 or (t.max_steps and tr.step_count >= t.max_steps):
-                self.training_active = False
-                time.sleep(0.05)
-                continue
-            if self._train_t0 is None:
-                self._train_t0 = time.monotonic()
-            el = time.monotonic() - self._train_t0
-            if t.time_budget_s > 0:
-                tr.progress = min(el / t.time_budget_s, 1.0)
-                if el >= t.time_budget_s:
-                    self.training_active = False
-                    time.sleep(0.05)
-                    continue
-            self.training_active = True
-            # Ingestion before training: a backlog means the keyframe worker and the message callbacks need the CPU
-            # (and the GIL) more than one more step does.
-            backlog = len(self._queue)
-            if backlog > 1:
-                time.sleep(0.01 * min(backlog, 20))
-            try:
-                self.step()
-            except Exception as exc:  # noqa: BLE001 - keep mapping alive, report and back off
-                self._warn("training_step", f"training step failed: {exc!r}")
-                time.sleep(0.5)
-                continue
-            self._maybe_render(tr)
-        self.training_active = False
+            if not (t.max_steps and tr.step_count >= t.max_steps):
+                tr.train(time_budget=t.time_budget_s or None, callback=self._after_step, progress=False,
+                         stop_event=self._interrupt, on_error=self._step_failed)
+            self.training_active = False
+            self._interrupt.wait()  # budget or cap reached: idle until a map is loaded or the mapper stops
+
+    def _after_step(self, tr: Trainer, st: dict) -> None:
+        self.training_active = True
+        self._after_step_bookkeeping(tr, st)
+        if self.cfg.training.max_steps and tr.step_count >= self.cfg.training.max_steps:
+            self._interrupt.set()
+        self._maybe_render(tr)
+        # Ingestion before training: a backlog means the keyframe worker and the message callbacks need the CPU (and
+        # the GIL) more than one more step does.
+        backlog = len(self._queue)
+        if backlog > 1:
+            time.sleep(0.01 * min(backlog, 20))
+
+    def _step_failed(self, exc: Exception) -> None:
+        self._warn("training_step", f"training step failed: {exc!r}")  # keep mapping alive, report and back off
+        time.sleep(0.5)
 
     def _maybe_render(self, tr: Trainer) -> None:
         # not before the occupancy grid has been carved: a render through the all-occupied initial grid marches
@@ -649,7 +654,7 @@ class OnlineMapper:
             self.kf_info = info
             self.kf_history = deque(sorted(info.items()), maxlen=HISTORY)
             self._latest_kf = max(info) if info else None
-            self._train_t0 = None
+        self._interrupt.set()  # the training thread goes on with the loaded trainer (budget counted afresh)
         return {"keyframes": len(tr.frames), "steps": int(tr.step_count)}
 
 

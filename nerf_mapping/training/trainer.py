@@ -215,15 +215,21 @@ class Trainer:
         stop_event: threading.Event | None = None,
         eval_every: float | None = None,
         on_eval: Callable[["Trainer", float], None] | None = None,
+        on_error: Callable[[Exception], None] | None = None,
     ) -> dict[str, float]:
-        """Train until ``max_steps`` or ``time_budget`` seconds (whichever first; at least one must be given).
+        """Train until ``max_steps`` or ``time_budget`` seconds (whichever first), or until ``stop_event`` is set.
 
         The lr schedule follows the fraction of the run elapsed. Every ``eval_every`` training seconds
         ``on_eval(trainer, train_seconds)`` is called; its own time is not counted against the budget.
-        Returns summary stats.
+        ``callback(trainer, stats)`` runs after every step. Returns summary stats.
+
+        Open-ended (online) runs: with neither ``max_steps`` nor ``time_budget`` the run lasts until ``stop_event``
+        (required then) and the lr never decays (``progress`` is left as it is). While the frame store is empty the
+        loop waits for frames (another thread adds them) and that time does not count. ``on_error(exc)``: a failed
+        step is reported to it and training goes on (default: the exception propagates).
         """
-        if max_steps is None and time_budget is None:
-            raise ValueError("give max_steps or time_budget")
+        if max_steps is None and time_budget is None and stop_event is None:
+            raise ValueError("give max_steps, time_budget or a stop_event")
         start_step = self.step_count
         t0 = time.perf_counter()
         rays = samples = 0
@@ -249,10 +255,24 @@ class Trainer:
                 fracs.append(done / max_steps)
             if time_budget is not None:
                 fracs.append(el / time_budget)
-            self.progress = max(fracs)
-            if self.progress >= 1.0 or (stop_event is not None and stop_event.is_set()):
+            if fracs:
+                self.progress = max(fracs)
+            if (fracs and self.progress >= 1.0) or (stop_event is not None and stop_event.is_set()):
                 break
-            st = self.step()
+            if len(self.frames) == 0:
+                if stop_event is None:
+                    raise ValueError("the frame store is empty: nothing to train on")
+                t_wait = time.perf_counter()
+                stop_event.wait(0.05)  # frames arrive from another thread
+                t0 += time.perf_counter() - t_wait
+                continue
+            try:
+                st = self.step()
+            except Exception as exc:  # noqa: BLE001 - reported to on_error when the caller asks to keep going
+                if on_error is None:
+                    raise
+                on_error(exc)
+                continue
             rays += st["n_rays"]
             samples += st["n_samples"]
             if callback is not None:
