@@ -91,11 +91,9 @@ def run_drift(data, stamps_s, odom, steps_per_frame: int = 4, extra_steps: int =
     if steps_per_frame < 0 or extra_steps < 0:
         raise ValueError("steps_per_frame and extra_steps must be >= 0")
     cfg = mapper_config()  # the node's defaults
-    cfg.training = dataclasses.replace(cfg.training, seed=seed, threads=0,
+    cfg.training = dataclasses.replace(cfg.training, seed=seed, threads=threads or 0,
                                        overrides=tuple(cfg.training.overrides) + tuple(overrides))
     cfg.keyframe = dataclasses.replace(cfg.keyframe, capacity=max(cfg.keyframe.capacity, n))  # every frame stays
-    if threads:
-        torch.set_num_threads(threads)
     mapper = OnlineMapper(cfg)
     gt = data.cameras.c2w
 

@@ -113,13 +113,8 @@ def transform_poses(world_transform, c2w):
 
 def to_file_frame(world_transform, c2w_scene) -> np.ndarray:
     """Map poses from the normalised scene frame back to the dataset file's frame (inverse of
-    ``SceneData.world_transform``, a similarity x_scene = W [x_file, 1])."""
+    ``SceneData.world_transform``, a similarity x_scene = W [x_file, 1]): :func:`transform_poses` with the inverse
+    similarity [M^-1 | -M^-1 b]."""
     W = np.asarray(world_transform, dtype=np.float64)[:3, :4]
-    M, b = W[:, :3], W[:, 3]
-    s = float(np.cbrt(np.linalg.det(M)))
-    Rw = M / s
-    c = np.asarray(c2w_scene, dtype=np.float64)[:, :3, :4]
-    out = np.empty_like(c)
-    out[:, :, :3] = Rw.T[None] @ c[:, :, :3]
-    out[:, :, 3] = (c[:, :, 3] - b) @ np.linalg.inv(M).T
-    return out
+    M_inv = np.linalg.inv(W[:, :3])
+    return transform_poses(np.concatenate([M_inv, -(M_inv @ W[:, 3])[:, None]], 1), c2w_scene)

@@ -2,7 +2,7 @@
 
 The bookkeeping side of the project (odometry, drift, trajectories, ROS messages, the demo scene) works in numpy
 4x4 ``T_parent_child`` matrices; the differentiable torch versions used by training are in
-:mod:`nerf_mapping.geometry.lie`. Quaternion conversions and axis-angle maps come from ``transforms3d``; ROS
+:mod:`nerf_mapping.geometry.lie`. Quaternion conversions come from ``transforms3d``; ROS
 quaternions are (x, y, z, w), transforms3d's (w, x, y, z).
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from transforms3d.axangles import axangle2mat
 from transforms3d.quaternions import mat2quat, quat2mat
 
 
@@ -83,11 +82,6 @@ def matrix_from_quat_xyzw(q) -> np.ndarray:
     flat = q.reshape(-1, 4)
     m = np.stack([quat2mat(v[[3, 0, 1, 2]]) for v in flat]) if len(flat) else np.zeros((0, 3, 3))
     return m.reshape(q.shape[:-1] + (3, 3))
-
-
-def axis_angle_matrix(axis, angle: float) -> np.ndarray:
-    """Rotation by ``angle`` radians about ``axis`` (3-vector, any norm) -> [3, 3]."""
-    return axangle2mat(np.asarray(axis, float), float(angle))
 
 
 def slerp(q0, q1, alpha: float) -> np.ndarray:

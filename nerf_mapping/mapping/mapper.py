@@ -143,9 +143,11 @@ def extrinsic_matrix(v) -> np.ndarray:
 
 
 class OnlineMapper:
-    def __init__(self, cfg: MapperConfig | None = None, logger: logging.Logger | None = None,
+    def __init__(self, cfg: MapperConfig | None = None, logger=None,
                  on_render: Callable[[np.ndarray, int], None] | None = None):
-        """``on_render(rgb uint8 [H,W,3], stamp_ns)`` receives the periodic render (from the training thread)."""
+        """``logger``: anything with ``info`` / ``warning`` (a ``logging.Logger``, the node's rclpy logger; default
+        ``logging.getLogger("nerf_mapping.mapper")``). ``on_render(rgb uint8 [H,W,3], stamp_ns)`` receives the periodic
+        render (from the training thread)."""
         self.cfg = cfg = cfg or MapperConfig()
         self.log = logger or logging.getLogger("nerf_mapping.mapper")
         self.on_render = on_render

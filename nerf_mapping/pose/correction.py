@@ -90,10 +90,9 @@ from typing import Literal
 import torch
 from torch import nn
 
-from nerf_mapping.training.extension import StepContext, TrainerExtension
-
 from nerf_mapping.geometry import (compose, invert_rigid, quat_to_rotmat, rotmat_to_quat, se3_exp, se3_log, so3_exp,
                                    so3_log)
+from nerf_mapping.training.extension import StepContext, TrainerExtension
 
 MODES = ("off", "so3xr3", "se3", "quat", "6d")
 PARAM_DIMS = {"off": 6, "so3xr3": 6, "se3": 6, "quat": 7, "6d": 9}

@@ -56,22 +56,6 @@ BOOL_OR_STRING = {"training.pose_refinement"}  # YAML and `-p` parse an unquoted
 IMAGE_ENCODINGS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
 
 
-class _Logger:
-    """The mapper's logger interface (python logging style) on the node's rclpy logger."""
-
-    def __init__(self, node: Node):
-        self._log = node.get_logger()
-
-    def info(self, text: str) -> None:
-        self._log.info(text)
-
-    def warning(self, text: str) -> None:
-        self._log.warning(text)
-
-    def error(self, text: str) -> None:
-        self._log.error(text)
-
-
 class MapperNode(Node):
     def __init__(self, **kwargs):
         super().__init__(NODE_NAME, **kwargs)
@@ -82,7 +66,7 @@ class MapperNode(Node):
         self.map_frame, self.odom_frame = str(g("map_frame")), str(g("odom_frame"))
         self.output_dir = Path(str(g("output_dir"))).expanduser().resolve()
         self.pub_rendered = self.create_publisher(Image, "~/rendered", 2)
-        self.mapper = OnlineMapper(mapper_config(g), logger=_Logger(self), on_render=self._publish_render)
+        self.mapper = OnlineMapper(mapper_config(g), logger=self.get_logger(), on_render=self._publish_render)
 
         # --- QoS and callback groups
         if str(g("sensor_qos")) not in ("sensor_data", "reliable"):

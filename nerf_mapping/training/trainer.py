@@ -116,6 +116,7 @@ class Trainer:
         self._make_optimizers()
         self.progress = 0.0
         self.last_stats: dict[str, float] = {}
+        self._saved_extensions: dict[str, dict] = {}  # checkpoint entries of extensions not added yet (load)
 
     # -- optimisation ---------------------------------------------------------------------------------------------
     def _make_optimizers(self) -> None:
@@ -130,12 +131,24 @@ class Trainer:
             ext.rebuild_optimizer()
 
     def add_extension(self, ext: TrainerExtension) -> None:
-        """Train ``ext`` beside the field from the next step on (its state is saved under ``ext.name``)."""
+        """Train ``ext`` beside the field from the next step on (its state is saved under ``ext.name``; a trainer
+        loaded from a checkpoint that holds such a state restores it into ``ext`` here)."""
         if any(e.name == ext.name for e in self.extensions):
             raise ValueError(f"a trainer extension named {ext.name!r} exists already")
         with self.lock:
-            ext.rebuild_optimizer()
+            self._restore_extension(ext, self._saved_extensions.pop(ext.name, {}))
             self.extensions.append(ext)
+
+    def _restore_extension(self, ext: TrainerExtension, st: dict, with_optimizer: bool = True) -> None:
+        """Load ``ext``'s state and its optimiser's from checkpoint entries ``st`` where they exist, then (re)build
+        its optimiser around the loaded parameters."""
+        if ext.name in st:  # e.g. checkpoints from before appearance embeddings have none
+            ext.prepare_load(st[ext.name])
+            ext.load_state_dict(st[ext.name])
+        ext.rebuild_optimizer()
+        opt = st.get(ext.name + "_optimizer")
+        if with_optimizer and ext.optimizer is not None and opt:
+            ext.optimizer.load_state_dict(opt)
 
     def lr_factor(self) -> float:
         oc = self.cfg.optim
@@ -333,6 +346,7 @@ class Trainer:
                 "field": self.field.state_dict(),
                 "grid": self.grid.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
+                "extensions": [e.name for e in self.extensions],
                 **{k: v for e in self.extensions for k, v in (
                     (e.name, e.state_dict()),
                     (e.name + "_optimizer", e.optimizer.state_dict() if e.optimizer is not None else None))},
@@ -361,15 +375,13 @@ class Trainer:
         tr.field.load_state_dict(st["field"])
         tr.grid.load_state_dict(st["grid"])
         for ext in tr.extensions:
-            if ext.name in st:  # e.g. checkpoints from before appearance embeddings have none
-                ext.prepare_load(st[ext.name])
-                ext.load_state_dict(st[ext.name])
-        tr._make_optimizers()
+            tr._restore_extension(ext, st, with_optimizer)
         if with_optimizer:
             tr.optimizer.load_state_dict(st["optimizer"])
-            for ext in tr.extensions:
-                if ext.optimizer is not None and st.get(ext.name + "_optimizer"):
-                    ext.optimizer.load_state_dict(st[ext.name + "_optimizer"])
+        known = {e.name for e in tr.extensions}
+        tr._saved_extensions = {  # restored when the caller adds those extensions (Trainer.add_extension)
+            n: {k: st[k] for k in ((n, n + "_optimizer") if with_optimizer else (n,)) if k in st}
+            for n in st.get("extensions", []) if n not in known and n in st}
         tr.step_count = int(st["step"])
         tr.n_rays = int(st.get("n_rays", cfg.init_rays_per_step))
         tr.extra = st.get("extra", {})
