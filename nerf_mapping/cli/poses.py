@@ -83,17 +83,12 @@ def train_extra(args, data) -> dict:
 
 # ------------------------------------------------------------------------------------------------ poses export
 def _load(path):
-    from nerf_mapping.training.trainer import Trainer
+    """A trained checkpoint that records its training poses (``cli.common.load_trainer`` plus that check)."""
+    from nerf_mapping.cli.common import load_trainer
 
-    p = Path(path)
-    if not p.is_file():
-        raise SystemExit(f"error: checkpoint {p} not found")
-    try:
-        tr = Trainer.load(p, with_optimizer=False)
-    except Exception as e:  # noqa: BLE001 - report any unreadable checkpoint cleanly
-        raise SystemExit(f"error: cannot load checkpoint {p}: {e}")
+    tr = load_trainer(path)
     if "train_c2w" not in getattr(tr, "extra", {}):
-        raise SystemExit(f"error: {p} records no training poses (train it with `nerf-mapping train`)")
+        raise SystemExit(f"error: {path} records no training poses (train it with `nerf-mapping train`)")
     return tr
 
 
