@@ -113,7 +113,9 @@ def test_rviz_config_has_required_displays():
     assert {"/nerf_mapper/path/odom", "/nerf_mapper/path/refined"} <= topics("Path")
     paths = by_class["rviz_default_plugins/Path"]
     assert len({p["Color"] for p in paths}) == len(paths), "paths must have different colours"
-    assert "/nerf_mapper/mesh" in topics("Marker")
+    assert "/nerf_mapper/mesh" in topics("MarkerArray")  # published transient local: RViz started later sees it
+    mesh = next(d for d in by_class["rviz_default_plugins/MarkerArray"] if d["Topic"]["Value"] == "/nerf_mapper/mesh")
+    assert mesh["Topic"]["Durability Policy"] == "Transient Local"
     assert "/nerf_mapper/segmentation" in topics("PointCloud2")
     cloud = by_class["rviz_default_plugins/PointCloud2"][0]
     assert cloud["Color Transformer"] in ("RGB8", "Intensity")

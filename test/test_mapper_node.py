@@ -5,7 +5,9 @@ A small demo scene is generated into a temp dir; the node runs as a real subproc
 CDR bytes published through rclpy, at real time), then checks: status arrives with keyframes, the periodic render
 at the latest keyframe pose matches the ground-truth frame with that stamp (PSNR above a threshold), map->odom is
 published on /tf and ~/path/refined has a pose per ~/path/odom keyframe (pose refinement on, the default), the services
-answer (RenderView size, SaveMap under the output dir, '../evil' refused, ExportMesh not implemented yet), and bad
+answer (RenderView size, SaveMap under the output dir, '../evil' refused, ExportMesh writes a mesh under the output
+dir, refuses a second export while one runs and bad depths / paths, and publishes the mesh on ~/mesh for late
+subscribers), and bad
 messages (wrong encoding, step mismatch, NaN quaternion, odometry stamp going backwards) are counted and dropped
 while the node keeps publishing.
 
@@ -34,6 +36,7 @@ try:
     from sensor_msgs.msg import CameraInfo, Image
     from std_msgs.msg import String
     from tf2_msgs.msg import TFMessage
+    from visualization_msgs.msg import Marker, MarkerArray
 
     from nerf_mapping_interfaces.msg import MapStatus
     from nerf_mapping_interfaces.srv import ExportMesh, LoadMap, QuerySegmentation, RenderView, SaveMap
@@ -164,6 +167,19 @@ class Harness:
             return fut.result(), time.monotonic() - t0
         finally:
             self.node.destroy_client(cli)
+
+    def call_async(self, srv_type, name: str, req):
+        """(client, future) of a request left running; destroy the client when done."""
+        cli = self.node.create_client(srv_type, f"{NODE}/{name}")
+        assert cli.wait_for_service(timeout_sec=20.0), f"service {name} not available"
+        return cli, cli.call_async(req)
+
+    def latched(self, msg_type, topic: str) -> list:
+        """Subscribe now (transient local, reliable) and collect what arrives, e.g. a mesh published earlier."""
+        got: list = []
+        qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.node.create_subscription(msg_type, topic, got.append, qos)
+        return got
 
     def close(self):
         self.ex.shutdown()
@@ -341,8 +357,37 @@ def test_mapper_end_to_end(mapper):
     assert not res.success
     h.wait_for(lambda: h.status[-1].keyframes > 0 and h.status[-1].training, 20, "training after load_map")
 
-    res, _ = h.call(ExportMesh, "export_mesh", ExportMesh.Request(filename="mesh.ply"))
-    assert not res.success and "not implemented yet" in res.message
+    # ExportMesh: a second request while one runs is refused, not queued; the mesh lands under the output dir
+    cli, fut = h.call_async(ExportMesh, "export_mesh", ExportMesh.Request(depth=7, filename="meshes/test_mesh"))
+    time.sleep(0.5)
+    res2, _ = h.call(ExportMesh, "export_mesh", ExportMesh.Request(depth=7, filename="other.ply"))
+    h.wait_for(fut.done, 120, "export_mesh response")
+    res, dt = fut.result(), 0.0
+    h.node.destroy_client(cli)
+    assert res.success, res.message
+    assert not res2.success and "busy" in res2.message, res2.message
+    assert not (out_dir / "other.ply").exists()
+    mesh_path = Path(res.path)
+    assert mesh_path == out_dir / "meshes" / "test_mesh.ply" and mesh_path.is_file(), res.path
+    assert res.n_triangles > 1000 and res.n_vertices > 500, res.message
+    import open3d as o3d
+
+    m = o3d.io.read_triangle_mesh(str(mesh_path))
+    assert len(m.triangles) == res.n_triangles and m.has_vertex_colors()
+    print(f"export_mesh while training: {res.message}", file=sys.stderr)
+    # a subscriber that joins after the export still gets the mesh (transient local), in the map frame
+    got = h.latched(MarkerArray, f"{NODE}/mesh")
+    h.wait_for(lambda: len(got) > 0, 20, "~/mesh MarkerArray")
+    tri = [mk for mk in got[-1].markers if mk.type == Marker.TRIANGLE_LIST]
+    assert got[-1].markers[0].action == Marker.DELETEALL and tri
+    assert all(mk.header.frame_id == "map" for mk in tri)
+    n_pts = sum(len(mk.points) for mk in tri)
+    assert n_pts % 3 == 0 and 0 < n_pts // 3 <= 100000 and all(len(mk.colors) == len(mk.points) for mk in tri)
+    for bad in (ExportMesh.Request(depth=13, filename="d13.ply"), ExportMesh.Request(filename="../evil.ply"),
+                ExportMesh.Request(filename="/tmp/evil.ply")):
+        res, _ = h.call(ExportMesh, "export_mesh", bad)
+        assert not res.success, bad
+    assert not (out_dir / "d13.ply").exists() and not (out_dir.parent / "evil.ply").exists()
     res, _ = h.call(QuerySegmentation, "query_segmentation", QuerySegmentation.Request(text="chair", threshold=0.5))
     assert not res.success and "not implemented yet" in res.message
 

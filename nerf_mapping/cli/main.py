@@ -217,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
         q.set_defaults(func=cmd_benchmark, dataset=name)
     _register_optional(bs, "nerf_mapping.benchmarks.poses", "add_cli")
     _register_optional(bs, "nerf_mapping.benchmarks.drift", "add_cli")
+    _register_optional(bs, "nerf_mapping.benchmarks.mesh", "add_cli")
 
     p = sub.add_parser("scene", help="the built-in labeled demo scene")
     ss = p.add_subparsers(dest="scene_command", required=True)
@@ -226,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Feature modules register their own commands: poses (export/inspect), ROS bag tools, node, launch.
     _register_optional(sub, "nerf_mapping.cli.poses", "add_cli")
+    _register_optional(sub, "nerf_mapping.cli.export", "add_cli")
     _register_optional(sub, "nerf_mapping.ros.cli", "add_cli")
 
     p = sub.add_parser("demo", help="the main job on the bundled demo scene: ROS node + bag player over DDS "

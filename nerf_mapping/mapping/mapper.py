@@ -534,6 +534,20 @@ class OnlineMapper:
         return {"rgb": (out["rgb"].clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).numpy(),
                 "depth": out["depth"].numpy()}
 
+    def export_mesh(self, path: Path, cfg=None, kind: str = "poisson", progress=None):
+        """Export the current map (``kind`` poisson | pointcloud, :mod:`nerf_mapping.export.mesh`) to ``path``, in
+        the map frame at the refined poses. Training pauses only while the field is copied; the export itself
+        runs on the caller's thread beside training. Returns the exporter's ``ExportResult``."""
+        from nerf_mapping.export.mesh import MeshExportConfig, export_geometry, snapshot
+
+        cfg = (cfg or MeshExportConfig()).validate()
+        with self._state_lock:
+            tr = self.trainer
+            if len(tr.frames) == 0:
+                raise ValueError("the map has no keyframes yet: nothing to export")
+            snap = snapshot(tr)
+        return export_geometry(snap, path, cfg, kind, progress)
+
     # ------------------------------------------------------------------------------------------------ poses
     def _refined_c2w(self, tr: Trainer, fid: int, c2w: torch.Tensor) -> torch.Tensor:
         """Model c2w of keyframe ``fid`` after pose refinement (unchanged when refinement is off)."""

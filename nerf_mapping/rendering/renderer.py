@@ -166,7 +166,7 @@ def render_rays(
     depth = depth / opacity.clamp_min(1e-6)
     out = {"rgb": rgb, "depth": depth, "opacity": opacity, "n_samples": torch.tensor(ray_idx.numel()),
            "n_marched": torch.tensor(n_marched),
-           "weights": weights, "ray_indices": ray_idx}
+           "weights": weights, "ray_indices": ray_idx, "t_starts": t0, "t_ends": t1}
     if feature_heads:
         feats = field.features(pos, geo, feature_heads)
         for k, v in feats.items():

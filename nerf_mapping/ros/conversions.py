@@ -324,3 +324,18 @@ def marker_triangle_list(vertices, triangles, colors=None, stamp=0, frame_id: st
         c = np.asarray(colors, dtype=np.float64).reshape(-1, 3)[flat] / 255.0
         m.colors = [ColorRGBA(r=float(a), g=float(b), b=float(cc), a=1.0) for a, b, cc in c]
     return m
+
+
+def mesh_marker_array(vertices, triangles, colors=None, stamp=0, frame_id: str = "map", ns: str = "mesh",
+                      max_triangles: int = 20000):
+    """A mesh as visualization_msgs/MarkerArray: a DELETEALL (clears the previous mesh) and TRIANGLE_LIST markers of
+    at most ``max_triangles`` triangles each (RViz and DDS handle several moderate messages better than one huge)."""
+    from visualization_msgs.msg import Marker, MarkerArray
+
+    t = np.asarray(triangles, dtype=np.int64).reshape(-1, 3)
+    if max_triangles < 1:
+        raise ValueError("max_triangles must be >= 1")
+    clear = Marker(header=_header(stamp, frame_id), ns=ns, action=Marker.DELETEALL)
+    markers = [clear] + [marker_triangle_list(vertices, t[s:s + max_triangles], colors, stamp, frame_id, ns, k)
+                         for k, s in enumerate(range(0, len(t), max_triangles))]
+    return MarkerArray(markers=markers)

@@ -4,7 +4,7 @@ against the scene's ground truth until the map passes a quality bar, calls the s
 
 Outputs in ``--output``: ``summary.json``, ``status.jsonl`` (every MapStatus), ``renders/`` (the node's periodic
 renders next to ground truth, and a RenderView answer), ``paths.json`` (odometry, refined and ground-truth keyframe
-paths: stamps and base_link positions), ``map/`` (SaveMap checkpoint), ``logs/`` (node and player logs).
+paths: stamps and base_link positions), ``map/`` (SaveMap checkpoint, ExportMesh mesh), ``logs/`` (node and player logs).
 
 Trajectory error: ``summary.json["ate"]`` scores ``~/path/odom`` (raw odometry) and ``~/path/refined`` (pose
 refinement) against the ground-truth base_link positions at the same stamps: RMSE unaligned (the map frame starts at
@@ -267,7 +267,7 @@ def run(args) -> int:
     print(_fmt_ate(ate) if "error" not in ate else f"ATE failed: {ate['error']}")
     for k, v in services.items():
         print(f"  service {k}: {v.get('message', '')} ({v.get('seconds', 0):.2f} s)")
-    print(f"outputs in {out}: summary.json, status.jsonl, renders/, paths.json, map/, logs/")
+    print(f"outputs in {out}: summary.json, status.jsonl, renders/, paths.json, map/ (map, mesh), logs/")
     return rc if summary["reached_bar"] or rc else 2
 
 
@@ -310,7 +310,9 @@ def _call_services(node, out: Path, gt_c2w, gt_paths, bar) -> dict:
         res["render_view"]["psnr_vs_ground_truth"] = _psnr(img, gt)
         iio.imwrite(out / "renders" / "render_view_gt_vs_render.png", np.concatenate([gt, img], 1))
     call("save_map", SaveMap, lambda q: setattr(q, "filename", "demo_map.pt"))
-    call("export_mesh", ExportMesh, lambda q: (setattr(q, "depth", 8), setattr(q, "filename", "demo_mesh.ply")))
+    r = call("export_mesh", ExportMesh, lambda q: setattr(q, "filename", "demo_mesh.ply"))  # the node's depth
+    if r is not None and getattr(r, "success", False):
+        res["export_mesh"].update(path=r.path, n_triangles=int(r.n_triangles), n_vertices=int(r.n_vertices))
     call("query_segmentation", QuerySegmentation,
          lambda q: (setattr(q, "text", "chair"), setattr(q, "threshold", 0.5)))
     return res

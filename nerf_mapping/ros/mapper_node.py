@@ -7,7 +7,8 @@ Inputs (sensor QoS by default): camera images (raw or compressed) + CameraInfo, 
 geometry_msgs/PoseStamped), /tf_static for the base->camera extrinsic. Outputs: ``~/status`` (MapStatus),
 ``~/input_stats`` (std_msgs/String JSON with per-reason drop counters), ``~/rendered`` (periodic render at the latest
 keyframe pose, stamped with that keyframe's stamp), ``~/path/odom`` + ``~/path/refined`` (nav_msgs/Path), ``/tf``
-map->odom, ``~/mesh`` (Marker), ``~/segmentation`` (PointCloud2). Services under ``~/``: render_view, save_map,
+map->odom, ``~/mesh`` (MarkerArray of TRIANGLE_LIST, transient local: the last ExportMesh result),
+``~/segmentation`` (PointCloud2). Services under ``~/``: render_view, save_map,
 load_map, export_mesh, query_segmentation.
 
 Threads: subscription callbacks only validate, convert and hand over to the mapper (whose keyframe worker decodes
@@ -40,11 +41,12 @@ from nav_msgs.msg import Odometry, Path as PathMsg
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_msgs.msg import String
 from tf2_msgs.msg import TFMessage
-from visualization_msgs.msg import Marker
+from visualization_msgs.msg import MarkerArray
 
 from nerf_mapping_interfaces.msg import MapStatus
 from nerf_mapping_interfaces.srv import ExportMesh, LoadMap, QuerySegmentation, RenderView, SaveMap
 
+from nerf_mapping.export.mesh import MeshExportConfig
 from nerf_mapping.export.paths import safe_output_path
 from nerf_mapping.mapping.map_io import MAP_SUFFIX
 from nerf_mapping.mapping.mapper import OnlineMapper
@@ -112,18 +114,24 @@ class MapperNode(Node):
         self.pub_stats = self.create_publisher(String, "~/input_stats", 10)
         self.pub_path_odom = self.create_publisher(PathMsg, "~/path/odom", 2)
         self.pub_path_refined = self.create_publisher(PathMsg, "~/path/refined", 2)
-        self.pub_mesh = self.create_publisher(Marker, "~/mesh", 1)
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL, history=HistoryPolicy.KEEP_LAST)
+        self.pub_mesh = self.create_publisher(MarkerArray, "~/mesh", latched)  # RViz started later still gets it
         self.pub_seg = self.create_publisher(PointCloud2, "~/segmentation", 1)
         self.pub_tf = self.create_publisher(TFMessage, "/tf", 10) if bool(g("publish_tf")) else None
 
         # --- services
         self._service_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nerf_mapper_service")
+        # exports take seconds: their own thread, so renders and saves are not queued behind them
+        self._export_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nerf_mapper_export")
         for srv_type, name, fn in ((RenderView, "~/render_view", self._srv_render_view),
                                    (SaveMap, "~/save_map", self._srv_save_map),
                                    (LoadMap, "~/load_map", self._srv_load_map),
-                                   (ExportMesh, "~/export_mesh", self._srv_export_mesh),
                                    (QuerySegmentation, "~/query_segmentation", self._srv_query_segmentation)):
             self.create_service(srv_type, name, self._offloaded(fn), callback_group=cb_services)
+        self.create_service(ExportMesh, "~/export_mesh",
+                            self._offloaded(self._srv_export_mesh, self._export_pool, exclusive=True),
+                            callback_group=cb_services)
 
         # --- timers and threads
         self.create_timer(float(g("status_period_s")), self._publish_status, callback_group=cb_timers)
@@ -149,13 +157,29 @@ class MapperNode(Node):
         if self.context.ok() and not self.mapper.stopping:  # else: shutting down
             self.get_logger().error(f"{what} failed: {exc!r}", throttle_duration_sec=5.0)
 
-    def _offloaded(self, fn):
-        """Service callback that runs ``fn(request, response)`` on the service thread and awaits it: the executor
-        (single-threaded, see the module docstring) keeps taking messages meanwhile. Requests are served one at a
-        time, in arrival order."""
+    def _offloaded(self, fn, pool: ThreadPoolExecutor | None = None, exclusive: bool = False):
+        """Service callback that runs ``fn(request, response)`` on a service thread (``pool``, default the shared
+        one) and awaits it: the executor (single-threaded, see the module docstring) keeps taking messages
+        meanwhile. Requests are served one at a time, in arrival order; with ``exclusive`` a request that arrives
+        while another is running is refused at once (success false) instead of queued."""
         from rclpy.task import Future
 
+        pool = pool or self._service_pool
+        running = [0]  # only touched by the executor thread
+
         async def callback(request, response):
+            if exclusive and running[0]:
+                response.success = False
+                response.message = (f"busy: a {getattr(fn, '__name__', 'request').removeprefix('_srv_')} request is "
+                                    "running; call again when it has finished")
+                return response
+            running[0] += 1
+            try:
+                return await run_offloaded(request, response)
+            finally:
+                running[0] -= 1
+
+        async def run_offloaded(request, response):
             fut = Future(executor=self.executor)
 
             def run():
@@ -164,7 +188,7 @@ class MapperNode(Node):
                 except BaseException as exc:  # noqa: BLE001 - the _srv_* functions answer errors themselves
                     fut.set_exception(exc)
 
-            self._service_pool.submit(run)
+            pool.submit(run)
             try:
                 return await fut
             except Exception as exc:  # noqa: BLE001 - a failed request is answered, never fatal to the executor
@@ -313,11 +337,40 @@ class MapperNode(Node):
 
     def _srv_export_mesh(self, req: ExportMesh.Request, res: ExportMesh.Response) -> ExportMesh.Response:
         try:
-            safe_output_path(self.output_dir, req.filename, "mesh.ply", "")
-            res.success, res.message = False, "not implemented yet: mesh extraction arrives with the mesh export issue"
+            depth = int(req.depth) if int(req.depth) > 0 else int(self._p("mesh.depth"))
+            cfg = MeshExportConfig(depth=depth, num_points=int(self._p("mesh.num_points")),
+                                   target_triangles=int(self._p("mesh.target_triangles"))).validate()
+            path = safe_output_path(self.output_dir, req.filename, time.strftime("mesh_%Y%m%d_%H%M%S"), ".ply")
+            r = self.mapper.export_mesh(path, cfg)
+            t_pub = time.perf_counter()
+            n_pub = self._publish_mesh(r.geometry)
+            res.n_vertices, res.n_triangles, res.path = r.n_vertices, r.n_triangles, str(r.path)
+            res.success = True
+            res.message = (f"mesh: {r.n_triangles} triangles, {r.n_vertices} vertices from {r.n_points} points in "
+                           f"{r.seconds['total']:.1f} s (depth {depth}); "
+                           + (f"{n_pub} triangles on ~/mesh ({time.perf_counter() - t_pub:.1f} s)" if n_pub else
+                              "not published (mesh.marker_max_triangles 0)"))
+            self.get_logger().info(f"export_mesh: {res.message} -> {path}")
         except Exception as exc:  # noqa: BLE001
             res.success, res.message = False, f"export_mesh failed: {exc}"
         return res
+
+    def _publish_mesh(self, mesh) -> int:
+        """Publish ``mesh`` (Open3D, map frame) on ~/mesh, decimated to ``mesh.marker_max_triangles``; returns the
+        triangles published."""
+        import numpy as np
+
+        cap = int(self._p("mesh.marker_max_triangles"))
+        if cap <= 0:
+            return 0
+        if len(mesh.triangles) > cap:
+            mesh = mesh.simplify_quadric_decimation(cap)
+        colors = (np.asarray(mesh.vertex_colors) * 255.0 + 0.5).clip(0, 255).astype(np.uint8) \
+            if mesh.has_vertex_colors() else None
+        msg = conv.mesh_marker_array(np.asarray(mesh.vertices), np.asarray(mesh.triangles), colors,
+                                     self.get_clock().now().to_msg(), self.map_frame)
+        self._publish(self.pub_mesh, msg)
+        return len(mesh.triangles)
 
     def _srv_query_segmentation(self, req: QuerySegmentation.Request,
                                 res: QuerySegmentation.Response) -> QuerySegmentation.Response:
@@ -336,6 +389,7 @@ class MapperNode(Node):
     def shutdown(self) -> None:
         self.mapper.stop()
         self._service_pool.shutdown(wait=False, cancel_futures=True)
+        self._export_pool.shutdown(wait=False, cancel_futures=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,10 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from nerf_mapping.export.mesh import MeshExportConfig
 from nerf_mapping.mapping.keyframes import KeyframeConfig
 from nerf_mapping.mapping.mapper import MapperConfig, OnlineTrainingConfig, SyncConfig
 
 _M, _K, _S, _T = MapperConfig(), KeyframeConfig(), SyncConfig(), OnlineTrainingConfig()
+_E = MeshExportConfig()
 
 # (name, default, description). Types follow the default's Python type.
 PARAMETERS: list[tuple[str, object, str]] = [
@@ -80,6 +82,12 @@ PARAMETERS: list[tuple[str, object, str]] = [
      "training"),
     ("render_width", _M.render_width, "width of the periodic render (pixels)"),
     ("render_max_size", 1920, "largest width/height RenderView accepts"),
+    # mesh export (ExportMesh, ~/mesh)
+    ("mesh.depth", _E.depth, "Poisson octree depth of ExportMesh when the request gives none (1..12)"),
+    ("mesh.num_points", _E.num_points, "rays cast over the keyframes for the mesh's surface points"),
+    ("mesh.target_triangles", _E.target_triangles, "decimate the exported mesh to this many triangles (0 = keep all)"),
+    ("mesh.marker_max_triangles", 100000, "triangles of the copy published on ~/mesh for RViz (decimated when the "
+     "mesh is larger; 0 = do not publish)"),
 ]
 
 

@@ -22,6 +22,7 @@ import torch
 from nerf_mapping.cameras import Cameras, camera_directions, rays_from_c2w
 from nerf_mapping.config import from_dict, to_dict
 from nerf_mapping.fields.ngp_field import FieldConfig, NGPField
+from nerf_mapping.rendering.compositing import distortion_loss
 from nerf_mapping.rendering.occupancy_grid import OccupancyGrid, OccupancyGridConfig
 from nerf_mapping.evaluation import psnr_from_mse
 from nerf_mapping.rendering.renderer import RenderConfig, render_camera, render_rays
@@ -70,6 +71,10 @@ class TrainerConfig:
     """Upper bound of the adapted ray count."""
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
     """Colour composited behind the field (the datasets' background: white for NeRF-synthetic, black for DTU)."""
+    distortion_loss_mult: float = 0.0
+    """Weight of mip-NeRF 360's distortion loss (per ray, distances in scene units; see
+    :func:`nerf_mapping.rendering.compositing.distortion_loss`): pulls each ray's weight into one interval, so the
+    free space of a room stays empty instead of holding a haze. 0 = off."""
     mask_background: bool = False
     """Where frames carry foreground masks (DTU), train pixels outside the mask towards ``background`` (the object
     alone is mapped; a backdrop the bounded field cannot represent no longer biases geometry or poses)."""
@@ -193,6 +198,9 @@ class Trainer:
             target = self.target_rgb(batch.rgb, batch.mask)
             err = (out["rgb"] - target) ** 2
             loss = err.mean()
+            if self.cfg.distortion_loss_mult > 0 and n_samples > 0:
+                loss = loss + self.cfg.distortion_loss_mult * distortion_loss(
+                    out["weights"], out["t_starts"], out["t_ends"], out["ray_indices"], target.shape[0]).mean()
             for ext in self.extensions:
                 extra = ext.loss(batch.frame_ids, out)
                 if extra is not None:

@@ -1,0 +1,142 @@
+"""``nerf-mapping benchmark mesh``: train on a demo scene, export a Poisson mesh, compare it with the ground truth.
+
+    nerf-mapping benchmark mesh [--data SCENE_DIR] [--time-budget 120] [--depth 9] --json OUT.json
+
+The scene is the cached default demo scene (generated on first use) or any scene written by ``scene generate``
+(``--data``: it carries ``mesh.ply`` and ground-truth depth maps). Training is the offline trainer on the scene's
+training split at its ground-truth poses for ``--time-budget`` seconds; the export is :mod:`nerf_mapping.export.mesh`
+with its defaults (``--depth``, ``--num-points``, ``--set`` for the trainer). Scores
+(:mod:`nerf_mapping.evaluation.mesh`, 100k area-uniform samples on each mesh): Chamfer distance, precision / recall /
+F-score at 1 % and 2 % of the scene box diagonal, against the ground truth restricted to what the training views
+saw (``*_visible``, the headline figures: ``chamfer_rel``, ``fscore_*``, ``precision_2pct``, ``recall_2pct``) and
+against the whole ground-truth mesh (``*_full``). Written beside the JSON: ``mesh.ply`` and ``mesh.png`` (top and
+side views of the mesh samples, coloured by the mesh's colour and by their distance to the truth).
+Measured results: docs/results/mesh.md.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def add_cli(bs) -> None:
+    from nerf_mapping.cli.common import add_config_arg, add_impl_arg
+
+    q = bs.add_parser("mesh", help="Poisson mesh of a demo scene vs its ground-truth mesh: Chamfer, F-score, seconds")
+    q.add_argument("--data", type=Path, default=None,
+                   help="a scene written by `scene generate` (default: the cached default demo scene)")
+    q.add_argument("--time-budget", type=float, default=120.0, help="training seconds")
+    q.add_argument("--depth", type=int, default=9, help="Poisson octree depth")
+    q.add_argument("--num-points", type=int, default=None, help="rays cast for surface points (default: exporter's)")
+    q.add_argument("--samples", type=int, default=100_000, help="surface samples per mesh for the scores")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--output", type=Path, default=None, help="folder for mesh.ply / mesh.png (default: beside --json)")
+    q.add_argument("--json", type=Path, default=None)
+    q.add_argument("--quiet", action="store_true")
+    add_impl_arg(q)
+    add_config_arg(q)
+    q.set_defaults(func=cmd_benchmark_mesh)
+
+
+def run(args) -> dict:
+    import torch
+
+    from nerf_mapping.cli.common import configure, load_data
+    from nerf_mapping.evaluation.mesh import mesh_scores, sample_surface, visible_mask
+    from nerf_mapping.export.mesh import MeshExportConfig, export_geometry, snapshot
+    from nerf_mapping.scene.generate import ensure_default_scene
+    from nerf_mapping.scene.mesh_io import read_labeled_ply
+    from nerf_mapping.training.offline import build_trainer
+
+    scene = Path(args.data) if args.data else ensure_default_scene(progress=not args.quiet)
+    if not (scene / "mesh.ply").is_file():
+        raise ValueError(f"{scene}: no mesh.ply (a scene written by `nerf-mapping scene generate` is needed)")
+    out_dir = Path(args.output) if args.output else (Path(args.json).parent if args.json else Path("outputs/mesh"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = load_data(scene, "train", 1)
+    if data.depths is None:
+        raise ValueError(f"{scene}: the training views have no depth maps (needed to cull unseen ground truth)")
+    cfg = configure(data, args, seed=args.seed)
+    trainer = build_trainer(data, cfg)
+    summary = trainer.train(time_budget=args.time_budget, progress=not args.quiet)
+    ecfg = MeshExportConfig(depth=args.depth)
+    if args.num_points:
+        ecfg.num_points = args.num_points
+    t0 = time.perf_counter()
+    snap = snapshot(trainer)
+    res = export_geometry(snap, out_dir / "mesh.ply", ecfg)
+    export_s = time.perf_counter() - t0
+
+    gt = read_labeled_ply(scene / "mesh.ply")
+    diag = float(np.linalg.norm(np.diff(data.scene_box.numpy(), axis=0)))
+    th = {"1pct": 0.01 * diag, "2pct": 0.02 * diag}
+    pred = (np.asarray(res.geometry.vertices), np.asarray(res.geometry.triangles))
+    truth = (gt["vertices"], gt["triangles"])
+    pred_s = sample_surface(*pred, args.samples, args.seed)
+    gt_s = sample_surface(*truth, args.samples * 2, args.seed + 1)
+    seen = visible_mask(gt_s, data.cameras, data.depths)
+    gt_vis = gt_s[seen][:args.samples]
+    vis = mesh_scores(pred, pred_s, truth, gt_vis, th)
+    full = mesh_scores(pred, pred_s, truth, gt_s[:args.samples], th)
+    out = {
+        "scene": str(scene), "time_budget_s": args.time_budget, "train_steps": summary["steps"],
+        "train_seconds": summary["train_seconds"], "export_seconds": export_s,
+        "export_phase_seconds": res.seconds, "depth": args.depth, "num_points_cast": ecfg.num_points,
+        "n_points": res.n_points, "n_vertices": res.n_vertices, "n_triangles": res.n_triangles,
+        "scene_diagonal": diag, "gt_visible_fraction": float(seen.mean()),
+        "chamfer_rel": vis["chamfer"] / diag, "fscore_1pct": vis["fscore_1pct"], "fscore_2pct": vis["fscore_2pct"],
+        "precision_2pct": vis["precision_2pct"], "recall_2pct": vis["recall_2pct"],
+        "visible": vis, "full": full, "chamfer_rel_full": full["chamfer"] / diag,
+        "mesh": str(res.path), "threads": torch.get_num_threads(), "trainer_overrides": list(args.set),
+    }
+    out["picture"] = str(save_picture(out_dir / "mesh.png", pred_s, res.geometry, truth, diag))
+    return out
+
+
+def save_picture(path: Path, pred: np.ndarray, mesh, truth: tuple, diag: float) -> Path:
+    """Top and side views of the mesh samples: coloured by the mesh's vertex colours, and by distance to the truth
+    (blue 0 -> red >= 2 % of the diagonal)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from nerf_mapping.evaluation.mesh import point_mesh_distances
+
+    v = np.asarray(mesh.vertices)
+    c = np.asarray(mesh.vertex_colors) if mesh.has_vertex_colors() else np.full((len(v), 3), 0.5)
+    rng = np.random.default_rng(0)
+    sel = rng.choice(len(v), size=min(len(v), 60000), replace=False)
+    ps = pred[rng.choice(len(pred), size=min(len(pred), 60000), replace=False)]
+    err = point_mesh_distances(ps, *truth)
+    fig, axes = plt.subplots(2, 2, figsize=(12, 9))
+    for row, (a, b, name) in enumerate(((0, 1, "top (x-y)"), (0, 2, "side (x-z)"))):
+        order = np.argsort(v[sel, 3 - a - b])  # paint far points first
+        axes[row, 0].scatter(v[sel][order, a], v[sel][order, b], c=c[sel][order], s=0.3)
+        axes[row, 0].set_title(f"mesh vertices, {name}")
+        sc = axes[row, 1].scatter(ps[:, a], ps[:, b], c=err, s=0.3, cmap="jet", vmin=0, vmax=0.02 * diag)
+        axes[row, 1].set_title(f"distance to ground truth (m), {name}")
+        fig.colorbar(sc, ax=axes[row, 1])
+        for ax in axes[row]:
+            ax.set_aspect("equal")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def cmd_benchmark_mesh(args) -> int:
+    from nerf_mapping.cli.common import exit_on_error
+
+    res = exit_on_error(run, args)
+    keys = ("chamfer_rel", "fscore_1pct", "fscore_2pct", "precision_2pct", "recall_2pct", "chamfer_rel_full",
+            "export_seconds", "train_seconds", "train_steps", "n_triangles", "mesh", "picture")
+    print(json.dumps({k: res[k] for k in keys}, indent=2))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(res, indent=2))
+        print(f"results: {args.json}")
+    return 0
