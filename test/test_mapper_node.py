@@ -382,7 +382,7 @@ def test_mapper_end_to_end(mapper):
     assert got[-1].markers[0].action == Marker.DELETEALL and tri
     assert all(mk.header.frame_id == "map" for mk in tri)
     n_pts = sum(len(mk.points) for mk in tri)
-    assert n_pts % 3 == 0 and 0 < n_pts // 3 <= 100000 and all(len(mk.colors) == len(mk.points) for mk in tri)
+    assert n_pts % 3 == 0 and 0 < n_pts // 3 <= 50000 and all(len(mk.colors) == len(mk.points) for mk in tri)
     for bad in (ExportMesh.Request(depth=13, filename="d13.ply"), ExportMesh.Request(filename="../evil.ply"),
                 ExportMesh.Request(filename="/tmp/evil.ply")):
         res, _ = h.call(ExportMesh, "export_mesh", bad)
