@@ -111,16 +111,21 @@ class SurfacePoints(NamedTuple):
     rgb: np.ndarray  # [N,3] float in [0,1]
 
 
-def training_views(trainer) -> Cameras:
-    """The trainer's live frames as cameras at their refined poses (every extension's ``transform_c2w``)."""
-    ids, cams = trainer.frames.cameras()
-    if len(ids) == 0:
-        raise ValueError("the map has no keyframes yet: nothing to export")
+def _refined(trainer, cams: Cameras, ids: torch.Tensor) -> Cameras:
+    """``cams`` (frames ``ids``) at their refined poses: every extension's ``transform_c2w``, as in training."""
     c2w = cams.c2w
     with torch.no_grad():
         for ext in trainer.extensions:
             c2w = ext.transform_c2w(c2w, ids)
     return Cameras(**{**{k: getattr(cams, k) for k in cams.__dataclass_fields__}, "c2w": c2w.detach().clone()})
+
+
+def training_views(trainer) -> Cameras:
+    """The trainer's live frames as cameras at their refined poses."""
+    ids, cams = trainer.frames.cameras()
+    if len(ids) == 0:
+        raise ValueError("the map has no keyframes yet: nothing to export")
+    return _refined(trainer, cams, ids)
 
 
 def checkpoint_views(trainer) -> Cameras:
@@ -132,12 +137,7 @@ def checkpoint_views(trainer) -> Cameras:
         raise ValueError("the checkpoint records no training views (train_c2w): nothing to cast rays from")
     K, size = extra["train_intrinsics"], extra["train_size"]
     cams = Cameras.create(extra["train_c2w"], K[:, 0], K[:, 1], K[:, 2], K[:, 3], size[:, 0], size[:, 1])
-    ids = torch.arange(len(cams))
-    c2w = cams.c2w
-    with torch.no_grad():
-        for ext in trainer.extensions:
-            c2w = ext.transform_c2w(c2w, ids)
-    return Cameras(**{**{k: getattr(cams, k) for k in cams.__dataclass_fields__}, "c2w": c2w.detach().clone()})
+    return _refined(trainer, cams, torch.arange(len(cams)))
 
 
 def snapshot(trainer, views: Cameras | None = None) -> MapSnapshot:
@@ -263,8 +263,6 @@ def to_open3d(points: SurfacePoints):
 
 def clean_points(points: SurfacePoints, bounds: np.ndarray, cfg: MeshExportConfig):
     """Crop, voxel down-sample and remove statistical outliers -> Open3D point cloud (normals re-normalised)."""
-    import open3d as o3d
-
     inside = np.all((points.xyz >= bounds[0]) & (points.xyz <= bounds[1]), axis=1)
     pcd = to_open3d(SurfacePoints(points.xyz[inside], points.normals[inside], points.rgb[inside]))
     voxel = cfg.voxel_size if cfg.voxel_size > 0 else float(np.linalg.norm(bounds[1] - bounds[0])) / 1024.0
