@@ -202,7 +202,7 @@ def test_trainer_extension_point_trains_an_extra_parameter_group(tiny_scene):
         def before_step(self, ctx):
             self.seen = ctx.step + 1
 
-        def loss(self, frame_ids, out):
+        def loss(self, frame_ids, out, batch=None):
             return (self.b - 1.0).pow(2).sum()
 
     data = load_dataset(tiny_scene, "train", 1)

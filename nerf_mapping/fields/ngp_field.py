@@ -52,7 +52,8 @@ def trunc_exp(x: torch.Tensor) -> torch.Tensor:
     return _TruncExp.apply(x)
 
 
-def _mlp(d_in: int, d_hidden: int, n_hidden: int, d_out: int) -> nn.Sequential:
+def mlp(d_in: int, d_hidden: int, n_hidden: int, d_out: int) -> nn.Sequential:
+    """ReLU MLP with ``n_hidden`` hidden layers of width ``d_hidden`` and a linear output layer."""
     layers: list[nn.Module] = []
     d = d_in
     for _ in range(n_hidden):
@@ -71,9 +72,9 @@ class NGPField(nn.Module):
         self.register_buffer("scene_box", scene_box.detach().clone().float().reshape(2, 3))
         self.unbounded = bool(unbounded)
         self.encoding = HashEncoding(cfg.encoding)
-        self.density_mlp = _mlp(self.encoding.n_output_dims, cfg.hidden_dim, 1, 1 + cfg.geo_feat_dim)
+        self.density_mlp = mlp(self.encoding.n_output_dims, cfg.hidden_dim, 1, 1 + cfg.geo_feat_dim)
         d_color = cfg.geo_feat_dim + cfg.sh_degree**2 + cfg.appearance_dim
-        self.color_mlp = _mlp(d_color, cfg.color_hidden_dim, cfg.color_hidden_layers, 3)
+        self.color_mlp = mlp(d_color, cfg.color_hidden_dim, cfg.color_hidden_layers, 3)
         self.heads = nn.ModuleDict()
 
     def unit_coords(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

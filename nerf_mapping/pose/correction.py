@@ -498,7 +498,7 @@ class PoseCorrection(TrainerExtension):
     def transform_c2w(self, c2w: torch.Tensor, frame_ids: torch.Tensor) -> torch.Tensor:
         return self(c2w, frame_ids)
 
-    def loss(self, frame_ids: torch.Tensor, out: dict) -> torch.Tensor | None:
+    def loss(self, frame_ids: torch.Tensor, out: dict, batch=None) -> torch.Tensor | None:
         return self.regularizer(frame_ids) if self.enabled else None
 
     def prepare_load(self, state: dict) -> None:

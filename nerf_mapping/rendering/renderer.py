@@ -134,7 +134,9 @@ def render_rays(
         feature_heads: names of ``field.heads`` to render as extra outputs.
         appearance: per-ray [R,A] or shared [A] appearance embedding (fields with ``appearance_dim`` > 0).
     Returns:
-        dict with rgb [R,3], depth [R], opacity [R], n_samples (scalar), and one [R,D] entry per feature head.
+        dict with rgb [R,3], depth [R], opacity [R], n_samples (scalar), and one [R,D] entry per feature head; when
+        any sample was rendered also the packed samples (``weights``, ``ray_indices``, ``t_starts``, ``t_ends``,
+        ``positions`` [S,3]) for extensions that render their own quantities with the same weights.
     """
     n_rays = origins.shape[0]
     feat_dims: dict[str, int] = {}
@@ -166,7 +168,7 @@ def render_rays(
     depth = depth / opacity.clamp_min(1e-6)
     out = {"rgb": rgb, "depth": depth, "opacity": opacity, "n_samples": torch.tensor(ray_idx.numel()),
            "n_marched": torch.tensor(n_marched),
-           "weights": weights, "ray_indices": ray_idx, "t_starts": t0, "t_ends": t1}
+           "weights": weights, "ray_indices": ray_idx, "t_starts": t0, "t_ends": t1, "positions": pos}
     if feature_heads:
         feats = field.features(pos, geo, feature_heads)
         for k, v in feats.items():

@@ -11,7 +11,8 @@ per-feature branches::
     transform_c2w(c2w, ids)      camera poses of the ray batch [R,3,4] -> [R,3,4] (pose corrections)
     render_inputs(ids)           extra keyword inputs of the training render (e.g. ``appearance`` [R,D])
     eval_render_inputs()         the same for novel / held-out views (e.g. the mean appearance)
-    loss(ids, out)               an extra loss term on the render ``out`` (or None)
+    loss(ids, out, batch)        an extra loss term on the render ``out`` of the ray batch ``batch`` (frame ids, pixel
+                                 coordinates, colours) (or None)
 
 The defaults do nothing, so an extension overrides only what it needs. The field's own parameters stay with the
 trainer; an extension must not deform geometry unless that is its purpose (a language head renders with the density
@@ -76,7 +77,7 @@ class TrainerExtension(nn.Module):
     def eval_render_inputs(self) -> dict[str, Any]:
         return {}
 
-    def loss(self, frame_ids: torch.Tensor, out: dict) -> torch.Tensor | None:
+    def loss(self, frame_ids: torch.Tensor, out: dict, batch=None) -> torch.Tensor | None:
         return None
 
     def prepare_load(self, state: dict) -> None:

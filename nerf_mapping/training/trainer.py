@@ -202,7 +202,7 @@ class Trainer:
                 loss = loss + self.cfg.distortion_loss_mult * distortion_loss(
                     out["weights"], out["t_starts"], out["t_ends"], out["ray_indices"], target.shape[0]).mean()
             for ext in self.extensions:
-                extra = ext.loss(batch.frame_ids, out)
+                extra = ext.loss(batch.frame_ids, out, batch)
                 if extra is not None:
                     loss = loss + extra
             for g in self.optimizer.param_groups:

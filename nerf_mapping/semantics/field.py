@@ -1,0 +1,196 @@
+"""The language-feature field: a trainer extension that lifts a 2D teacher's per-pixel features into the map.
+
+Its own small hash grid and MLP map a position to a unit D-dim feature (the teacher's space). Rays render it with
+the radiance field's compositing weights *detached*: the language loss trains this field only and can never
+deform geometry (a test checks that the density is unchanged by it). Per training step it reuses the step's samples
+(``positions``, ``weights`` and ``ray_indices`` of the render), looks up the teacher's feature at each ray's pixel
+in that frame's cached teacher map, and adds ``loss_mult * (1 - cos(rendered, teacher))`` over rays whose teacher
+feature is known (non-zero) and whose opacity is at least 0.5.
+
+Cost: D is large (384 for the sentence encoder, 512+ for CLIP), so rendering is done in the MLP's last hidden
+layer: the output layer is linear, so compositing the hidden activations and projecting once per ray gives exactly
+the composite of the per-sample outputs (sum_i w_i (W h_i + b) = W sum_i w_i h_i + b sum_i w_i), at 64 instead of D
+values per sample. The composite is normalised per ray; a 3D point's feature is its normalised output. The loss uses
+at most ``rays_per_step`` rays of a step.
+
+Teacher maps are computed once per frame, off the training thread (``set_target``), and kept compactly: dense
+``[h, w, D]`` maps, or for the oracle label teacher ``[h, w]`` class codes with one ``[C, D]`` table. They are not
+saved with the map (they are recomputed from the keyframes); the field's weights are, under the extension's name.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from nerf_mapping.fields.contraction import to_unit_cube
+from nerf_mapping.fields.hash_encoding import HashEncoding, HashEncodingConfig
+from nerf_mapping.fields.ngp_field import mlp
+from nerf_mapping.rendering.compositing import accumulate_along_rays
+from nerf_mapping.training.extension import TrainerExtension
+
+
+def _encoding() -> HashEncodingConfig:
+    # Semantics vary slowly compared with colour: a coarser, smaller grid than the radiance field's (12 levels up to
+    # 256 cells across the box, 2^16 entries per level) trains fast and keeps the field small in maps.
+    return HashEncodingConfig(n_levels=12, log2_hashmap_size=16, base_resolution=16, max_resolution=256)
+
+
+@dataclass
+class LanguageFieldConfig:
+    encoding: HashEncodingConfig = field(default_factory=_encoding)
+    """Hash grid of the language field (its own: the radiance field's geometry never sees this loss)."""
+    hidden_dim: int = 64
+    """Width of the MLP's hidden layers."""
+    hidden_layers: int = 2
+    """Hidden layers of the MLP."""
+    lr: float = 1e-2
+    """Adam learning rate (the field's schedule factor applies)."""
+    loss_mult: float = 0.1
+    """Weight of the cosine loss beside the photometric MSE."""
+    min_opacity: float = 0.5
+    """Rays more transparent than this carry no language loss (their depth is not settled)."""
+    rays_per_step: int = 512
+    """At most this many of a step's rays carry the language loss (a random subset): bounds its cost per step."""
+
+
+class TeacherMap(NamedTuple):
+    """A frame's teacher features: ``dense`` [h,w,D], or ``codes`` [h,w] into ``table`` [C,D]; ``size`` (W, H) of
+    the frame they describe."""
+
+    dense: torch.Tensor | None
+    codes: torch.Tensor | None
+    table: torch.Tensor | None
+    size: tuple[int, int]
+
+    def lookup(self, px: torch.Tensor, py: torch.Tensor) -> torch.Tensor:
+        """[R,D] features at frame pixel coordinates (nearest cell)."""
+        h, w = (self.dense.shape[:2] if self.dense is not None else self.codes.shape)
+        u = (px * (w / self.size[0])).long().clamp(0, w - 1)
+        v = (py * (h / self.size[1])).long().clamp(0, h - 1)
+        if self.dense is not None:
+            return self.dense[v, u].float()
+        return self.table[self.codes[v, u].long()]
+
+
+class LanguageField(TrainerExtension):
+    name = "language"
+
+    def __init__(self, cfg: LanguageFieldConfig, dim: int, scene_box, unbounded: bool, teacher: str = ""):
+        super().__init__()
+        self.cfg = cfg
+        self.dim = int(dim)
+        self.teacher = teacher
+        """Name of the teacher whose space the features live in (queries must use the same one)."""
+        self.register_buffer("scene_box", torch.as_tensor(scene_box, dtype=torch.float32).reshape(2, 3).clone())
+        self.unbounded = bool(unbounded)
+        self.encoding = HashEncoding(cfg.encoding)
+        self.mlp = mlp(self.encoding.n_output_dims, cfg.hidden_dim, cfg.hidden_layers, self.dim)
+        self.targets: dict[int, TeacherMap] = {}
+        self._targets_lock = threading.Lock()
+        self.last_loss = float("nan")
+        self.rebuild_optimizer()
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.parameters(), lr=self.cfg.lr, eps=1e-15)
+
+    # -- teacher maps --------------------------------------------------------------------------------------------
+    def set_target(self, frame_id: int, target: TeacherMap) -> None:
+        with self._targets_lock:
+            self.targets[int(frame_id)] = target
+
+    def drop_target(self, frame_id: int) -> None:
+        with self._targets_lock:
+            self.targets.pop(int(frame_id), None)
+
+    # -- the field ---------------------------------------------------------------------------------------------
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        """[N,3] world points -> [N,H] activations before the (linear) output layer."""
+        u = to_unit_cube(x.detach(), self.scene_box, self.unbounded).clamp(0.0, 1.0)
+        return self.mlp[:-1](self.encoding(u))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[N,3] world points -> [N,D] unit features."""
+        return nn.functional.normalize(self.mlp[-1](self.hidden(x)), dim=-1)
+
+    def render(self, out: dict, n_rays: int, rays: torch.Tensor | None = None) -> torch.Tensor:
+        """[n_rays, D] features composited with the render's (detached) weights, unit where the ray hit something;
+        ``rays``: only these ray indices of the render ([len(rays), D] then)."""
+        if "positions" not in out:
+            return torch.zeros(n_rays if rays is None else len(rays), self.dim)
+        w, ri, pos = out["weights"].detach(), out["ray_indices"], out["positions"]
+        if rays is not None:  # keep the samples of the chosen rays, renumbered 0..len(rays)-1
+            remap = torch.full((n_rays,), -1, dtype=torch.long)
+            remap[rays] = torch.arange(len(rays))
+            keep = remap[ri] >= 0
+            w, ri, pos, n_rays = w[keep], remap[ri[keep]], pos[keep], len(rays)
+        h = accumulate_along_rays(w, ri, n_rays, self.hidden(pos))
+        opacity = accumulate_along_rays(w, ri, n_rays)
+        last = self.mlp[-1]
+        return nn.functional.normalize(h @ last.weight.T + opacity * last.bias, dim=-1)
+
+    # -- training ------------------------------------------------------------------------------------------------
+    def before_step(self, ctx) -> None:
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.cfg.lr * ctx.lr_factor
+
+    def loss(self, frame_ids: torch.Tensor, out: dict, batch=None) -> torch.Tensor | None:
+        if batch is None or "positions" not in out or not self.targets:
+            return None
+        with self._targets_lock:
+            targets = dict(self.targets)
+        n = frame_ids.shape[0]
+        target = torch.zeros(n, self.dim)
+        have = torch.zeros(n, dtype=torch.bool)
+        for fid in frame_ids.unique().tolist():
+            tm = targets.get(int(fid))
+            if tm is None:
+                continue
+            sel = torch.nonzero(frame_ids == fid).squeeze(1)
+            target[sel] = tm.lookup(batch.px[sel], batch.py[sel])
+            have[sel] = True
+        valid = have & (torch.linalg.vector_norm(target, dim=-1) > 0) & (out["opacity"].detach() >= self.cfg.min_opacity)
+        rays = torch.nonzero(valid).squeeze(1)
+        if rays.numel() == 0:
+            return None
+        if rays.numel() > self.cfg.rays_per_step:
+            rays = rays[torch.randperm(rays.numel())[:self.cfg.rays_per_step]]
+        pred = self.render(out, n, rays)
+        cos = (pred * nn.functional.normalize(target[rays], dim=-1)).sum(-1)
+        loss = (1.0 - cos).mean()
+        self.last_loss = float(loss.detach())
+        return self.cfg.loss_mult * loss
+
+
+def teacher_map(teacher, image, labels=None) -> TeacherMap:
+    """A frame's teacher features, compactly: class codes + the teacher's table for the oracle label teacher
+    (which has a ``table``), the dense map otherwise. ``image`` uint8 [H,W,3] (numpy or torch)."""
+    import numpy as np
+
+    img = np.asarray(image)
+    size = (int(img.shape[1]), int(img.shape[0]))
+    table = getattr(teacher, "table", None)
+    if table is not None:
+        if labels is None:
+            raise ValueError(f"the {teacher.name} teacher needs the frame's label image")
+        s = int(teacher.stride)
+        codes = torch.as_tensor(np.asarray(labels)[s // 2::s, s // 2::s].astype(np.int64))
+        codes = torch.where(codes < table.shape[0], codes, torch.zeros_like(codes)).to(torch.int16)
+        return TeacherMap(None, codes, table, size)
+    return TeacherMap(teacher.image_features(img).to(torch.float16), None, None, size)
+
+
+def attach_language_field(trainer, data, teacher, cfg: LanguageFieldConfig | None = None) -> LanguageField:
+    """Offline: add a language field to ``trainer`` (built from ``data`` by :func:`training.offline.build_trainer`,
+    so frame ids are 0..N-1 in ``data``'s order) with every frame's teacher map."""
+    from nerf_mapping.semantics.labels import label_images
+
+    ext = LanguageField(cfg or LanguageFieldConfig(), teacher.dim, data.scene_box, data.unbounded, teacher.name)
+    trainer.add_extension(ext)
+    labels = label_images(data) if getattr(teacher, "table", None) is not None else [None] * len(data)
+    for i in range(len(data)):
+        ext.set_target(i, teacher_map(teacher, data.images[i], labels[i]))
+    return ext
