@@ -74,7 +74,8 @@ class TrainerConfig:
     distortion_loss_mult: float = 0.0
     """Weight of mip-NeRF 360's distortion loss (per ray, distances in scene units; see
     :func:`nerf_mapping.rendering.compositing.distortion_loss`): pulls each ray's weight into one interval, so the
-    free space of a room stays empty instead of holding a haze. 0 = off."""
+    free space of a room stays empty instead of holding a haze. 0 = off: on the demo room it did not move surfaces to
+    their true depth and lowered the mesh scores (docs/results/mesh.md)."""
     mask_background: bool = False
     """Where frames carry foreground masks (DTU), train pixels outside the mask towards ``background`` (the object
     alone is mapped; a backdrop the bounded field cannot represent no longer biases geometry or poses)."""
