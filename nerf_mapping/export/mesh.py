@@ -28,6 +28,7 @@ already inside); offline checkpoints of datasets that were normalised are writte
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -37,8 +38,8 @@ from typing import Callable, NamedTuple
 import numpy as np
 import torch
 
-from nerf_mapping.cameras import Cameras, camera_directions, pixel_centers, rays_from_c2w
-from nerf_mapping.rendering.compositing import accumulate_along_rays, render_transmittance
+from nerf_mapping.cameras import Cameras, generate_rays, pixel_centers
+from nerf_mapping.rendering.compositing import accumulate_along_rays, exclusive_cumsum, render_transmittance
 from nerf_mapping.rendering.renderer import RenderConfig, early_stop_samples
 
 
@@ -117,7 +118,7 @@ def _refined(trainer, cams: Cameras, ids: torch.Tensor) -> Cameras:
     with torch.no_grad():
         for ext in trainer.extensions:
             c2w = ext.transform_c2w(c2w, ids)
-    return Cameras(**{**{k: getattr(cams, k) for k in cams.__dataclass_fields__}, "c2w": c2w.detach().clone()})
+    return dataclasses.replace(cams, c2w=c2w.detach().clone())
 
 
 def training_views(trainer) -> Cameras:
@@ -187,9 +188,7 @@ def _render_surface(snap: MapSnapshot, origins: torch.Tensor, dirs: torch.Tensor
     rgb = accumulate_along_rays(w, ray_idx, n, cols) / opacity.clamp_min(1e-6)[:, None]
     # median depth: the first sample where the ray's cumulative weight reaches half its opacity (sharper than the
     # expected depth, which averages a foreground edge with the background behind it)
-    cum = torch.cumsum(w, 0)
-    start = torch.zeros(n, dtype=cum.dtype).scatter_reduce_(0, ray_idx, cum - w, "amin", include_self=False)
-    reached = (cum - start[ray_idx]) >= 0.5 * opacity[ray_idx]
+    reached = exclusive_cumsum(w, ray_idx, n) + w >= 0.5 * opacity[ray_idx]
     first = torch.full((n,), len(ray_idx), dtype=torch.long)
     sel = torch.nonzero(reached).squeeze(1)
     first.scatter_reduce_(0, ray_idx[sel], sel, "amin", include_self=True)
@@ -210,9 +209,7 @@ def surface_points(snap: MapSnapshot, cfg: MeshExportConfig,
         gw, gh = grid_size(W, H, int(per_view))
         px, py = pixel_centers(gw, gh)
         px, py = px * (W / gw), py * (H / gh)  # the grid's cell centres in image pixels
-        idx = torch.full_like(px, i, dtype=torch.long)
-        dirs_cam = camera_directions(views, idx, px, py)
-        origins, dirs = rays_from_c2w(views.c2w[i].expand(px.shape[0], 3, 4), dirs_cam)
+        origins, dirs = generate_rays(views, i, px, py)
         valid = torch.isfinite(dirs).all(-1)
         dirs = torch.where(valid[:, None], dirs, torch.tensor([0.0, 0.0, -1.0]))
         parts = [_render_surface(snap, o, d) for o, d in zip(origins.split(cfg.chunk), dirs.split(cfg.chunk))]

@@ -167,19 +167,14 @@ class LanguageField(TrainerExtension):
 
 def teacher_map(teacher, image, labels=None) -> TeacherMap:
     """A frame's teacher features, compactly: class codes + the teacher's table for the oracle label teacher
-    (which has a ``table``), the dense map otherwise. ``image`` uint8 [H,W,3] (numpy or torch)."""
+    (which has a ``table`` and ``codes``), the dense map otherwise. ``image`` uint8 [H,W,3] (numpy or torch)."""
     import numpy as np
 
     img = np.asarray(image)
     size = (int(img.shape[1]), int(img.shape[0]))
     table = getattr(teacher, "table", None)
     if table is not None:
-        if labels is None:
-            raise ValueError(f"the {teacher.name} teacher needs the frame's label image")
-        s = int(teacher.stride)
-        codes = torch.as_tensor(np.asarray(labels)[s // 2::s, s // 2::s].astype(np.int64))
-        codes = torch.where(codes < table.shape[0], codes, torch.zeros_like(codes)).to(torch.int16)
-        return TeacherMap(None, codes, table, size)
+        return TeacherMap(None, teacher.codes(labels).to(torch.int16), table, size)
     return TeacherMap(teacher.image_features(img).to(torch.float16), None, None, size)
 
 

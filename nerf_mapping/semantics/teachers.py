@@ -125,13 +125,16 @@ class LabelTeacher:
         self.table = table
         self.class_names = {i: class_names[i] for i in ids}
 
-    def image_features(self, image: np.ndarray, labels: np.ndarray | None = None) -> torch.Tensor:
+    def codes(self, labels: np.ndarray | None) -> torch.Tensor:
+        """[H', W'] int64 class codes of a label image at the teacher's stride (ids the capture does not name: 0)."""
         if labels is None:
             raise ValueError("the labels teacher needs the frame's label image")
         s = int(self.stride)
         lab = torch.as_tensor(np.asarray(labels)[s // 2::s, s // 2::s].astype(np.int64))
-        lab = torch.where(lab < self.table.shape[0], lab, torch.zeros_like(lab))
-        return self.table[lab]
+        return torch.where(lab < self.table.shape[0], lab, torch.zeros_like(lab))
+
+    def image_features(self, image: np.ndarray, labels: np.ndarray | None = None) -> torch.Tensor:
+        return self.table[self.codes(labels)]
 
     def text_features(self, texts: Sequence[str]) -> torch.Tensor:
         return self.encoder.encode(texts)
