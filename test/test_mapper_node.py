@@ -33,7 +33,7 @@ try:
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
     from geometry_msgs.msg import Pose
     from nav_msgs.msg import Odometry, Path as PathMsg
-    from sensor_msgs.msg import CameraInfo, Image
+    from sensor_msgs.msg import CameraInfo, Image, PointCloud2
     from std_msgs.msg import String
     from tf2_msgs.msg import TFMessage
     from visualization_msgs.msg import Marker, MarkerArray
@@ -112,6 +112,7 @@ class Harness:
             "/camera/camera_info": n.create_publisher(CameraInfo, "/camera/camera_info", qos_profile_sensor_data),
             "/odom": n.create_publisher(Odometry, "/odom", qos_profile_sensor_data),
             "/tf_static": n.create_publisher(TFMessage, "/tf_static", static),
+            "/camera/labels": n.create_publisher(Image, "/camera/labels", qos_profile_sensor_data),
         }
         self.thread = threading.Thread(target=self.ex.spin, daemon=True)
         self.thread.start()
@@ -204,7 +205,8 @@ def mapper(scene, tmp_path_factory):
     cmd = [sys.executable, "-m", "nerf_mapping.ros.mapper_node", "--ros-args",
            "--params-file", str(REPO / "config" / "mapper.yaml"),
            "-p", f"output_dir:={out_dir}", "-p", "render_period_s:=2.0", "-p", "training.threads:=2",
-           "-p", "keyframe.min_translation:=0.03", "-p", "keyframe.min_rotation_deg:=3.0"]
+           "-p", "keyframe.min_translation:=0.03", "-p", "keyframe.min_rotation_deg:=3.0",
+           "-p", "semantics.teacher:=labels", "-p", f"semantics.class_names:={scene / 'labels.json'}"]
     log = open(tmp / "node.log", "w")
     proc = subprocess.Popen(cmd, cwd=str(REPO), env=env, stdout=log, stderr=subprocess.STDOUT)
     saved = {k: os.environ.get(k) for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID", "ROS_LOG_DIR")}
@@ -388,8 +390,27 @@ def test_mapper_end_to_end(mapper):
         res, _ = h.call(ExportMesh, "export_mesh", bad)
         assert not res.success, bad
     assert not (out_dir / "d13.ply").exists() and not (out_dir.parent / "evil.ply").exists()
-    res, _ = h.call(QuerySegmentation, "query_segmentation", QuerySegmentation.Request(text="chair", threshold=0.5))
-    assert not res.success and "not implemented yet" in res.message
+    # --- open-vocabulary segmentation: the labels teacher learnt from /camera/labels while mapping
+    got_seg = h.latched(PointCloud2, f"{NODE}/segmentation")
+    res, _ = h.call(QuerySegmentation, "query_segmentation", QuerySegmentation.Request(text="couch"), timeout=120)
+    print(f"query_segmentation: {res.message} ({res.seconds:.2f} s)", file=sys.stderr)
+    assert res.success, res.message
+    cloud = res.cloud
+    assert res.teacher == "labels" and cloud.header.frame_id == "map"
+    assert [f.name for f in cloud.fields] == ["x", "y", "z", "rgb", "relevancy"]
+    assert 0 < res.num_points == cloud.width <= res.num_candidates
+    rel = np.frombuffer(bytes(cloud.data), "<f4").reshape(cloud.width, 5)[:, 4]
+    assert rel.min() >= 0.5 and rel.max() <= 1.0
+    h.wait_for(lambda: len(got_seg) > 0 and got_seg[-1].width == cloud.width, 20, "~/segmentation PointCloud2")
+    floor, _ = h.call(QuerySegmentation, "query_segmentation", QuerySegmentation.Request(text="floor", threshold=0.5))
+    assert floor.success and floor.num_candidates == res.num_candidates  # cached candidates
+    for bad, why in ((QuerySegmentation.Request(text="  "), "empty"),
+                     (QuerySegmentation.Request(text="x" * 2000), "longer than"),
+                     (QuerySegmentation.Request(text="chair", threshold=float("nan")), "threshold"),
+                     (QuerySegmentation.Request(text="chair", threshold=1.5), "threshold"),
+                     (QuerySegmentation.Request(text="chair", negatives=["a"] * 40), "negatives")):
+        r, _ = h.call(QuerySegmentation, "query_segmentation", bad)
+        assert not r.success and why in r.message, (why, r.message)
 
     # still alive and publishing after everything above
     n = len(h.status)

@@ -223,3 +223,81 @@ def test_trainer_extension_point_trains_an_extra_parameter_group(tiny_scene):
     restored = Bias()
     tr2.add_extension(restored)  # the saved state and optimiser state come back when the extension is added
     assert torch.equal(restored.b.detach(), ext.b.detach())
+
+
+def test_mapper_semantics_learn_from_label_images_and_survive_a_map_file(tiny_scene, tmp_path):
+    """The mapper's language field (labels teacher): label images matched to keyframes by stamp, one teacher map per
+    keyframe (a keyframe whose label image never comes is counted), text queries on the cached surface points, a
+    rendered keyframe's relevancy high on the queried class, and the same answer from a reloaded map."""
+    import json
+
+    from PIL import Image
+
+    from nerf_mapping.export.mesh import snapshot, training_views
+    from nerf_mapping.mapping.semantics import SemanticsConfig
+    from nerf_mapping.semantics.labels import fit_labels
+    from nerf_mapping.semantics.query import QueryConfig, relevancy_image
+
+    sem = SemanticsConfig(teacher="labels", class_names=str(tiny_scene / "labels.json"), stride=2, label_wait_s=0.5,
+                          num_points=20000)
+    cfg = _config(max_steps=300)
+    cfg.semantics = sem
+    off = OnlineMapper(_config(enabled=False))
+    with pytest.raises(ValueError, match="semantics are off"):
+        off.semantics.query("floor")
+    mapper = OnlineMapper(cfg)
+    mapper.start()
+    try:
+        with pytest.raises(ValueError):
+            mapper.semantics.query("floor")  # teacher loading, or no keyframes yet
+        frames = json.loads((tiny_scene / "transforms.json").read_text())["frames"]
+        stamps = np.load(tiny_scene / "odometry.npz")["image_stamps_ns"]
+        labels = {int(s): np.asarray(Image.open(tiny_scene / f["semantic_file_path"])) for s, f in zip(stamps, frames)}
+        missing = int(stamps[5])
+        for s, lab in labels.items():
+            if s != missing:
+                mapper.semantics.add_labels(s, lab)
+        _feed(mapper, tiny_scene)
+        _wait(lambda: mapper.trainer.step_count >= 300 and not mapper.queue_length, 300)
+        _wait(lambda: mapper.semantics.maps_built + mapper.counts["semantics_no_labels"] >= len(mapper.trainer.frames))
+        assert mapper.semantics.error is None
+        assert mapper.counts["semantics_no_labels"] <= 1  # the frame without labels (if it became a keyframe)
+        assert mapper.semantics.maps_built >= len(mapper.trainer.frames) - 1
+        for bad in ("", "x" * 2000):
+            with pytest.raises(ValueError):
+                mapper.semantics.query(bad)
+        with pytest.raises(ValueError, match="threshold"):
+            mapper.semantics.query("floor", threshold=float("nan"))
+        floor, cands = mapper.semantics.query("floor")
+        assert 0 < len(floor.xyz) <= floor.n_candidates and floor.teacher == "labels"
+        again, cands2 = mapper.semantics.query("floor", threshold=0.9)
+        assert cands2 is cands and len(again.xyz) <= len(floor.xyz)  # cached candidates, a stricter threshold
+        # a keyframe's rendered relevancy to "floor" is high on its floor pixels
+        tr = mapper.trainer
+        fid = tr.frames.frame_ids()[len(tr.frames) // 2]
+        stamp = mapper.kf_info[fid].stamp_ns
+        views = training_views(tr)
+        j = tr.frames.frame_ids().index(fid)
+        from nerf_mapping.semantics.query import language_snapshot
+
+        r = relevancy_image(snapshot(tr), language_snapshot(tr), mapper.semantics.teacher, views, j, "floor",
+                            QueryConfig().validate(), min_opacity=0.0)
+        lab = fit_labels(labels[stamp], r.shape[1], r.shape[0])
+        on, other = r[torch.from_numpy(lab == 1)], r[torch.from_numpy((lab != 1) & (lab != 0))]
+        print(f"floor relevancy: floor pixels {float(on.mean()):.2f}, others {float(other.mean()):.2f}")
+        assert float(on.mean()) > float(other.mean()) + 0.2
+        path = tmp_path / "map.pt"
+        mapper.save(path)
+    finally:
+        mapper.stop()
+    other = OnlineMapper(MapperConfig(training=OnlineTrainingConfig(enabled=False), semantics=sem))
+    other.start()
+    try:
+        other.load(path)
+        _wait(lambda: other.semantics._field_of is other.trainer, 60)
+        ext = other.semantics.check_ready(other.trainer)
+        assert len(ext.targets) >= len(other.trainer.frames) - 1  # teacher maps rebuilt from the saved class ids
+        reloaded, _ = other.semantics.query("floor")
+        assert reloaded.n_candidates == floor.n_candidates and len(reloaded.xyz) == len(floor.xyz)
+    finally:
+        other.stop()

@@ -191,3 +191,17 @@ def test_safe_output_path(tmp_path):
     (root / "link").symlink_to(tmp_path)
     with pytest.raises(ValueError):
         safe_output_path(root, "link/evil", "x", ".pt")
+
+
+def test_label_images():
+    lab = (np.arange(12, dtype=np.uint8) % 7).reshape(3, 4)
+    m = Image(height=3, width=4, encoding="mono8", step=6, data=np.pad(lab, ((0, 0), (0, 2))).tobytes())
+    assert np.array_equal(conv.label_msg_to_array(m), lab)
+    m16 = Image(height=3, width=4, encoding="16UC1", step=8, is_bigendian=1, data=lab.astype(">u2").tobytes())
+    assert np.array_equal(conv.label_msg_to_array(m16), lab)
+    for bad in (Image(height=3, width=4, encoding="rgb8", step=12, data=bytes(36)),
+                Image(height=3, width=4, encoding="mono8", step=4, data=bytes(11)),
+                Image(height=0, width=4, encoding="mono8", step=4, data=b""),
+                Image(height=1, width=2, encoding="mono16", step=4, data=np.array([1, 300], "<u2").tobytes())):
+        with pytest.raises(ValueError):
+            conv.label_msg_to_array(bad)

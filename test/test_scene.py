@@ -304,7 +304,7 @@ def test_refuses_foreign_nonempty_dir(tmp_path):
 
 def test_ensure_default_scene_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("NERF_MAPPING_CACHE", str(tmp_path / "cache"))
-    assert default_scene_dir() == tmp_path / "cache" / "demo_scene_v1"
+    assert default_scene_dir() == tmp_path / "cache" / "demo_scene_v2"
     cfg = SceneConfig(frames=2, width=16, height=12, write_bag=False)
     path = ensure_default_scene(progress=False, config=cfg)
     assert path == default_scene_dir() and is_complete_scene(path, cfg)

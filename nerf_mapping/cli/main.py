@@ -39,6 +39,9 @@ def cmd_train(args) -> int:
         cfg = configure(data, args, pose_mode=args.pose_opt, seed=args.seed)
         pose_cli.apply_pose_config(args, cfg)  # --pose-opt / --c2f (issue 5)
         trainer = build_trainer(data, cfg)
+    from nerf_mapping.cli import semantics as semantics_cli
+
+    exit_on_error(semantics_cli.attach_teacher, args, trainer, data)  # --teacher: a language field
     print(f"training on {len(data)} frames ({data.format}, {'unbounded' if data.unbounded else 'bounded'}), "
           f"hash encoding: {trainer.field.encoding.impl}")
     summary = trainer.train(max_steps=args.steps, time_budget=args.time_budget, progress=not args.quiet)
@@ -175,6 +178,9 @@ def build_parser() -> argparse.ArgumentParser:
     from nerf_mapping.cli.poses import add_train_args  # --pose-noise-rot-deg/--pose-noise-trans/--pose-opt/--c2f
 
     add_train_args(p)
+    from nerf_mapping.cli.semantics import add_train_args as add_teacher_args  # --teacher / --clip-path
+
+    add_teacher_args(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="render a split and report PSNR / SSIM")
@@ -218,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     _register_optional(bs, "nerf_mapping.benchmarks.poses", "add_cli")
     _register_optional(bs, "nerf_mapping.benchmarks.drift", "add_cli")
     _register_optional(bs, "nerf_mapping.benchmarks.mesh", "add_cli")
+    _register_optional(bs, "nerf_mapping.benchmarks.segmentation", "add_cli")
 
     p = sub.add_parser("scene", help="the built-in labeled demo scene")
     ss = p.add_subparsers(dest="scene_command", required=True)
@@ -228,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Feature modules register their own commands: poses (export/inspect), ROS bag tools, node, launch.
     _register_optional(sub, "nerf_mapping.cli.poses", "add_cli")
     _register_optional(sub, "nerf_mapping.cli.export", "add_cli")
+    _register_optional(sub, "nerf_mapping.cli.semantics", "add_cli")
     _register_optional(sub, "nerf_mapping.ros.cli", "add_cli")
 
     p = sub.add_parser("demo", help="the main job on the bundled demo scene: ROS node + bag player over DDS "

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from nerf_mapping.cameras import Cameras, generate_rays, pixel_centers
-from nerf_mapping.rendering.compositing import accumulate_along_rays, exclusive_cumsum, render_transmittance
+from nerf_mapping.rendering.compositing import accumulate_along_rays, median_sample, render_transmittance
 from nerf_mapping.rendering.renderer import RenderConfig, early_stop_samples
 
 
@@ -110,6 +110,8 @@ class SurfacePoints(NamedTuple):
     xyz: np.ndarray  # [N,3] float64
     normals: np.ndarray  # [N,3] unit, towards the camera that saw the point
     rgb: np.ndarray  # [N,3] float in [0,1]
+    view: np.ndarray | None = None  # [N] int64 index of the view whose ray gave the point
+    pixel: np.ndarray | None = None  # [N,2] float32 (x, y) image coordinates of that ray
 
 
 def _refined(trainer, cams: Cameras, ids: torch.Tensor) -> Cameras:
@@ -186,12 +188,7 @@ def _render_surface(snap: MapSnapshot, origins: torch.Tensor, dirs: torch.Tensor
     opacity = accumulate_along_rays(w, ray_idx, n)[:, 0]
     cols = snap.field.color(geo, dirs[ray_idx], snap.render_inputs.get("appearance"))
     rgb = accumulate_along_rays(w, ray_idx, n, cols) / opacity.clamp_min(1e-6)[:, None]
-    # median depth: the first sample where the ray's cumulative weight reaches half its opacity (sharper than the
-    # expected depth, which averages a foreground edge with the background behind it)
-    reached = exclusive_cumsum(w, ray_idx, n) + w >= 0.5 * opacity[ray_idx]
-    first = torch.full((n,), len(ray_idx), dtype=torch.long)
-    sel = torch.nonzero(reached).squeeze(1)
-    first.scatter_reduce_(0, ray_idx[sel], sel, "amin", include_self=True)
+    first = median_sample(w, ray_idx, n, opacity)  # median depth (see median_sample)
     hit = first < len(ray_idx)
     depth[hit] = ((t0 + t1) * 0.5)[first[hit]]
     return depth, opacity, rgb
@@ -203,7 +200,7 @@ def surface_points(snap: MapSnapshot, cfg: MeshExportConfig,
     views = snap.views
     n_views = len(views)
     per_view = cfg.num_points / max(n_views, 1)
-    xyz_all, nrm_all, rgb_all = [], [], []
+    xyz_all, nrm_all, rgb_all, view_all, pix_all = [], [], [], [], []
     for i in range(n_views):
         W, H = int(views.width[i]), int(views.height[i])
         gw, gh = grid_size(W, H, int(per_view))
@@ -233,9 +230,12 @@ def surface_points(snap: MapSnapshot, cfg: MeshExportConfig,
         xyz_all.append(pts[keep].double().numpy())
         nrm_all.append(nrm[keep].double().numpy())
         rgb_all.append(rgb.reshape(gh, gw, 3)[keep].clamp(0, 1).double().numpy())
+        view_all.append(np.full(int(keep.sum()), i, dtype=np.int64))
+        pix_all.append(torch.stack([px, py], -1).reshape(gh, gw, 2)[keep].float().numpy())
         if progress is not None:
             progress(i + 1, n_views)
-    return SurfacePoints(np.concatenate(xyz_all), np.concatenate(nrm_all), np.concatenate(rgb_all))
+    return SurfacePoints(np.concatenate(xyz_all), np.concatenate(nrm_all), np.concatenate(rgb_all),
+                         np.concatenate(view_all), np.concatenate(pix_all))
 
 
 def resolve_bounds(snap: MapSnapshot, cfg: MeshExportConfig, xyz: np.ndarray | None = None) -> np.ndarray:

@@ -45,6 +45,7 @@ from nerf_mapping.geometry.rigid import make_pose, matrix_from_quat_xyzw
 from nerf_mapping.mapping import map_io
 from nerf_mapping.mapping.keyframes import (Keyframe, KeyframeConfig, KeyframeSelector, downscale_factor,
                                             downscale_image)
+from nerf_mapping.mapping.semantics import OnlineSemantics, SemanticsConfig
 from nerf_mapping.mapping.sync import AFTER_BUFFER, EMPTY, OdometryBuffer
 from nerf_mapping.pose import drift
 from nerf_mapping.pose.correction import apply_deltas
@@ -129,6 +130,7 @@ class MapperConfig:
     keyframe: KeyframeConfig = field(default_factory=KeyframeConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
     training: OnlineTrainingConfig = field(default_factory=OnlineTrainingConfig)
+    semantics: SemanticsConfig = field(default_factory=SemanticsConfig)
 
 
 def extrinsic_matrix(v) -> np.ndarray:
@@ -198,6 +200,8 @@ class OnlineMapper:
         self.training_active = False
         self._rays_accum, self._rays_t, self._rays_per_second = 0.0, time.monotonic(), 0.0
         self._next_render = 0.0
+        self.semantics = OnlineSemantics(cfg.semantics, self)
+        """Teacher, language field and text queries (:mod:`.semantics`); off unless ``semantics.teacher`` is set."""
 
     # ------------------------------------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -208,13 +212,15 @@ class OnlineMapper:
                                                   daemon=True))
         for th in self._threads:
             th.start()
+        self.semantics.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
         self._interrupt.set()
         with self._queue_cv:
             self._queue_cv.notify_all()
-        for th in self._threads:
+        self.semantics.wake()
+        for th in self._threads + [t for t in (self.semantics._thread,) if t is not None]:
             if th.is_alive():
                 th.join(timeout=timeout)
 
@@ -429,6 +435,7 @@ class OnlineMapper:
             self.kf_info[fid] = kf
             self.kf_history.append((fid, kf))
             self._latest_kf = fid
+        self.semantics.on_keyframe(fid, stamp_ns, small, tr)
         return fid
 
     # ------------------------------------------------------------------------------------------------ training
@@ -659,6 +666,7 @@ class OnlineMapper:
         """Write the map (:mod:`.map_io`) to ``path``; returns ``keyframes`` and ``steps`` saved."""
         with self._state_lock:
             tr = self.trainer
+            meta = {**(meta or {}), **self.semantics.map_extra(tr.frames.frame_ids())}
             map_io.save_map(path, tr, self.kf_info, meta)
             return {"keyframes": len(tr.frames), "steps": int(tr.step_count)}
 
@@ -670,6 +678,7 @@ class OnlineMapper:
             self.kf_info = info
             self.kf_history = deque(sorted(info.items()), maxlen=HISTORY)
             self._latest_kf = max(info) if info else None
+        self.semantics.on_map_loaded()  # the language field and its teacher maps follow on the semantics worker
         self._interrupt.set()  # the training thread goes on with the loaded trainer (budget counted afresh)
         return {"keyframes": len(tr.frames), "steps": int(tr.step_count)}
 

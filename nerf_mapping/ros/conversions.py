@@ -71,6 +71,31 @@ def image_msg_to_array(msg) -> np.ndarray:
     return np.ascontiguousarray(arr)
 
 
+LABEL_ENCODINGS = {"mono8": np.uint8, "8uc1": np.uint8, "mono16": np.uint16, "16uc1": np.uint16}
+
+
+def label_msg_to_array(msg) -> np.ndarray:
+    """sensor_msgs/Image of per-pixel class ids (mono8 / 8UC1, or mono16 / 16UC1 with ids <= 255) -> uint8 [H,W]."""
+    enc = str(msg.encoding).lower()
+    if enc not in LABEL_ENCODINGS:
+        raise ValueError(f"unsupported label encoding {msg.encoding!r} (expected mono8, 8UC1, mono16 or 16UC1)")
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    if h <= 0 or w <= 0 or h * w > MAX_IMAGE_PIXELS:
+        raise ValueError(f"invalid label image size {w}x{h}")
+    dt = np.dtype(LABEL_ENCODINGS[enc]).newbyteorder(">" if msg.is_bigendian else "<")
+    if step < w * dt.itemsize:
+        raise ValueError(f"step {step} < width * {dt.itemsize}")
+    data = msg.data
+    buf = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else \
+        np.asarray(data, dtype=np.uint8)
+    if buf.size != step * h:
+        raise ValueError(f"data size {buf.size} != step * height = {step * h}")
+    arr = buf.reshape(h, step)[:, : w * dt.itemsize].copy().view(dt).reshape(h, w)
+    if arr.dtype.itemsize > 1 and int(arr.max()) > 255:
+        raise ValueError(f"class id {int(arr.max())} > 255")
+    return np.ascontiguousarray(arr, dtype=np.uint8)
+
+
 def compressed_image_to_array(msg) -> np.ndarray:
     """sensor_msgs/CompressedImage (jpeg / png) -> uint8 [H,W,3] RGB."""
     import io

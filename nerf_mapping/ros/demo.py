@@ -109,7 +109,7 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return psnr_from_mse(float(np.mean((a.astype(np.float64) / 255 - b.astype(np.float64) / 255) ** 2)))
 
 
-def _write_params(out: Path) -> Path:
+def _write_params(out: Path, scene: Path) -> Path:
     import yaml
 
     from nerf_mapping.ros.bringup import default_params_file
@@ -119,6 +119,8 @@ def _write_params(out: Path) -> Path:
     p = params["nerf_mapper"]["ros__parameters"]
     p["output_dir"] = str(out / "map")
     p["render_width"] = 160
+    # the scene's label images (/camera/labels in the bag) teach the language field: the oracle teacher
+    p.setdefault("semantics", {}).update(teacher="labels", class_names=str(scene / "labels.json"))
     dst = out / "mapper.yaml"
     dst.write_text(yaml.safe_dump(params, sort_keys=False))
     return dst
@@ -140,7 +142,7 @@ def run(args) -> int:
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     env.setdefault("ROS_LOG_DIR", str(out / "logs" / "ros"))
     os.environ.update({k: env[k] for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_LOG_DIR")})
-    params = _write_params(out)
+    params = _write_params(out, scene)
     print(f"demo scene: {scene}\nstarting node + bag player (logs in {out / 'logs'}) ...", flush=True)
     launch = subprocess.Popen(
         [sys.executable, "-m", "nerf_mapping.cli", "launch", "--bag", str(bag), "--params", str(params), "--loop",
@@ -153,7 +155,6 @@ def run(args) -> int:
 
     from nerf_mapping.ros import conversions as conv
     from nerf_mapping_interfaces.msg import MapStatus
-    from nerf_mapping_interfaces.srv import ExportMesh, QuerySegmentation, RenderView, SaveMap
 
     rclpy.init()
     node = rclpy.create_node("nerf_mapping_demo")
@@ -313,6 +314,47 @@ def _call_services(node, out: Path, gt_c2w, gt_paths, bar) -> dict:
     r = call("export_mesh", ExportMesh, lambda q: setattr(q, "filename", "demo_mesh.ply"))  # the node's depth
     if r is not None and getattr(r, "success", False):
         res["export_mesh"].update(path=r.path, n_triangles=int(r.n_triangles), n_vertices=int(r.n_vertices))
-    call("query_segmentation", QuerySegmentation,
-         lambda q: (setattr(q, "text", "chair"), setattr(q, "threshold", 0.5)))
+    res["query_segmentation"] = _queries(call, QuerySegmentation, out)
     return res
+
+
+DEMO_QUERIES = ("sofa", "couch", "chair", "seat", "table", "desk", "plant", "houseplant", "mug", "cup", "lamp",
+                "light", "bookshelf", "shelf", "picture", "painting", "floor", "wall", "ceiling", "sofa")
+"""Names and synonyms of the demo classes; the first query computes the candidate points, the last repeats it."""
+
+
+def _queries(call, srv_type, out: Path) -> dict:
+    """Text queries on the live map (training continues): points per query, latency (the first one includes the
+    candidate points), and the "sofa" result as a PLY beside the map."""
+    rows, seconds = [], []
+    keep = None
+    for text in DEMO_QUERIES:
+        r = call("query_segmentation", srv_type, lambda q, t=text: setattr(q, "text", t))
+        if r is None or not r.success:
+            rows.append({"text": text, "success": False, "message": getattr(r, "message", "no answer")})
+            continue
+        rows.append({"text": text, "points": int(r.num_points), "candidates": int(r.num_candidates),
+                     "seconds": float(r.seconds)})
+        seconds.append(float(r.seconds))
+        if text == "sofa":
+            keep = r
+    summary = {"teacher": keep.teacher if keep is not None else "", "queries": rows, "answered": len(seconds)}
+    if len(seconds) > 1:
+        later = seconds[1:]
+        summary.update(first_seconds=seconds[0], seconds_median=float(np.median(later)),
+                       seconds_max=float(np.max(later)))
+    sofa = next((r for r in rows if r["text"] == "sofa" and "points" in r), None)
+    summary["message"] = (f"{len(seconds)}/{len(rows)} queries answered (teacher {summary['teacher'] or '-'})"
+                          + (f"; 'sofa': {sofa['points']} of {sofa['candidates']} points" if sofa else "")
+                          + (f"; latency median {summary['seconds_median']:.2f} s, max {summary['seconds_max']:.2f} s"
+                             f" (first query {summary['first_seconds']:.1f} s: candidate points)"
+                             if "seconds_median" in summary else "")
+                          + ("" if seconds else f"; {rows[0].get('message', '')}"))
+    summary["seconds"] = float(sum(seconds))
+    if keep is not None and keep.num_points:
+        n, step = int(keep.cloud.width), int(keep.cloud.point_step)
+        xyz = np.frombuffer(bytes(keep.cloud.data), dtype="<f4").reshape(n, step // 4)[:, :3]  # x y z come first
+        path = out / "map" / "segmentation_sofa.xyz"
+        np.savetxt(path, xyz, fmt="%.4f")
+        summary["sofa_points_file"] = str(path)
+    return summary

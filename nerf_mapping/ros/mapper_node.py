@@ -4,12 +4,13 @@ The node owns parameters, QoS, subscriptions, message conversions, publishers an
 (keyframes, odometry sync, the extrinsic from the static TF tree, training, drift, map files) is the mapper's.
 
 Inputs (sensor QoS by default): camera images (raw or compressed) + CameraInfo, odometry (nav_msgs/Odometry or
-geometry_msgs/PoseStamped), /tf_static for the base->camera extrinsic. Outputs: ``~/status`` (MapStatus),
+geometry_msgs/PoseStamped), /tf_static for the base->camera extrinsic, and with ``semantics.teacher: labels`` per-pixel
+class-id images (``semantics.label_topic``). Outputs: ``~/status`` (MapStatus),
 ``~/input_stats`` (std_msgs/String JSON with per-reason drop counters), ``~/rendered`` (periodic render at the latest
 keyframe pose, stamped with that keyframe's stamp), ``~/path/odom`` + ``~/path/refined`` (nav_msgs/Path), ``/tf``
 map->odom, ``~/mesh`` (MarkerArray of TRIANGLE_LIST, transient local: the last ExportMesh result),
-``~/segmentation`` (PointCloud2). Services under ``~/``: render_view, save_map,
-load_map, export_mesh, query_segmentation.
+``~/segmentation`` (PointCloud2 x y z rgb relevancy, transient local: the last QuerySegmentation result). Services
+under ``~/``: render_view, save_map, load_map, export_mesh, query_segmentation (the last two on their own threads).
 
 Threads: subscription callbacks only validate, convert and hand over to the mapper (whose keyframe worker decodes
 images and whose training thread steps). The executor is single-threaded: rclpy's MultiThreadedExecutor with Fast
@@ -108,6 +109,9 @@ class MapperNode(Node):
         if bool(g("use_tf_static")):
             self.create_subscription(TFMessage, str(g("tf_static_topic")), self._on_tf_static, static_qos,
                                      callback_group=cb_odom)
+        if self.mapper.semantics.cfg.teacher == "labels":
+            self.create_subscription(Image, str(g("semantics.label_topic")), self._on_labels, sensor_qos,
+                                     callback_group=cb_sensors)
 
         # --- publishers
         self.pub_status = self.create_publisher(MapStatus, "~/status", 10)
@@ -117,18 +121,21 @@ class MapperNode(Node):
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL, history=HistoryPolicy.KEEP_LAST)
         self.pub_mesh = self.create_publisher(MarkerArray, "~/mesh", latched)  # RViz started later still gets it
-        self.pub_seg = self.create_publisher(PointCloud2, "~/segmentation", 1)
+        self.pub_seg = self.create_publisher(PointCloud2, "~/segmentation", latched)  # the last query's result
         self.pub_tf = self.create_publisher(TFMessage, "/tf", 10) if bool(g("publish_tf")) else None
 
         # --- services
         self._service_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nerf_mapper_service")
         # exports take seconds: their own thread, so renders and saves are not queued behind them
         self._export_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nerf_mapper_export")
+        # queries too (the first one of a map computes the candidate points: seconds)
+        self._query_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nerf_mapper_query")
         for srv_type, name, fn in ((RenderView, "~/render_view", self._srv_render_view),
                                    (SaveMap, "~/save_map", self._srv_save_map),
-                                   (LoadMap, "~/load_map", self._srv_load_map),
-                                   (QuerySegmentation, "~/query_segmentation", self._srv_query_segmentation)):
+                                   (LoadMap, "~/load_map", self._srv_load_map)):
             self.create_service(srv_type, name, self._offloaded(fn), callback_group=cb_services)
+        self.create_service(QuerySegmentation, "~/query_segmentation",
+                            self._offloaded(self._srv_query_segmentation, self._query_pool), callback_group=cb_services)
         self.create_service(ExportMesh, "~/export_mesh",
                             self._offloaded(self._srv_export_mesh, self._export_pool, exclusive=True),
                             callback_group=cb_services)
@@ -225,6 +232,16 @@ class MapperNode(Node):
             self.mapper.reject_image("invalid", str(exc))
             return
         self.mapper.submit_image(stamp_ns, msg.header.frame_id, msg, conv.compressed_image_to_array)
+
+    def _on_labels(self, msg: Image) -> None:
+        try:
+            stamp_ns = conv.stamp_to_ns(msg.header.stamp)
+            labels = conv.label_msg_to_array(msg)
+        except Exception as exc:  # noqa: BLE001 - dropped and counted, never fatal
+            self.mapper.count("labels_invalid", f"label image dropped: {exc}")
+            return
+        self.mapper.count("labels_received")
+        self.mapper.semantics.add_labels(stamp_ns, labels)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         try:
@@ -374,14 +391,27 @@ class MapperNode(Node):
 
     def _srv_query_segmentation(self, req: QuerySegmentation.Request,
                                 res: QuerySegmentation.Response) -> QuerySegmentation.Response:
+        """Score the map's surface points against ``req.text``; the points at or above the threshold go back in the
+        response and on ``~/segmentation`` (map frame, heat colours, a ``relevancy`` field)."""
         t0 = time.perf_counter()
-        if not str(req.text).strip():
-            res.success, res.message = False, "empty text query"
-        elif not math.isfinite(req.threshold) or not 0.0 <= req.threshold <= 1.0:
-            res.success, res.message = False, "threshold must be in [0, 1]"
-        else:
-            res.success, res.message = False, "not implemented yet: the language field arrives with the " \
-                                              "segmentation issue"
+        try:
+            th = float(req.threshold)
+            if not math.isfinite(th) or not 0.0 <= th <= 1.0:
+                raise ValueError(f"threshold must be within [0, 1] (0 = the default), got {req.threshold}")
+            seg, cands = self.mapper.semantics.query(str(req.text), th if th > 0 else None,
+                                                     [str(n) for n in req.negatives] or None)
+            stamp = self.get_clock().now().to_msg()
+            res.cloud = conv.pointcloud2_xyzrgb(seg.xyz, seg.colors, {"relevancy": seg.relevancy}, stamp,
+                                                self.map_frame)
+            self._publish(self.pub_seg, res.cloud)
+            res.num_points, res.num_candidates, res.teacher = len(seg.xyz), seg.n_candidates, seg.teacher
+            res.success = True
+            res.message = (f"{seg.text!r}: {len(seg.xyz)} of {seg.n_candidates} surface points with relevancy >= "
+                           f"{th if th > 0 else self.mapper.semantics.cfg.threshold:g} (teacher {seg.teacher}, "
+                           f"candidates from step {cands.step}); published on ~/segmentation")
+            self.get_logger().info(f"query_segmentation: {res.message} in {time.perf_counter() - t0:.2f} s")
+        except Exception as exc:  # noqa: BLE001 - every refusal is an answer with the reason
+            res.success, res.message = False, f"query_segmentation failed: {exc}"
         res.seconds = float(time.perf_counter() - t0)
         return res
 
@@ -390,6 +420,7 @@ class MapperNode(Node):
         self.mapper.stop()
         self._service_pool.shutdown(wait=False, cancel_futures=True)
         self._export_pool.shutdown(wait=False, cancel_futures=True)
+        self._query_pool.shutdown(wait=False, cancel_futures=True)
 
 
 def main(argv: list[str] | None = None) -> int:

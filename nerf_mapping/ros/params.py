@@ -13,9 +13,10 @@ from typing import Callable
 from nerf_mapping.export.mesh import MeshExportConfig
 from nerf_mapping.mapping.keyframes import KeyframeConfig
 from nerf_mapping.mapping.mapper import MapperConfig, OnlineTrainingConfig, SyncConfig
+from nerf_mapping.mapping.semantics import SemanticsConfig
 
 _M, _K, _S, _T = MapperConfig(), KeyframeConfig(), SyncConfig(), OnlineTrainingConfig()
-_E = MeshExportConfig()
+_E, _SEM = MeshExportConfig(), SemanticsConfig()
 
 # (name, default, description). Types follow the default's Python type.
 PARAMETERS: list[tuple[str, object, str]] = [
@@ -89,6 +90,21 @@ PARAMETERS: list[tuple[str, object, str]] = [
     ("mesh.target_triangles", _E.target_triangles, "decimate the exported mesh to this many triangles (0 = keep all)"),
     ("mesh.marker_max_triangles", 50000, "triangles of the copy published on ~/mesh for RViz (decimated when the "
      "mesh is larger; 0 = do not publish)"),
+    # open-vocabulary segmentation (QuerySegmentation, ~/segmentation)
+    ("semantics.teacher", _SEM.teacher, "2D teacher of the language field: '' (off) | labels (class-id images on "
+     "semantics.label_topic + semantics.class_names; the demo scene's oracle) | clip (local CLIP weights)"),
+    ("semantics.clip_path", _SEM.clip_path, "clip: a local Hugging Face CLIP directory (nothing is downloaded)"),
+    ("semantics.class_names", _SEM.class_names, "labels: JSON file {class id: name} (the demo scene's labels.json)"),
+    ("semantics.label_topic", "/camera/labels", "labels: sensor_msgs/Image mono8 class ids, same stamps as the images"),
+    ("semantics.stride", _SEM.stride, "labels: label pixels per teacher-map cell"),
+    ("semantics.prompt_template", _SEM.prompt_template, "labels: phrasing of class names and queries for the "
+     "sentence encoder ({} = the word)"),
+    ("semantics.label_wait_s", _SEM.label_wait_s, "labels: seconds a keyframe waits for its label image"),
+    ("semantics.threshold", _SEM.threshold, "relevancy threshold of queries whose request gives 0"),
+    ("semantics.negatives", list(_SEM.negatives), "canonical negatives of queries whose request gives none"),
+    ("semantics.num_points", _SEM.num_points, "rays cast over the keyframes for the query candidates"),
+    ("semantics.candidates_max_age_s", _SEM.candidates_max_age_s, "a query finding older candidates refreshes them "
+     "in the background (it answers with the old ones)"),
 ]
 
 
@@ -127,10 +143,18 @@ def mapper_config(get: Callable[[str], object] | None = None) -> MapperConfig:
         pose_lr=float(get("training.pose_lr")), drift_knot_s=float(get("training.drift_knot_s")),
         drift_lr=float(get("training.drift_lr")),
         overrides=tuple(str(o) for o in get("training.overrides") if str(o).strip()))
+    semantics = SemanticsConfig(
+        teacher=str(get("semantics.teacher")).strip(), clip_path=str(get("semantics.clip_path")),
+        class_names=str(get("semantics.class_names")), stride=int(get("semantics.stride")),
+        prompt_template=str(get("semantics.prompt_template")), label_wait_s=float(get("semantics.label_wait_s")),
+        threshold=float(get("semantics.threshold")),
+        negatives=tuple(str(n) for n in get("semantics.negatives") if str(n).strip()),
+        num_points=int(get("semantics.num_points")),
+        candidates_max_age_s=float(get("semantics.candidates_max_age_s")))
     return MapperConfig(
         scene_box=tuple(float(x) for x in get("scene_box")), unbounded=bool(get("unbounded")), near=float(get("near")),
         far=float(get("far")), odom_frame=str(get("odom_frame")), base_frame=str(get("base_frame")),
         camera_frame=str(get("camera_frame")), use_tf_static=bool(get("use_tf_static")),
         tf_wait_s=float(get("tf_wait_s")), extrinsic_base_camera=tuple(float(x) for x in get("extrinsic_base_camera")),
         render_period_s=float(get("render_period_s")), render_width=int(get("render_width")),
-        keyframe=kc, sync=sync, training=training)
+        keyframe=kc, sync=sync, training=training, semantics=semantics)

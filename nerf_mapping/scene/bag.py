@@ -6,6 +6,8 @@ Topics (all stamps in header.stamp == bag log time, nanoseconds):
 - ``/camera/camera_info``     sensor_msgs/msg/CameraInfo, plumb_bob with zero distortion, same stamps as images
 - ``/odom``                   nav_msgs/msg/Odometry, ``odom`` -> ``base_link``, noisy          (odometry rate)
 - ``/ground_truth/odometry``  nav_msgs/msg/Odometry, ``odom`` -> ``base_link``, exact (odom == world)
+- ``/camera/labels``          sensor_msgs/msg/Image, mono8 class ids (labels.json), same stamps as the images: what a
+                              2D segmenter would publish; the node's oracle ``labels`` teacher reads it
 - ``/tf_static``              tf2_msgs/msg/TFMessage ``base_link`` -> ``camera_optical``, one message, offered QoS
                               transient_local + reliable (what static TF broadcasters offer), written first
 
@@ -29,6 +31,7 @@ TOPIC_CAMERA_INFO = "/camera/camera_info"
 TOPIC_ODOM = "/odom"
 TOPIC_GT_ODOM = "/ground_truth/odometry"
 TOPIC_TF_STATIC = "/tf_static"
+TOPIC_LABELS = "/camera/labels"
 FRAME_ODOM, FRAME_BASE, FRAME_CAMERA = "odom", "base_link", "camera_optical"
 
 MSGTYPES = {
@@ -37,6 +40,7 @@ MSGTYPES = {
     TOPIC_ODOM: "nav_msgs/msg/Odometry",
     TOPIC_GT_ODOM: "nav_msgs/msg/Odometry",
     TOPIC_TF_STATIC: "tf2_msgs/msg/TFMessage",
+    TOPIC_LABELS: "sensor_msgs/msg/Image",
 }
 
 
@@ -77,9 +81,10 @@ class _Msgs:
 
     def image(self, stamp_ns: int, rgb: np.ndarray):
         h, w = rgb.shape[:2]
+        mono = rgb.ndim == 2
         return self.t["sensor_msgs/msg/Image"](
-            header=self.header(stamp_ns, FRAME_CAMERA), height=h, width=w, encoding="rgb8", is_bigendian=0,
-            step=3 * w, data=np.ascontiguousarray(rgb, np.uint8).reshape(-1))
+            header=self.header(stamp_ns, FRAME_CAMERA), height=h, width=w, encoding="mono8" if mono else "rgb8",
+            is_bigendian=0, step=(1 if mono else 3) * w, data=np.ascontiguousarray(rgb, np.uint8).reshape(-1))
 
     def camera_info(self, stamp_ns: int, info: dict):
         """``info``: width, height, k [3,3], and optionally distortion_model (default plumb_bob) and d."""
@@ -132,6 +137,7 @@ def write_scene_bag(
     t_base_cam: np.ndarray,
     custom_data: dict[str, str] | None = None,
     camera_info_for=None,  # callable: frame index -> CameraInfo dict (see _Msgs.camera_info); default from intr
+    load_labels=None,  # callable: frame index -> uint8 [H,W] class ids (written on TOPIC_LABELS); None: no topic
 ) -> dict[str, int]:
     """Write the bag directory ``path`` (must not exist). Returns message counts per topic.
 
@@ -144,14 +150,18 @@ def write_scene_bag(
         raise ValueError(f"bag storage must be one of {sorted(plugins)}, got {storage!r}")
     ts = get_scene_typestore()
     msgs = _Msgs(ts)
-    counts = {topic: 0 for topic in MSGTYPES}
+    topics = {t: m for t, m in MSGTYPES.items() if t != TOPIC_LABELS or load_labels is not None}
+    counts = {topic: 0 for topic in topics}
 
     # event list sorted by stamp; ties resolved by topic order below (tf_static first, image before its camera_info)
-    order = {TOPIC_TF_STATIC: 0, TOPIC_IMAGE: 1, TOPIC_CAMERA_INFO: 2, TOPIC_GT_ODOM: 3, TOPIC_ODOM: 4}
+    order = {TOPIC_TF_STATIC: 0, TOPIC_IMAGE: 1, TOPIC_CAMERA_INFO: 2, TOPIC_LABELS: 3, TOPIC_GT_ODOM: 4,
+             TOPIC_ODOM: 5}
     t_start = int(min(image_stamps_ns.min(), noisy.stamps_ns.min(), ground_truth.stamps_ns.min()))
     events = [(t_start, order[TOPIC_TF_STATIC], TOPIC_TF_STATIC, 0)]
     events += [(int(s), order[TOPIC_IMAGE], TOPIC_IMAGE, i) for i, s in enumerate(image_stamps_ns)]
     events += [(int(s), order[TOPIC_CAMERA_INFO], TOPIC_CAMERA_INFO, i) for i, s in enumerate(image_stamps_ns)]
+    if load_labels is not None:
+        events += [(int(s), order[TOPIC_LABELS], TOPIC_LABELS, i) for i, s in enumerate(image_stamps_ns)]
     events += [(int(s), order[TOPIC_ODOM], TOPIC_ODOM, i) for i, s in enumerate(noisy.stamps_ns)]
     events += [(int(s), order[TOPIC_GT_ODOM], TOPIC_GT_ODOM, i) for i, s in enumerate(ground_truth.stamps_ns)]
     events.sort()
@@ -166,13 +176,15 @@ def write_scene_bag(
         conns = {
             topic: writer.add_connection(topic, msgtype, typestore=ts,
                                          offered_qos_profiles=_static_qos() if topic == TOPIC_TF_STATIC else ())
-            for topic, msgtype in MSGTYPES.items()
+            for topic, msgtype in topics.items()
         }
         for stamp, _, topic, i in events:
             if topic == TOPIC_TF_STATIC:
                 msg = msgs.tf_static(stamp, t_base_cam)
             elif topic == TOPIC_IMAGE:
                 msg = msgs.image(stamp, load_image(i))
+            elif topic == TOPIC_LABELS:
+                msg = msgs.image(stamp, np.asarray(load_labels(i), np.uint8))
             elif topic == TOPIC_CAMERA_INFO:
                 msg = msgs.camera_info(stamp, camera_info_for(i) if camera_info_for else
                                        {"width": intr.width, "height": intr.height, "k": intr.k_matrix()})

@@ -30,7 +30,7 @@ import numpy as np
 
 MARKER = ".nerf_mapping_scene.json"
 FORMAT_VERSION = 1
-DEFAULT_SCENE_NAME = "demo_scene_v1"
+DEFAULT_SCENE_NAME = "demo_scene_v2"  # v2: the bag carries /camera/labels
 # names generate_scene owns inside an output dir (only these are removed when overwriting)
 _OUTPUT_NAMES = ("transforms.json", "metadata.json", "labels.json", "mesh.ply", "odometry.npz", "images", "depth",
                  "labels", "bag", MARKER)
@@ -113,7 +113,7 @@ def config_from_dict(d: dict) -> SceneConfig:
 
 
 def default_scene_dir() -> Path:
-    """Cache folder of the built-in demo scene: $NERF_MAPPING_CACHE (or ~/.cache/nerf_mapping)/demo_scene_v1."""
+    """Cache folder of the built-in demo scene: $NERF_MAPPING_CACHE (or ~/.cache/nerf_mapping)/demo_scene_v2."""
     base = os.environ.get("NERF_MAPPING_CACHE") or os.path.join("~", ".cache", "nerf_mapping")
     return Path(base).expanduser() / DEFAULT_SCENE_NAME
 
@@ -308,7 +308,8 @@ def generate_scene(cfg: SceneConfig, output: Path, progress: bool = True, force:
         bag_counts = bagmod.write_scene_bag(
             output / "bag", cfg.bag_storage, intr, img_ns,
             lambda i: np.asarray(Image.open(output / frames[i]["file_path"]).convert("RGB")),
-            noisy_stream, gt_stream, t_base_cam, bagmod.extrinsic_custom_data(t_base_cam))
+            noisy_stream, gt_stream, t_base_cam, bagmod.extrinsic_custom_data(t_base_cam),
+            load_labels=lambda i: np.asarray(Image.open(output / frames[i]["semantic_file_path"])))
 
     seconds = time.perf_counter() - t_begin
     metadata = {

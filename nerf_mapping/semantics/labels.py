@@ -29,11 +29,18 @@ def label_images(data) -> list[np.ndarray]:
         rel = frames[fi].get("semantic_file_path")
         if not rel:
             raise ValueError(f"{tf_path}: frame {fi} has no semantic_file_path")
-        lab = np.asarray(Image.open(tf_path.parent / rel))
         h, w = data.images[i].shape[:2]
-        if lab.shape[:2] != (h, w):
-            ys = ((np.arange(h) + 0.5) * lab.shape[0] / h).astype(int)
-            xs = ((np.arange(w) + 0.5) * lab.shape[1] / w).astype(int)
-            lab = lab[ys][:, xs]
-        out.append(lab.astype(np.uint8))
+        out.append(fit_labels(np.asarray(Image.open(tf_path.parent / rel)), w, h))
     return out
+
+
+def fit_labels(labels: np.ndarray, width: int, height: int) -> np.ndarray:
+    """uint8 class ids resized to ``width`` x ``height`` by nearest pixel centre (labels are never interpolated)."""
+    lab = np.asarray(labels)
+    if lab.ndim != 2:
+        raise ValueError(f"a label image must be [H,W] class ids, got shape {lab.shape}")
+    if lab.shape == (height, width):
+        return np.ascontiguousarray(lab, dtype=np.uint8)
+    ys = ((np.arange(height) + 0.5) * lab.shape[0] / height).astype(int).clip(0, lab.shape[0] - 1)
+    xs = ((np.arange(width) + 0.5) * lab.shape[1] / width).astype(int).clip(0, lab.shape[1] - 1)
+    return np.ascontiguousarray(lab[ys][:, xs], dtype=np.uint8)
