@@ -228,7 +228,9 @@ def test_trainer_extension_point_trains_an_extra_parameter_group(tiny_scene):
 def test_mapper_semantics_learn_from_label_images_and_survive_a_map_file(tiny_scene, tmp_path):
     """The mapper's language field (labels teacher): label images matched to keyframes by stamp, one teacher map per
     keyframe (a keyframe whose label image never comes is counted), text queries on the cached surface points, a
-    rendered keyframe's relevancy high on the queried class, and the same answer from a reloaded map."""
+    rendered keyframe's relevancy high on the queried class, and the same answer from a reloaded map, whose candidates
+    are warmed up before the first query."""
+    import dataclasses
     import json
 
     from PIL import Image
@@ -239,7 +241,7 @@ def test_mapper_semantics_learn_from_label_images_and_survive_a_map_file(tiny_sc
     from nerf_mapping.semantics.query import QueryConfig, relevancy_image
 
     sem = SemanticsConfig(teacher="labels", class_names=str(tiny_scene / "labels.json"), stride=2, label_wait_s=0.5,
-                          num_points=20000)
+                          num_points=20000, warm_after_steps=0)  # candidates when queried: from the final map
     cfg = _config(max_steps=300)
     cfg.semantics = sem
     off = OnlineMapper(_config(enabled=False))
@@ -290,11 +292,13 @@ def test_mapper_semantics_learn_from_label_images_and_survive_a_map_file(tiny_sc
         mapper.save(path)
     finally:
         mapper.stop()
-    other = OnlineMapper(MapperConfig(training=OnlineTrainingConfig(enabled=False), semantics=sem))
+    warm = dataclasses.replace(sem, warm_after_steps=100)  # the loaded map (300 steps) warms its candidates up
+    other = OnlineMapper(MapperConfig(training=OnlineTrainingConfig(enabled=False), semantics=warm))
     other.start()
     try:
         other.load(path)
         _wait(lambda: other.semantics._field_of is other.trainer, 60)
+        _wait(lambda: other.semantics._cands is not None, 120)  # computed before any query
         ext = other.semantics.check_ready(other.trainer)
         assert len(ext.targets) >= len(other.trainer.frames) - 1  # teacher maps rebuilt from the saved class ids
         reloaded, _ = other.semantics.query("floor")

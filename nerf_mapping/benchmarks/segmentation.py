@@ -12,9 +12,10 @@ measurement), each against the default canonical negatives at the default thresh
 
 - 3D: the candidate points (surface points over the training views, as the node's query uses) take the class of the
   nearest ground-truth mesh face when it is within ``--tolerance`` (default 2 % of the scene box diagonal), else
-  none; per class, IoU of {relevancy >= threshold} with {that class} over the points that have a class
-  (``matched_fraction`` says how many of them do: points farther from any true surface measure the geometry, which
-  ``benchmark mesh`` scores). ``miou_3d_names``, ``miou_3d_synonyms``: means over the classes present.
+  none; per class, IoU of {relevancy >= threshold} with {that class} over all candidates, so a selected point off
+  every true surface is a false positive (``matched_fraction``: how many candidates have a class at all; the rest
+  measure the map's geometry, which ``benchmark mesh`` scores). ``miou_3d_names``, ``miou_3d_synonyms``: means over
+  the classes present among the candidates.
 - 3D, projected (``miou_3d_*_projected``): the same, with each candidate labelled by the ground-truth label of the
   pixel it was cast from: the lifting of semantics into the map, free of the map's geometric error.
 - 2D: held-out views (``--eval-views`` of them, rendered at ``1/--eval-downscale``): per class, IoU of the rendered
@@ -120,7 +121,7 @@ def run(args) -> dict:
             seconds.append(seg.seconds)
             pred = (seg.all_relevancy >= qcfg.threshold).numpy()
             entry[f"{kind}_text"] = text
-            entry[f"iou_3d_{kind}"] = iou(pred[matched], labels[matched] == cid)
+            entry[f"iou_3d_{kind}"] = iou(pred, labels == cid)
             entry[f"iou_3d_{kind}_projected"] = iou(pred[seen], lifted[seen] == cid)
             entry[f"points_{kind}"] = int(pred.sum())
             if kind == "name":

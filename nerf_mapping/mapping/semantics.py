@@ -9,12 +9,12 @@ Threads: everything slow runs on this object's own worker thread, never on the t
   are restored; its teacher maps are rebuilt from the map's keyframes);
 - one teacher map per new keyframe (:func:`nerf_mapping.semantics.field.teacher_map`; the oracle ``labels`` teacher
   waits up to ``label_wait_s`` for the label image with the keyframe's stamp), and dropping those of evicted keyframes;
-- refreshing the query candidates (surface points over the keyframes, seconds) when a query finds them older than
-  ``candidates_max_age_s``.
+- the query candidates (surface points over the keyframes: seconds) on their own thread, once when the map has trained
+  ``warm_after_steps`` steps and again when a query finds them older than ``candidates_max_age_s``.
 
 A query (:meth:`OnlineSemantics.query`) runs on the caller's thread: a frozen copy of the language field
 (milliseconds under the trainer lock), features at the cached candidates and the relevancy: well under a second for
-~100k points on 2 cores. Only the first query of a map (no candidates yet) waits for the candidates.
+~100k points on 2 cores. Only a query that comes before the warm-up has finished waits for the candidates.
 """
 from __future__ import annotations
 
@@ -57,6 +57,9 @@ class SemanticsConfig:
     """Rays cast over the keyframes for the query candidates."""
     candidates_max_age_s: float = 30.0
     """A query finding older candidates refreshes them in the background (it answers with the old ones)."""
+    warm_after_steps: int = 200
+    """Compute the candidates in the background once the map has trained this many steps, so that the first query
+    answers at once (0: only when a query asks)."""
 
 
 class OnlineSemantics:
@@ -103,6 +106,7 @@ class OnlineSemantics:
                     self._cv.wait(0.05 if waiting else 0.2)
             try:
                 waiting = self.process()
+                self.warm_up()
             except Exception as exc:  # noqa: BLE001 - the worker never dies; the reason is logged
                 self.mapper._warn("semantics", f"semantics worker: {exc!r}")
                 time.sleep(0.5)
@@ -277,9 +281,49 @@ class OnlineSemantics:
         c = candidate_points(snap, num_points)
         return c._replace(step=int(trainer.step_count))
 
-    def candidates(self, trainer):
-        """Cached candidates of ``trainer`` (computed now when there are none; refreshed in the background when
-        older than ``candidates_max_age_s``)."""
+    def _refresh_async(self, trainer) -> None:
+        """Compute ``trainer``'s candidates on their own thread (one at a time) and cache them."""
+        with self._cands_lock:
+            if self._refreshing.is_set():
+                return
+            self._refreshing.set()
+
+        def refresh():
+            try:
+                c = self._candidates(trainer, self.cfg.num_points)
+                with self._cands_lock:
+                    if self.mapper.trainer is trainer:
+                        self._cands = (trainer, c, time.monotonic())
+            except Exception as exc:  # noqa: BLE001 - the next query computes them itself
+                self.mapper._warn("semantics_candidates", f"candidate points failed: {exc!r}")
+            finally:
+                self._refreshing.clear()
+
+        threading.Thread(target=refresh, name="nerf_mapper_candidates", daemon=True).start()
+
+    def warm_up(self) -> None:
+        """Candidates before the first query: once the map has trained ``warm_after_steps`` steps with a language
+        field (a first query would otherwise wait for them: ~30 s beside training on 2 cores in the demo)."""
+        trainer = self.mapper.trainer
+        with self._cands_lock:
+            have = self._cands is not None and self._cands[0] is trainer
+        if (have or self.cfg.warm_after_steps <= 0 or trainer.step_count < self.cfg.warm_after_steps
+                or self._refreshing.is_set()):
+            return
+        ext = self._field(trainer)
+        if ext is not None and ext.targets and len(trainer.frames):
+            self._refresh_async(trainer)
+
+    def candidates(self, trainer, timeout: float = 300.0):
+        """Cached candidates of ``trainer``: computed now when there are none (or awaited when the warm-up is
+        computing them), refreshed in the background when older than ``candidates_max_age_s``."""
+        t0 = time.monotonic()
+        while self._refreshing.is_set() and time.monotonic() - t0 < timeout:
+            with self._cands_lock:
+                cached = self._cands
+            if cached is not None and cached[0] is trainer:
+                break  # a refresh of candidates we already have: answer with those
+            time.sleep(0.05)
         with self._cands_lock:
             cached = self._cands
         if cached is None or cached[0] is not trainer:
@@ -287,21 +331,8 @@ class OnlineSemantics:
             with self._cands_lock:
                 self._cands = (trainer, c, time.monotonic())
             return c
-        if time.monotonic() - cached[2] > self.cfg.candidates_max_age_s and not self._refreshing.is_set():
-            self._refreshing.set()
-
-            def refresh():
-                try:
-                    c = self._candidates(trainer, self.cfg.num_points)
-                    with self._cands_lock:
-                        if self.mapper.trainer is trainer:
-                            self._cands = (trainer, c, time.monotonic())
-                except Exception as exc:  # noqa: BLE001
-                    self.mapper._warn("semantics_candidates", f"candidate refresh failed: {exc!r}")
-                finally:
-                    self._refreshing.clear()
-
-            threading.Thread(target=refresh, name="nerf_mapper_candidates", daemon=True).start()
+        if time.monotonic() - cached[2] > self.cfg.candidates_max_age_s:
+            self._refresh_async(trainer)
         return cached[1]
 
     def check_ready(self, trainer):

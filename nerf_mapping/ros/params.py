@@ -105,6 +105,8 @@ PARAMETERS: list[tuple[str, object, str]] = [
     ("semantics.num_points", _SEM.num_points, "rays cast over the keyframes for the query candidates"),
     ("semantics.candidates_max_age_s", _SEM.candidates_max_age_s, "a query finding older candidates refreshes them "
      "in the background (it answers with the old ones)"),
+    ("semantics.warm_after_steps", _SEM.warm_after_steps, "compute the candidates in the background once the map has "
+     "trained this many steps, so the first query answers at once (0 = only when a query asks)"),
 ]
 
 
@@ -150,7 +152,8 @@ def mapper_config(get: Callable[[str], object] | None = None) -> MapperConfig:
         threshold=float(get("semantics.threshold")),
         negatives=tuple(str(n) for n in get("semantics.negatives") if str(n).strip()),
         num_points=int(get("semantics.num_points")),
-        candidates_max_age_s=float(get("semantics.candidates_max_age_s")))
+        candidates_max_age_s=float(get("semantics.candidates_max_age_s")),
+        warm_after_steps=int(get("semantics.warm_after_steps")))
     return MapperConfig(
         scene_box=tuple(float(x) for x in get("scene_box")), unbounded=bool(get("unbounded")), near=float(get("near")),
         far=float(get("far")), odom_frame=str(get("odom_frame")), base_frame=str(get("base_frame")),

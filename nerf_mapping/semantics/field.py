@@ -123,8 +123,8 @@ class LanguageField(TrainerExtension):
             self.teacher_meta = {k[8:]: str(v) for k, v in state.items() if str(k).startswith("teacher.")}
 
     def frozen_copy(self) -> "LanguageField":
-        """A copy of the weights for readers on other threads (queries): eval mode, no gradients, no teacher maps.
-        Call under the trainer lock so that no optimiser step lands halfway through the copy."""
+        """A copy of the weights for readers on other threads (queries): eval mode, no gradients, no teacher maps
+        (see :func:`nerf_mapping.semantics.query.language_snapshot` on taking it while training runs)."""
         c = LanguageField(self.cfg, self.dim, self.scene_box, self.unbounded, self.teacher, self.teacher_meta)
         c.load_state_dict(self.state_dict())
         c.optimizer = None

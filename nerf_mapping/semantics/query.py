@@ -83,15 +83,19 @@ class Segmentation(NamedTuple):
 
 
 def language_snapshot(trainer):
-    """A frozen copy of ``trainer``'s language field (taken under the trainer lock: ~10 ms for the default grid),
-    so a query never reads parameters the training thread is updating. ValueError when it has none."""
+    """A frozen copy of ``trainer``'s language field (~10 ms for the default grid), so a query never reads parameters
+    while the training thread updates them. ValueError when it has none.
+
+    Taken without the trainer lock, on purpose: renders hold that lock for seconds (the periodic render, a
+    RenderView), and a query waiting behind one measured 5.3 s in the demo. The field's tensors are only ever updated
+    in place (never replaced or resized), so a copy racing an optimiser step holds some values of step k and some of
+    k+1, which is harmless for a query."""
     from nerf_mapping.semantics.field import LanguageField
 
-    with trainer.lock:
-        ext = next((e for e in trainer.extensions if isinstance(e, LanguageField)), None)
-        if ext is None:
-            raise ValueError("the map has no language field")
-        return ext.frozen_copy()
+    ext = next((e for e in list(trainer.extensions) if isinstance(e, LanguageField)), None)
+    if ext is None:
+        raise ValueError("the map has no language field")
+    return ext.frozen_copy()
 
 
 def candidate_points(snap, num_points: int = 100_000,
