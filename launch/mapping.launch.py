@@ -1,14 +1,15 @@
 """ROS 2 launch file for nerf_mapping (needs a ROS 2 install with launch / launch_ros).
 
     ros2 launch nerf_mapping mapping.launch.py bag:=/path/to/bag [params_file:=FILE] [rviz:=true]
-        [use_sim_time:=true] [rate:=1.0] [loop:=false]
+        [use_sim_time:=true] [rate:=1.0] [loop:=false] [resume:=true]
 
 Starts the nerf_mapper node with ``params_file`` (default share/nerf_mapping/config/mapper.yaml), the bag player when
 ``bag`` is set (publishing /clock when ``use_sim_time`` is true; it waits until the node subscribes to the image
 topic), and rviz2 with share/nerf_mapping/rviz/nerf_mapping.rviz when ``rviz`` is true. Every process gets the
 package's Fast DDS profile (16 MB shared-memory segment for lossless 640x480 images) through
 FASTDDS_DEFAULT_PROFILES_FILE (Fast DDS 3.x) or FASTRTPS_DEFAULT_PROFILES_FILE (Fast DDS 2.x: Humble / Iron / Jazzy),
-unless ``fastdds_profile:=''``. The launch shuts down when the node exits.
+unless ``fastdds_profile:=''``. ``resume:=true`` makes the node continue from its newest complete autosave (after a
+crash). The launch shuts down when the node exits.
 
 Without ``ros2 launch`` (e.g. a virtualenv with rclpy wheels) use ``nerf-mapping launch`` (nerf_mapping/ros/bringup.py),
 which does the same with plain processes.
@@ -52,6 +53,8 @@ def generate_launch_description():
                               description="follow /clock (the player publishes it when this is true)"),
         DeclareLaunchArgument("rate", default_value="1.0", description="bag playback rate"),
         DeclareLaunchArgument("loop", default_value="false", description="replay the bag forever"),
+        DeclareLaunchArgument("resume", default_value="false",
+                              description="the node continues from its newest complete autosave"),
         DeclareLaunchArgument("fastdds_profile",
                               default_value=PathJoinSubstitution([share, "config", "fastdds.xml"]),
                               description="Fast DDS XML profile for every process ('' = middleware defaults)"),
@@ -75,7 +78,8 @@ def generate_launch_description():
         name="nerf_mapper",
         output="screen",
         emulate_tty=True,
-        parameters=[params_file, {"use_sim_time": ParameterValue(use_sim_time, value_type=bool)}],
+        parameters=[params_file, {"use_sim_time": ParameterValue(use_sim_time, value_type=bool),
+                                  "resume": ParameterValue(LaunchConfiguration("resume"), value_type=bool)}],
         on_exit=[EmitEvent(event=Shutdown(reason="nerf_mapper exited"))],
     )
 

@@ -85,7 +85,7 @@ class Listener:
         self.lock = threading.Lock()
         q = QoSProfile(depth=200)
         for topic, cls in (("/camera/image_raw", Image), ("/camera/camera_info", CameraInfo), ("/odom", Odometry),
-                           ("/ground_truth/odometry", Odometry), ("/clock", Clock)):
+                           ("/ground_truth/odometry", Odometry), ("/clock", Clock), ("/camera/labels", Image)):
             self.node.create_subscription(cls, topic, self._cb(topic), q)
         self.node.create_subscription(TFMessage, "/tf_static", self._cb("/tf_static"),
                                       QoSProfile(depth=10, durability=DurabilityPolicy.TRANSIENT_LOCAL))

@@ -416,3 +416,86 @@ def test_mapper_end_to_end(mapper):
     n = len(h.status)
     h.wait_for(lambda: len(h.status) > n + 1, 10, "status after the service calls")
     assert proc.poll() is None
+
+
+def _start_node(tmp: Path, env: dict, out_dir: Path, *params: str, log_name: str = "node.log"):
+    cmd = [sys.executable, "-m", "nerf_mapping.ros.mapper_node", "--ros-args",
+           "--params-file", str(REPO / "config" / "mapper.yaml"), "-p", f"output_dir:={out_dir}",
+           "-p", "training.threads:=2", "-p", "keyframe.min_translation:=0.03", "-p", "keyframe.min_rotation_deg:=3.0"]
+    for p in params:
+        cmd += ["-p", p]
+    log = open(tmp / log_name, "w")
+    return subprocess.Popen(cmd, cwd=str(REPO), env=env, stdout=log, stderr=subprocess.STDOUT), log
+
+
+def test_node_survives_sigkill_and_resumes_from_its_autosave(scene, tmp_path):
+    """SIGKILL mid-run, restart with resume:=true: the keyframes and step count of the newest complete autosave come
+    back, and a render of a keyframe view is as good as the same render from that save file."""
+    import signal
+
+    import torch
+
+    from nerf_mapping.geometry import model_c2w_to_optical_pose
+    from nerf_mapping.mapping import autosave
+    from nerf_mapping.mapping.map_io import load_map
+    from nerf_mapping.ros import conversions as conv
+
+    env = ros_env(tmp_path)
+    env["ROS_DOMAIN_ID"] = str(51 + os.getpid() % 48)  # apart from the module's running node
+    out_dir = tmp_path / "maps"
+    save_dir = out_dir / "autosave"
+    h = Harness(int(env["ROS_DOMAIN_ID"]))
+    procs = []
+    try:
+        proc, log = _start_node(tmp_path, env, out_dir, "autosave_period_s:=3.0", "render_period_s:=0.0")
+        procs.append((proc, log))
+        h.wait_for(lambda: len(h.status) > 0, 60, "first ~/status")
+        msgs = read_bag(scene / "bag")
+        h.play([m for m in msgs if m[0] != "/camera/labels"], rate=2.0)
+        h.wait_for(lambda: h.status[-1].steps >= 40, 120, "40 training steps")
+        h.wait_for(lambda: (p := autosave.latest_complete(save_dir)) is not None
+                   and int(p.name.split("_")[1]) >= 40, 60, "an autosave after 40 steps")
+        proc.send_signal(signal.SIGKILL)
+        t_kill = time.monotonic()
+        proc.wait(timeout=10)
+        last = autosave.latest_complete(save_dir)
+        age = time.time() - int(last.name.split("_")[2].split(".")[0]) / 1000.0
+        steps_at_kill = h.status[-1].steps
+        print(f"killed at step ~{steps_at_kill}; newest complete autosave {last.name}, {age:.1f} s old", file=sys.stderr)
+
+        tr, _ = load_map(last)
+        fid = tr.frames.frame_ids()[len(tr.frames) // 2]
+        cam = tr.frames.camera(fid)
+        img = tr.frames.image(fid).numpy()
+        ref = (tr.render(cam, 0)["rgb"].clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
+        psnr_save = psnr(ref, img)
+
+        h.status.clear()
+        proc, log = _start_node(tmp_path, env, out_dir, "resume:=true", "training.enabled:=false",
+                                "render_period_s:=0.0", log_name="node_resumed.log")
+        procs.append((proc, log))
+        h.wait_for(lambda: len(h.status) > 0 and h.status[-1].keyframes > 0, 60, "status of the resumed node")
+        assert (h.status[-1].keyframes, h.status[-1].steps) == (len(tr.frames), tr.step_count)
+        info = next(m for m in msgs if m[0] == "/camera/camera_info")
+        h.pubs["/camera/camera_info"].publish(info[3])  # RenderView scales the camera's intrinsics
+        time.sleep(0.5)
+        req = RenderView.Request(width=int(cam.width[0]), height=int(cam.height[0]))
+        req.pose = conv.matrix_to_pose_msg(model_c2w_to_optical_pose(cam.c2w[0].double().numpy()))
+        res, _ = h.call(RenderView, "render_view", req)
+        assert res.success, res.message
+        psnr_after = psnr(conv.image_msg_to_array(res.rgb), img)
+        print(f"keyframe render PSNR: save file {psnr_save:.2f} dB, resumed node {psnr_after:.2f} dB; "
+              f"{time.monotonic() - t_kill:.1f} s from kill to answer", file=sys.stderr)
+        assert psnr_after >= psnr_save - 0.5
+        assert "resumed from autosave_" in (tmp_path / "node_resumed.log").read_text()
+    finally:
+        h.close()
+        for proc, log in procs:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=10)
+            log.close()

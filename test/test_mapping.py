@@ -305,3 +305,73 @@ def test_mapper_semantics_learn_from_label_images_and_survive_a_map_file(tiny_sc
         assert reloaded.n_candidates == floor.n_candidates and len(reloaded.xyz) == len(floor.xyz)
     finally:
         other.stop()
+
+
+def test_mapper_autosaves_and_resumes_skipping_torn_saves(tiny_scene, tmp_path):
+    """Autosaves while mapping (atomic, checksummed, two kept); a resumed mapper has the saved keyframes, steps and
+    renders; a torn or corrupted newer save is skipped for the previous one; an unwritable directory is counted and
+    retried while mapping goes on."""
+    import logging
+
+    from nerf_mapping.mapping import autosave
+
+    cfg = _config(max_steps=60)
+    cfg.autosave_dir, cfg.autosave_period_s = str(tmp_path / "autosave"), 0.5
+    mapper = OnlineMapper(cfg)
+    mapper.start()
+    try:
+        _feed(mapper, tiny_scene)
+        _wait(lambda: mapper.trainer.step_count >= 60, 300)
+        _wait(lambda: mapper.last_autosave is not None and mapper.last_autosave[1] >= 60, 60)
+    finally:
+        mapper.stop()
+    files = autosave.saves(tmp_path / "autosave")
+    assert 1 <= len(files) <= 2 and all(autosave.check(p) is None for p in files)
+    newest = files[0]
+    saved = (len(mapper.trainer.frames), int(mapper.trainer.step_count))
+    ref = mapper.render_latest_keyframe(48)[0]
+
+    def resumed(log=None):
+        c = _config(enabled=False)
+        c.autosave_dir, c.resume = cfg.autosave_dir, True
+        m = OnlineMapper(c, logger=log)
+        m.start()
+        m.stop()
+        return m
+
+    m = resumed()
+    assert (len(m.trainer.frames), int(m.trainer.step_count)) == saved
+    assert np.array_equal(m.render_latest_keyframe(48)[0], ref)
+
+    # a newer save torn mid-write (digest of the full file, bytes cut) and one whose digest never came: both skipped
+    data = newest.read_bytes()
+    torn = newest.with_name(f"autosave_{999999:09d}_1.pt")
+    torn.write_bytes(data[: len(data) // 2])
+    torn.with_name(torn.name + ".sha256").write_text(autosave.file_digest(newest) + "\n")
+    newest.with_name(f"autosave_{999998:09d}_1.pt").write_bytes(data)
+    records = []
+
+    class Log(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    log = logging.getLogger("test_autosave")
+    log.addHandler(Log())
+    m = resumed(log)
+    assert (len(m.trainer.frames), int(m.trainer.step_count)) == saved
+    assert any("checksum mismatch" in r for r in records) and any("did not complete" in r for r in records), records
+
+    # disk trouble: the directory cannot be created; mapping goes on, the failure is counted, saves stay intact
+    blocker = tmp_path / "not_a_dir"
+    blocker.write_text("x")
+    cfg2 = _config(max_steps=20)
+    cfg2.autosave_dir, cfg2.autosave_period_s = str(blocker / "autosave"), 0.3
+    bad = OnlineMapper(cfg2)
+    bad.start()
+    try:
+        _feed(bad, tiny_scene, n_images=8)
+        _wait(lambda: bad.counts["autosave_failed"] >= 1, 120)
+        _wait(lambda: bad.trainer.step_count >= 20, 120)
+    finally:
+        bad.stop()
+    assert autosave.check(newest) is None

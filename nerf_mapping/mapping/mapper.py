@@ -42,7 +42,7 @@ from nerf_mapping.cameras import Cameras
 from nerf_mapping.config.presets import online_config, online_scene
 from nerf_mapping.geometry import model_c2w_to_optical_pose, optical_pose_to_model_c2w
 from nerf_mapping.geometry.rigid import make_pose, matrix_from_quat_xyzw
-from nerf_mapping.mapping import map_io
+from nerf_mapping.mapping import autosave, map_io
 from nerf_mapping.mapping.keyframes import (Keyframe, KeyframeConfig, KeyframeSelector, downscale_factor,
                                             downscale_image)
 from nerf_mapping.mapping.semantics import OnlineSemantics, SemanticsConfig
@@ -131,6 +131,14 @@ class MapperConfig:
     sync: SyncConfig = field(default_factory=SyncConfig)
     training: OnlineTrainingConfig = field(default_factory=OnlineTrainingConfig)
     semantics: SemanticsConfig = field(default_factory=SemanticsConfig)
+    autosave_dir: str = ""
+    """Where the map is autosaved (:mod:`.autosave`); '' = no autosave (the node uses ``output_dir/autosave``)."""
+    autosave_period_s: float = 30.0
+    """Seconds between autosaves (0 = off): a crash loses at most this much mapping."""
+    autosave_keep: int = 2
+    """Complete autosaves kept (older ones are deleted only after a newer one is complete)."""
+    resume: bool = False
+    """At start, load the newest complete autosave of ``autosave_dir`` (a new map when there is none)."""
 
 
 def extrinsic_matrix(v) -> np.ndarray:
@@ -200,13 +208,20 @@ class OnlineMapper:
         self.training_active = False
         self._rays_accum, self._rays_t, self._rays_per_second = 0.0, time.monotonic(), 0.0
         self._next_render = 0.0
+        self.last_autosave: tuple | None = None  # (path, step, seconds) of the newest autosave
         self.semantics = OnlineSemantics(cfg.semantics, self)
         """Teacher, language field and text queries (:mod:`.semantics`); off unless ``semantics.teacher`` is set."""
 
     # ------------------------------------------------------------------------------------------------ lifecycle
     def start(self) -> None:
-        """Start the keyframe worker and (when enabled) the training thread."""
+        """Resume from the newest autosave (``resume``), then start the keyframe worker, the training thread (when
+        enabled) and the autosave thread (when configured)."""
+        if self.cfg.resume:
+            self.resume()
         self._threads = [threading.Thread(target=self._keyframe_loop, name="nerf_mapper_keyframes", daemon=True)]
+        if self.cfg.autosave_dir and self.cfg.autosave_period_s > 0:
+            self._threads.append(threading.Thread(target=self._autosave_loop, name="nerf_mapper_autosave",
+                                                  daemon=True))
         if self.cfg.training.enabled:
             self._threads.append(threading.Thread(target=self._training_loop, name="nerf_mapper_training",
                                                   daemon=True))
@@ -669,6 +684,52 @@ class OnlineMapper:
             meta = {**(meta or {}), **self.semantics.map_extra(tr.frames.frame_ids())}
             map_io.save_map(path, tr, self.kf_info, meta)
             return {"keyframes": len(tr.frames), "steps": int(tr.step_count)}
+
+    def resume(self) -> dict | None:
+        """Load the newest complete autosave of ``autosave_dir`` (torn or corrupt ones are logged and skipped);
+        None when there is none."""
+        if not self.cfg.autosave_dir:
+            raise ValueError("resume needs autosave_dir")
+        path = autosave.latest_complete(Path(self.cfg.autosave_dir), self.log)
+        if path is None:
+            self.log.info(f"resume: no complete autosave in {self.cfg.autosave_dir}: starting a new map")
+            return None
+        r = self.load(path)
+        self.log.info(f"resumed from {path.name}: {r['keyframes']} keyframes, step {r['steps']}")
+        return {**r, "path": str(path)}
+
+    def autosave_now(self) -> Path:
+        """Write an autosave now (OSError on disk trouble, previous saves intact)."""
+        t0 = time.monotonic()
+        path = autosave.write(self, Path(self.cfg.autosave_dir), self.cfg.autosave_keep)
+        self.last_autosave = (path, int(self.trainer.step_count), time.monotonic() - t0)
+        self.count("autosave_written")
+        return path
+
+    def _autosave_loop(self) -> None:
+        """Every ``autosave_period_s`` while the map changes; on disk trouble the error is logged and counted and the
+        next attempt comes after at most 10 s. A last save when the mapper stops."""
+        period = self.cfg.autosave_period_s
+        saved_step = int(self.trainer.step_count)
+        wait = period
+        while not self._stop.wait(wait):
+            tr = self.trainer
+            if len(tr.frames) == 0 or int(tr.step_count) == saved_step:
+                wait = period
+                continue
+            try:
+                self.autosave_now()
+                saved_step = int(tr.step_count)
+                wait = period
+            except Exception as exc:  # noqa: BLE001 - disk full, unwritable: keep mapping, retry soon
+                self.count("autosave_failed", f"autosave failed (the previous save is kept): {exc}")
+                wait = min(period, 10.0)
+        tr = self.trainer
+        if len(tr.frames) and int(tr.step_count) != saved_step:
+            try:
+                self.autosave_now()
+            except Exception as exc:  # noqa: BLE001
+                self.log.warning(f"final autosave failed: {exc}")
 
     def load(self, path: Path) -> dict:
         """Replace the map by the one in ``path``; training continues from its step count."""

@@ -118,6 +118,8 @@ def build_commands(args, params: Path | None, profile: Path | None) -> list[Chil
         ros += ["--params-file", str(params)]
     if args.use_sim_time:
         ros += ["-p", "use_sim_time:=true"]
+    if getattr(args, "resume", False):
+        ros += ["-p", "resume:=true"]
     node_cmd = [py, "-m", args.node_module] + (["--ros-args", *ros] if ros else [])
     children = [Child("mapper", node_cmd)]
     if args.bag is not None:
@@ -247,6 +249,8 @@ def add_bringup_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--use-sim-time", action="store_true",
                    help="node (and rviz2) follow /clock, which the player publishes")
     p.add_argument("--rviz", action="store_true", help="also start rviz2 (if on PATH) with rviz/nerf_mapping.rviz")
+    p.add_argument("--resume", action="store_true",
+                   help="the node continues from its newest complete autosave (output_dir/autosave)")
     p.add_argument("--exit-after-bag", action="store_true", help="stop everything when the bag has been played")
     p.add_argument("--log-dir", type=Path, default=None,
                    help="where <child>.log files go (default: $ROS_LOG_DIR or ~/.ros/log/nerf_mapping_launch_*)")

@@ -58,13 +58,17 @@ def _cmd_bag_info(args) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------------- node
-def node_argv(params: Path | None, use_sim_time: bool = False, ros_args: list[str] | None = None) -> list[str]:
-    """argv (without program name) for the mapping node: ``--ros-args --params-file FILE [-p use_sim_time:=true]``."""
+def node_argv(params: Path | None, use_sim_time: bool = False, ros_args: list[str] | None = None,
+              resume: bool = False) -> list[str]:
+    """argv (without program name) for the mapping node: ``--ros-args --params-file FILE [-p use_sim_time:=true]
+    [-p resume:=true]``."""
     out: list[str] = []
     if params is not None:
         out += ["--params-file", str(params)]
     if use_sim_time:
         out += ["-p", "use_sim_time:=true"]
+    if resume:
+        out += ["-p", "resume:=true"]
     out += list(ros_args or [])
     return ["--ros-args", *out] if out else []
 
@@ -88,7 +92,7 @@ def _cmd_node(args) -> int:
         from .bringup import default_params_file
 
         params = default_params_file()
-    return int(mod.main(node_argv(params, args.use_sim_time, args.ros_args)) or 0)
+    return int(mod.main(node_argv(params, args.use_sim_time, args.ros_args, args.resume)) or 0)
 
 
 # --------------------------------------------------------------------------------------------------------- launch
@@ -130,6 +134,8 @@ def add_cli(subparsers) -> None:
                                           "FILE (default: the package's config/mapper.yaml).")
     p.add_argument("--params", type=Path, default=None, help="ROS parameters YAML (nerf_mapper: ros__parameters:)")
     p.add_argument("--use-sim-time", action="store_true", help="follow /clock (e.g. from bag play --clock)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest complete autosave in output_dir/autosave (after a crash)")
     _add_ros_args(p)
     p.set_defaults(func=_cmd_node)
 

@@ -8,6 +8,7 @@ rest (topics, QoS, frames of published messages, periods) belong to the node alo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from nerf_mapping.export.mesh import MeshExportConfig
@@ -77,6 +78,10 @@ PARAMETERS: list[tuple[str, object, str]] = [
     ("training.overrides", [""], "extra TrainerConfig overrides 'dotted.key=value'"),
     # outputs
     ("output_dir", "outputs/mapper", "directory for SaveMap / ExportMesh / LoadMap files (nothing outside it)"),
+    ("autosave_period_s", _M.autosave_period_s, "seconds between autosaves of the map into output_dir/autosave "
+     "(atomic, checksummed, the previous save kept until the new one is complete; 0 = off)"),
+    ("autosave_keep", _M.autosave_keep, "complete autosaves kept"),
+    ("resume", _M.resume, "at start, continue from the newest complete autosave in output_dir/autosave"),
     ("status_period_s", 1.0, "MapStatus / paths period (s)"),
     ("tf_period_s", 0.2, "map->odom TF period (s)"),
     ("render_period_s", _M.render_period_s, "periodic ~/rendered period (s); stretched so renders take <= 25% of "
@@ -160,4 +165,7 @@ def mapper_config(get: Callable[[str], object] | None = None) -> MapperConfig:
         camera_frame=str(get("camera_frame")), use_tf_static=bool(get("use_tf_static")),
         tf_wait_s=float(get("tf_wait_s")), extrinsic_base_camera=tuple(float(x) for x in get("extrinsic_base_camera")),
         render_period_s=float(get("render_period_s")), render_width=int(get("render_width")),
-        keyframe=kc, sync=sync, training=training, semantics=semantics)
+        keyframe=kc, sync=sync, training=training, semantics=semantics,
+        autosave_dir=str(Path(str(get("output_dir"))).expanduser().resolve() / "autosave"),
+        autosave_period_s=float(get("autosave_period_s")), autosave_keep=int(get("autosave_keep")),
+        resume=bool(get("resume")))
