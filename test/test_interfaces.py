@@ -99,7 +99,8 @@ def test_interface_fields():
         "text": "string", "threshold": "float", "negatives": "sequence<string>"}
     assert QuerySegmentation.Response.get_fields_and_field_types() == {
         "success": "boolean", "message": "string",
-        "cloud": "sensor_msgs/PointCloud2", "seconds": "float"}
+        "cloud": "sensor_msgs/PointCloud2", "seconds": "float", "num_points": "uint32", "num_candidates": "uint32",
+        "teacher": "string"}
     assert ExportMesh.Request.get_fields_and_field_types() == {
         "depth": "int32", "filename": "string"}
     assert ExportMesh.Response.get_fields_and_field_types() == {

@@ -392,6 +392,7 @@ def test_mapper_end_to_end(mapper):
     assert not (out_dir / "d13.ply").exists() and not (out_dir.parent / "evil.ply").exists()
     # --- open-vocabulary segmentation: the labels teacher learnt from /camera/labels while mapping
     got_seg = h.latched(PointCloud2, f"{NODE}/segmentation")
+    got_img = h.latched(Image, f"{NODE}/segmentation/image")
     res, _ = h.call(QuerySegmentation, "query_segmentation", QuerySegmentation.Request(text="couch"), timeout=120)
     print(f"query_segmentation: {res.message} ({res.seconds:.2f} s)", file=sys.stderr)
     assert res.success, res.message
@@ -402,6 +403,8 @@ def test_mapper_end_to_end(mapper):
     rel = np.frombuffer(bytes(cloud.data), "<f4").reshape(cloud.width, 5)[:, 4]
     assert rel.min() >= 0.5 and rel.max() <= 1.0
     h.wait_for(lambda: len(got_seg) > 0 and got_seg[-1].width == cloud.width, 20, "~/segmentation PointCloud2")
+    h.wait_for(lambda: len(got_img) > 0, 60, "~/segmentation/image")
+    assert got_img[-1].encoding == "rgb8" and got_img[-1].width > 0
     floor, _ = h.call(QuerySegmentation, "query_segmentation", QuerySegmentation.Request(text="floor", threshold=0.5))
     assert floor.success and floor.num_candidates == res.num_candidates  # cached candidates
     for bad, why in ((QuerySegmentation.Request(text="  "), "empty"),

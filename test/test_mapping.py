@@ -136,11 +136,15 @@ def test_mapper_counts_and_drops_bad_inputs(tiny_scene):
 def test_node_and_benchmark_share_the_mapper_defaults():
     """``benchmark drift`` and the node build the mapper from one table of defaults (``ros.params``), which mirrors
     ``MapperConfig``: the YAML shipped with the node, the parameter table and the dataclass agree."""
+    import dataclasses
+
     import yaml
 
     from nerf_mapping.ros.params import defaults, mapper_config
 
-    assert mapper_config() == MapperConfig()
+    cfg = mapper_config()
+    assert cfg.autosave_dir == str((Path(defaults()["output_dir"]).resolve() / "autosave"))  # the node's choice
+    assert dataclasses.replace(cfg, autosave_dir="") == MapperConfig()
     shipped = yaml.safe_load((PKG.parent / "config" / "mapper.yaml").read_text())["nerf_mapper"]["ros__parameters"]
 
     def flat(d, prefix=""):
@@ -149,7 +153,7 @@ def test_node_and_benchmark_share_the_mapper_defaults():
 
     shipped = dict(flat(shipped))
     assert set(shipped) == set(defaults())
-    assert mapper_config(shipped.__getitem__) == MapperConfig()
+    assert dataclasses.replace(mapper_config(shipped.__getitem__), autosave_dir="") == MapperConfig()
 
 
 def test_core_imports_no_ros():
@@ -242,7 +246,7 @@ def test_mapper_semantics_learn_from_label_images_and_survive_a_map_file(tiny_sc
 
     sem = SemanticsConfig(teacher="labels", class_names=str(tiny_scene / "labels.json"), stride=2, label_wait_s=0.5,
                           num_points=20000, warm_after_steps=0)  # candidates when queried: from the final map
-    cfg = _config(max_steps=300)
+    cfg = _config(max_steps=200)
     cfg.semantics = sem
     off = OnlineMapper(_config(enabled=False))
     with pytest.raises(ValueError, match="semantics are off"):
@@ -260,7 +264,7 @@ def test_mapper_semantics_learn_from_label_images_and_survive_a_map_file(tiny_sc
             if s != missing:
                 mapper.semantics.add_labels(s, lab)
         _feed(mapper, tiny_scene)
-        _wait(lambda: mapper.trainer.step_count >= 300 and not mapper.queue_length, 300)
+        _wait(lambda: mapper.trainer.step_count >= 200 and not mapper.queue_length, 300)
         _wait(lambda: mapper.semantics.maps_built + mapper.counts["semantics_no_labels"] >= len(mapper.trainer.frames))
         assert mapper.semantics.error is None
         assert mapper.counts["semantics_no_labels"] <= 1  # the frame without labels (if it became a keyframe)
@@ -288,11 +292,13 @@ def test_mapper_semantics_learn_from_label_images_and_survive_a_map_file(tiny_sc
         on, other = r[torch.from_numpy(lab == 1)], r[torch.from_numpy((lab != 1) & (lab != 0))]
         print(f"floor relevancy: floor pixels {float(on.mean()):.2f}, others {float(other.mean()):.2f}")
         assert float(on.mean()) > float(other.mean()) + 0.2
+        img, img_stamp = mapper.semantics.relevancy_view("floor", width=48)
+        assert img.shape == (36, 48, 3) and img.dtype == np.uint8 and img_stamp in labels
         path = tmp_path / "map.pt"
         mapper.save(path)
     finally:
         mapper.stop()
-    warm = dataclasses.replace(sem, warm_after_steps=100)  # the loaded map (300 steps) warms its candidates up
+    warm = dataclasses.replace(sem, warm_after_steps=100)  # the loaded map (200 steps) warms its candidates up
     other = OnlineMapper(MapperConfig(training=OnlineTrainingConfig(enabled=False), semantics=warm))
     other.start()
     try:

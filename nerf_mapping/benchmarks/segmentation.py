@@ -137,7 +137,7 @@ def run(args) -> dict:
     present = {c: False for c in classes}
     t2d = time.perf_counter()
     for vi in views:
-        feats, opacity = render_language(snap, field, test.cameras, vi)
+        feats, opacity, _ = render_language(snap, field, test.cameras, vi)
         h, w = opacity.shape
         f = feats.reshape(h * w, -1)
         lab = test_labels[vi].reshape(-1)

@@ -84,7 +84,6 @@ def query_config(args):
 
 
 def cmd_query(args) -> int:
-    import numpy as np
     from PIL import Image
     from tqdm import tqdm
 
@@ -92,8 +91,8 @@ def cmd_query(args) -> int:
     from nerf_mapping.cli.export import load_for_export
     from nerf_mapping.export.mesh import snapshot
     from nerf_mapping.semantics.field import restore_language_field
-    from nerf_mapping.semantics.query import (candidate_points, heat_colors, language_snapshot, relevancy_image,
-                                              segment, write_segmentation_ply)
+    from nerf_mapping.semantics.query import (candidate_points, language_snapshot, relevancy_overlay, segment,
+                                              view_relevancy, write_segmentation_ply)
 
     cfg = exit_on_error(query_config, args)
     if args.output_image is not None and args.render_view is None:
@@ -124,11 +123,9 @@ def cmd_query(args) -> int:
     if args.render_view is not None:
         if not 0 <= args.render_view < len(views):
             raise SystemExit(f"error: --render-view must be within 0..{len(views) - 1}")
-        r = exit_on_error(relevancy_image, snap, field, teacher, views, args.render_view, seg.text, cfg)
-        img = heat_colors(r.reshape(-1).numpy(), cfg.threshold).reshape(*r.shape, 3)
-        img[r.numpy() < cfg.threshold] //= 3  # below the threshold: dimmed
+        r, rgb = exit_on_error(view_relevancy, snap, field, teacher, views, args.render_view, seg.text, cfg)
         out = args.output_image or Path(f"relevancy_{args.render_view}.png")
-        Image.fromarray(np.ascontiguousarray(img)).save(out)
+        Image.fromarray(relevancy_overlay(rgb, r, cfg.threshold)).save(out)
         summary["image"] = str(out)
         summary["image_pixels_selected"] = int((r >= cfg.threshold).sum())
     print(json.dumps(summary, indent=2))

@@ -356,18 +356,50 @@ class OnlineSemantics:
         """An open-vocabulary 3D segmentation of the current map (model = map frame): the query module's
         ``Segmentation`` plus the candidates' age. ValueError (with the reason) for bad requests or a map that
         cannot answer yet."""
-        from nerf_mapping.semantics.query import QueryConfig, language_snapshot, segment
+        from nerf_mapping.semantics.query import language_snapshot, segment
         from nerf_mapping.semantics.teachers import check_text
 
         text = check_text(text)
-        cfg = QueryConfig(threshold=self.cfg.threshold if threshold is None else threshold,
-                          negatives=tuple(negatives) if negatives else tuple(self.cfg.negatives), tau=self.cfg.tau,
-                          num_points=self.cfg.num_points).validate()
+        cfg = self.query_config(threshold, negatives)
         trainer = self.mapper.trainer
         self.check_ready(trainer)
         field = language_snapshot(trainer)
         cands = self.candidates(trainer)
         return segment(field, self.teacher, cands, text, cfg), cands
+
+
+    def query_config(self, threshold: float | None = None, negatives=None):
+        """A query's settings: the request's where given, else the configured defaults (ValueError when invalid)."""
+        from nerf_mapping.semantics.query import QueryConfig
+
+        return QueryConfig(threshold=self.cfg.threshold if threshold is None else threshold,
+                           negatives=tuple(negatives) if negatives else tuple(self.cfg.negatives), tau=self.cfg.tau,
+                           num_points=self.cfg.num_points).validate()
+
+    def relevancy_view(self, text: str, threshold: float | None = None, negatives=None, width: int = 160):
+        """(uint8 [H,W,3] picture of the newest keyframe's view: the map in grey, heat colours where the relevancy to
+        ``text`` reaches the threshold; that keyframe's stamp)."""
+        from nerf_mapping.export.mesh import snapshot
+        from nerf_mapping.semantics.query import language_snapshot, relevancy_overlay, view_relevancy
+        from nerf_mapping.semantics.teachers import check_text
+
+        text = check_text(text)
+        cfg = self.query_config(threshold, negatives)
+        m = self.mapper
+        trainer = m.trainer
+        self.check_ready(trainer)
+        with m._state_lock:
+            fid = m._latest_kf
+            if fid is None or fid not in m.kf_info:
+                raise ValueError("no keyframe yet")
+            stamp = m.kf_info[fid].stamp_ns
+            cam = trainer.frames.camera(fid)
+        factor = min(1.0, width / int(cam.width[0])) if width > 0 else 1.0
+        cams = cam.scaled(factor) if factor != 1.0 else cam
+        c2w = m._refined_c2w(trainer, fid, cams.c2w[0])
+        r, rgb = view_relevancy(snapshot(trainer, cams), language_snapshot(trainer), self.teacher, cams, 0, text, cfg,
+                                c2w=c2w)
+        return relevancy_overlay(rgb, r, cfg.threshold), stamp
 
 
 def load_class_names(path: str) -> dict[int, str]:
@@ -383,4 +415,3 @@ def load_class_names(path: str) -> dict[int, str]:
     if not names:
         raise ValueError(f"{p}: no class names")
     return names
-

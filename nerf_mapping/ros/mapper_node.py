@@ -9,7 +9,8 @@ class-id images (``semantics.label_topic``). Outputs: ``~/status`` (MapStatus),
 ``~/input_stats`` (std_msgs/String JSON with per-reason drop counters), ``~/rendered`` (periodic render at the latest
 keyframe pose, stamped with that keyframe's stamp), ``~/path/odom`` + ``~/path/refined`` (nav_msgs/Path), ``/tf``
 map->odom, ``~/mesh`` (MarkerArray of TRIANGLE_LIST, transient local: the last ExportMesh result),
-``~/segmentation`` (PointCloud2 x y z rgb relevancy, transient local: the last QuerySegmentation result). Services
+``~/segmentation`` (PointCloud2 x y z rgb relevancy, transient local: the last QuerySegmentation result) and
+``~/segmentation/image`` (that query's relevancy over the newest keyframe's view). Services
 under ``~/``: render_view, save_map, load_map, export_mesh, query_segmentation (the last two on their own threads).
 
 Threads: subscription callbacks only validate, convert and hand over to the mapper (whose keyframe worker decodes
@@ -122,6 +123,7 @@ class MapperNode(Node):
                              durability=DurabilityPolicy.TRANSIENT_LOCAL, history=HistoryPolicy.KEEP_LAST)
         self.pub_mesh = self.create_publisher(MarkerArray, "~/mesh", latched)  # RViz started later still gets it
         self.pub_seg = self.create_publisher(PointCloud2, "~/segmentation", latched)  # the last query's result
+        self.pub_seg_image = self.create_publisher(Image, "~/segmentation/image", latched)  # ... seen from a keyframe
         self.pub_tf = self.create_publisher(TFMessage, "/tf", 10) if bool(g("publish_tf")) else None
 
         # --- services
@@ -130,6 +132,8 @@ class MapperNode(Node):
         self._export_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nerf_mapper_export")
         # queries too (the first one of a map computes the candidate points: seconds)
         self._query_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nerf_mapper_query")
+        self._picture_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nerf_mapper_picture")
+        self._picture_busy = False
         for srv_type, name, fn in ((RenderView, "~/render_view", self._srv_render_view),
                                    (SaveMap, "~/save_map", self._srv_save_map),
                                    (LoadMap, "~/load_map", self._srv_load_map)):
@@ -410,10 +414,26 @@ class MapperNode(Node):
                            f"{th if th > 0 else self.mapper.semantics.cfg.threshold:g} (teacher {seg.teacher}, "
                            f"candidates from step {cands.step}); published on ~/segmentation")
             self.get_logger().info(f"query_segmentation: {res.message} in {time.perf_counter() - t0:.2f} s")
+            if not self._picture_busy:  # after the answer, off the query thread; skipped while the last one renders
+                self._picture_busy = True
+                self._picture_pool.submit(self._publish_relevancy_image, seg.text, th if th > 0 else None,
+                                          [str(n) for n in req.negatives] or None)
         except Exception as exc:  # noqa: BLE001 - every refusal is an answer with the reason
             res.success, res.message = False, f"query_segmentation failed: {exc}"
         res.seconds = float(time.perf_counter() - t0)
         return res
+
+    def _publish_relevancy_image(self, text: str, threshold, negatives) -> None:
+        """The query's 2D relevancy at the newest keyframe's view on ``~/segmentation/image``."""
+        try:
+            img, stamp_ns = self.mapper.semantics.relevancy_view(text, threshold, negatives,
+                                                                 int(self._p("render_width")))
+            self._publish(self.pub_seg_image, conv.array_to_image_msg(img, conv.ns_to_stamp(stamp_ns),
+                                                                      self._camera_frame(), "rgb8"))
+        except Exception as exc:  # noqa: BLE001
+            self._report("relevancy image", exc)
+        finally:
+            self._picture_busy = False
 
     # ------------------------------------------------------------------------------------------------ shutdown
     def shutdown(self) -> None:
@@ -421,6 +441,7 @@ class MapperNode(Node):
         self._service_pool.shutdown(wait=False, cancel_futures=True)
         self._export_pool.shutdown(wait=False, cancel_futures=True)
         self._query_pool.shutdown(wait=False, cancel_futures=True)
+        self._picture_pool.shutdown(wait=False, cancel_futures=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -154,9 +154,9 @@ def segment(field, teacher, cands: Candidates, text: str, cfg: QueryConfig) -> S
 
 @torch.no_grad()
 def render_language(snap, field, cameras, index: int, c2w: torch.Tensor | None = None,
-                    chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+                    chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Render ``field`` for camera ``index`` of ``cameras`` (at ``c2w`` [3,4] when given) with the map snapshot's
-    weights: (features [H,W,D] unit where the ray hit something, opacity [H,W])."""
+    weights: (features [H,W,D] unit where the ray hit something, opacity [H,W], the map's rgb [H,W,3])."""
     from nerf_mapping.cameras import image_rays
     from nerf_mapping.rendering.renderer import render_rays
 
@@ -164,24 +164,43 @@ def render_language(snap, field, cameras, index: int, c2w: torch.Tensor | None =
     origins, dirs = image_rays(cameras, index, c2w)
     valid = torch.isfinite(dirs).all(-1)
     dirs = torch.where(valid[:, None], dirs, torch.tensor([0.0, 0.0, -1.0]))
-    feats, opac = [], []
+    feats, opac, rgbs = [], [], []
     bg = torch.zeros(3)
     for o, d in zip(origins.split(chunk), dirs.split(chunk)):
         out = render_rays(snap.field, snap.grid, o, d, snap.near, snap.far, snap.render_cfg, bg,
                           appearance=snap.render_inputs.get("appearance"))
         feats.append(field.render(out, o.shape[0]))
         opac.append(out["opacity"])
+        rgbs.append(out["rgb"])
     opacity = torch.cat(opac) * valid
-    return torch.cat(feats).reshape(h, w, -1), opacity.reshape(h, w)
+    return (torch.cat(feats).reshape(h, w, -1), opacity.reshape(h, w),
+            torch.cat(rgbs).clamp(0, 1).reshape(h, w, 3))
+
+
+def view_relevancy(snap, field, teacher, cameras, index: int, text: str, cfg: QueryConfig,
+                   c2w: torch.Tensor | None = None, min_opacity: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """(relevancy [H,W] of a rendered view to ``text``, 0 where the opacity is below ``min_opacity``; the view's
+    rendered rgb [H,W,3])."""
+    feats, opacity, rgb = render_language(snap, field, cameras, index, c2w)
+    h, w = opacity.shape
+    r = text_relevancy(teacher, feats.reshape(h * w, -1), text, cfg).reshape(h, w)
+    return torch.where(opacity >= min_opacity, r, torch.zeros_like(r)), rgb
 
 
 def relevancy_image(snap, field, teacher, cameras, index: int, text: str, cfg: QueryConfig,
                     c2w: torch.Tensor | None = None, min_opacity: float = 0.5) -> torch.Tensor:
     """[H,W] relevancy of a rendered view to ``text`` (0 where the opacity is below ``min_opacity``)."""
-    feats, opacity = render_language(snap, field, cameras, index, c2w)
-    h, w = opacity.shape
-    r = text_relevancy(teacher, feats.reshape(h * w, -1), text, cfg).reshape(h, w)
-    return torch.where(opacity >= min_opacity, r, torch.zeros_like(r))
+    return view_relevancy(snap, field, teacher, cameras, index, text, cfg, c2w, min_opacity)[0]
+
+
+def relevancy_overlay(rgb: torch.Tensor, r: torch.Tensor, threshold: float) -> np.ndarray:
+    """uint8 [H,W,3]: the rendered view in dim grey, with heat colours where the relevancy reaches the threshold."""
+    grey = (rgb.mean(-1, keepdim=True).expand(-1, -1, 3).numpy() * 0.6 * 255.0).astype(np.uint8)
+    heat = heat_colors(r.reshape(-1).numpy(), threshold).reshape(*r.shape, 3)
+    sel = (r >= threshold).numpy()
+    out = grey.copy()
+    out[sel] = heat[sel]
+    return out
 
 
 def write_segmentation_ply(path, seg: Segmentation, world_transform: np.ndarray | None = None,
