@@ -197,18 +197,34 @@ def scene(tmp_path_factory) -> Path:
     return out
 
 
+def _start_node(tmp: Path, env: dict, out_dir: Path, *params: str, log_name: str = "node.log"):
+    cmd = [sys.executable, "-m", "nerf_mapping.ros.mapper_node", "--ros-args",
+           "--params-file", str(REPO / "config" / "mapper.yaml"), "-p", f"output_dir:={out_dir}",
+           "-p", "training.threads:=2", "-p", "keyframe.min_translation:=0.03", "-p", "keyframe.min_rotation_deg:=3.0"]
+    for p in params:
+        cmd += ["-p", p]
+    log = open(tmp / log_name, "w")
+    return subprocess.Popen(cmd, cwd=str(REPO), env=env, stdout=log, stderr=subprocess.STDOUT), log
+
+
+def _stop(proc) -> None:
+    """Terminate a node process (SIGTERM, then SIGKILL after 15 s)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
 @pytest.fixture(scope="module")
 def mapper(scene, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("mapper_run")
     env = ros_env(tmp)
     out_dir = tmp / "maps"
-    cmd = [sys.executable, "-m", "nerf_mapping.ros.mapper_node", "--ros-args",
-           "--params-file", str(REPO / "config" / "mapper.yaml"),
-           "-p", f"output_dir:={out_dir}", "-p", "render_period_s:=2.0", "-p", "training.threads:=2",
-           "-p", "keyframe.min_translation:=0.03", "-p", "keyframe.min_rotation_deg:=3.0",
-           "-p", "semantics.teacher:=labels", "-p", f"semantics.class_names:={scene / 'labels.json'}"]
-    log = open(tmp / "node.log", "w")
-    proc = subprocess.Popen(cmd, cwd=str(REPO), env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc, log = _start_node(tmp, env, out_dir, "render_period_s:=2.0", "semantics.teacher:=labels",
+                            f"semantics.class_names:={scene / 'labels.json'}")
     saved = {k: os.environ.get(k) for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID", "ROS_LOG_DIR")}
     os.environ.update({k: env[k] for k in saved})
     h = None
@@ -218,12 +234,7 @@ def mapper(scene, tmp_path_factory):
     finally:
         if h is not None:
             h.close()
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        _stop(proc)
         log.close()
         for k, v in saved.items():
             if v is None:
@@ -421,16 +432,6 @@ def test_mapper_end_to_end(mapper):
     assert proc.poll() is None
 
 
-def _start_node(tmp: Path, env: dict, out_dir: Path, *params: str, log_name: str = "node.log"):
-    cmd = [sys.executable, "-m", "nerf_mapping.ros.mapper_node", "--ros-args",
-           "--params-file", str(REPO / "config" / "mapper.yaml"), "-p", f"output_dir:={out_dir}",
-           "-p", "training.threads:=2", "-p", "keyframe.min_translation:=0.03", "-p", "keyframe.min_rotation_deg:=3.0"]
-    for p in params:
-        cmd += ["-p", p]
-    log = open(tmp / log_name, "w")
-    return subprocess.Popen(cmd, cwd=str(REPO), env=env, stdout=log, stderr=subprocess.STDOUT), log
-
-
 def test_node_survives_sigkill_and_resumes_from_its_autosave(scene, tmp_path):
     """SIGKILL mid-run, restart with resume:=true: the keyframes and step count of the newest complete autosave come
     back, and a render of a keyframe view is as good as the same render from that save file."""
@@ -494,11 +495,5 @@ def test_node_survives_sigkill_and_resumes_from_its_autosave(scene, tmp_path):
     finally:
         h.close()
         for proc, log in procs:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=10)
+            _stop(proc)
             log.close()

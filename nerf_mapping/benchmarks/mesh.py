@@ -15,7 +15,6 @@ Measured results: docs/results/mesh.md.
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -23,21 +22,13 @@ import numpy as np
 
 
 def add_cli(bs) -> None:
-    from nerf_mapping.cli.common import add_config_arg, add_impl_arg
+    from nerf_mapping.benchmarks import add_demo_scene_args
 
     q = bs.add_parser("mesh", help="Poisson mesh of a demo scene vs its ground-truth mesh: Chamfer, F-score, seconds")
-    q.add_argument("--data", type=Path, default=None,
-                   help="a scene written by `scene generate` (default: the cached default demo scene)")
-    q.add_argument("--time-budget", type=float, default=120.0, help="training seconds")
+    add_demo_scene_args(q, "mesh.ply / mesh.png")
     q.add_argument("--depth", type=int, default=9, help="Poisson octree depth")
     q.add_argument("--num-points", type=int, default=None, help="rays cast for surface points (default: exporter's)")
     q.add_argument("--samples", type=int, default=100_000, help="surface samples per mesh for the scores")
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--output", type=Path, default=None, help="folder for mesh.ply / mesh.png (default: beside --json)")
-    q.add_argument("--json", type=Path, default=None)
-    q.add_argument("--quiet", action="store_true")
-    add_impl_arg(q)
-    add_config_arg(q)
     q.set_defaults(func=cmd_benchmark_mesh)
 
 
@@ -129,14 +120,8 @@ def save_picture(path: Path, pred: np.ndarray, mesh, truth: tuple, diag: float) 
 
 
 def cmd_benchmark_mesh(args) -> int:
-    from nerf_mapping.cli.common import exit_on_error
+    from nerf_mapping.benchmarks import run_and_report
 
-    res = exit_on_error(run, args)
-    keys = ("chamfer_rel", "fscore_1pct", "fscore_2pct", "precision_2pct", "recall_2pct", "chamfer_rel_full",
-            "export_seconds", "train_seconds", "train_steps", "n_triangles", "mesh", "picture")
-    print(json.dumps({k: res[k] for k in keys}, indent=2))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(res, indent=2))
-        print(f"results: {args.json}")
-    return 0
+    return run_and_report(run, args, (
+        "chamfer_rel", "fscore_1pct", "fscore_2pct", "precision_2pct", "recall_2pct", "chamfer_rel_full",
+        "export_seconds", "train_seconds", "train_steps", "n_triangles", "mesh", "picture"))

@@ -28,7 +28,6 @@ coloured by relevancy). Measured results: docs/results/segmentation.md.
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -45,25 +44,17 @@ PICTURE_QUERIES = ("sofa", "chair", "table", "plant")
 
 
 def add_cli(bs) -> None:
-    from nerf_mapping.cli.common import add_config_arg, add_impl_arg
+    from nerf_mapping.benchmarks import add_demo_scene_args
 
     q = bs.add_parser("segmentation", help="text queries on a labelled demo scene: 3D / 2D mIoU by class names and "
                                            "synonyms, query latency")
-    q.add_argument("--data", type=Path, default=None,
-                   help="a scene written by `scene generate` (default: the cached default demo scene)")
-    q.add_argument("--time-budget", type=float, default=120.0, help="training seconds")
+    add_demo_scene_args(q, "segmentation.png")
     q.add_argument("--teacher", default="labels", choices=("labels", "clip"))
     q.add_argument("--clip-path", default="", help="local CLIP weights (the clip teacher)")
     q.add_argument("--tolerance", type=float, default=0.02,
                    help="a candidate point takes a ground-truth class within this fraction of the box diagonal")
     q.add_argument("--eval-views", type=int, default=6, help="held-out views scored in 2D")
     q.add_argument("--eval-downscale", type=int, default=2, help="2D views rendered at 1/this resolution")
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--output", type=Path, default=None, help="folder for segmentation.png (default: beside --json)")
-    q.add_argument("--json", type=Path, default=None)
-    q.add_argument("--quiet", action="store_true")
-    add_impl_arg(q)
-    add_config_arg(q)
     q.set_defaults(func=cmd_benchmark_segmentation)
 
 
@@ -209,15 +200,9 @@ def save_picture(path: Path, cands, segs: dict) -> Path:
 
 
 def cmd_benchmark_segmentation(args) -> int:
-    from nerf_mapping.cli.common import exit_on_error
+    from nerf_mapping.benchmarks import run_and_report
 
-    res = exit_on_error(run, args)
-    keys = ("miou_3d_names", "miou_3d_synonyms", "miou_3d_names_projected", "miou_3d_synonyms_projected",
-            "miou_2d_names", "query_seconds_median", "query_seconds_max",
-            "teacher", "candidates", "matched_fraction", "train_steps", "picture")
-    print(json.dumps({k: res[k] for k in keys}, indent=2))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(res, indent=2))
-        print(f"results: {args.json}")
-    return 0
+    return run_and_report(run, args, (
+        "miou_3d_names", "miou_3d_synonyms", "miou_3d_names_projected", "miou_3d_synonyms_projected", "miou_2d_names",
+        "query_seconds_median", "query_seconds_max", "teacher", "candidates", "matched_fraction", "train_steps",
+        "picture"))

@@ -88,15 +88,18 @@ def latest_complete(directory: Path, log=None) -> Path | None:
     return None
 
 
-def write(mapper, directory: Path, keep: int = 2) -> Path:
+def write(mapper, directory: Path, keep: int = 2) -> tuple[Path, int]:
     """Save ``mapper``'s map as a new autosave in ``directory``, then drop all but the ``keep`` newest complete
-    saves. Raises OSError (disk full, unwritable directory) with the previous saves untouched."""
+    saves; returns (path, step saved). Raises OSError (disk full, unwritable directory) with the previous saves
+    untouched."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    step = int(mapper.trainer.step_count)
-    path = d / f"{PREFIX}{step:09d}_{int(time.time() * 1000)}{SUFFIX}"
-    mapper.save(path, meta={"autosave": True})  # map_io writes <path>.tmp and renames it
-    _fsync(path)
+    stamp = int(time.time() * 1000)
+    staging = d / f"{PREFIX}writing_{stamp}{SUFFIX}"  # not a save name: never listed, never loaded
+    step = mapper.save(staging, meta={"autosave": True})["steps"]  # map_io writes <file>.tmp and renames it
+    path = d / f"{PREFIX}{step:09d}_{stamp}{SUFFIX}"  # named by the step it holds (training went on meanwhile)
+    _fsync(staging)
+    os.replace(staging, path)
     _write_durably(path.with_name(path.name + DIGEST), (file_digest(path) + "  " + path.name + "\n").encode())
     complete = [p for p in saves(d) if p.with_name(p.name + DIGEST).is_file()]
     for old in complete[max(keep, 1):]:
@@ -105,7 +108,7 @@ def write(mapper, directory: Path, keep: int = 2) -> Path:
     for torn in saves(d):  # map files whose digest never came (a crash between the two renames): useless
         if torn != path and not torn.with_name(torn.name + DIGEST).is_file():
             torn.unlink(missing_ok=True)
-    for stray in d.glob(f"{PREFIX}*.tmp"):  # left by a crash during an earlier save
+    for stray in [*d.glob(f"{PREFIX}*.tmp"), *d.glob(f"{PREFIX}writing_*")]:  # left by a crash during a save
         if time.time() - stray.stat().st_mtime > 60:
             stray.unlink(missing_ok=True)
-    return path
+    return path, step

@@ -26,8 +26,9 @@ from nerf_mapping.training.trainer import Trainer
 MAP_SUFFIX = ".pt"
 
 
-def save_map(path: Path, trainer: Trainer, keyframes: dict[int, Keyframe], meta: dict | None = None) -> Path:
-    """Write ``trainer`` and its live keyframes (``keyframes``: frame id -> bookkeeping) to ``path`` atomically."""
+def save_map(path: Path, trainer: Trainer, keyframes: dict[int, Keyframe], meta: dict | None = None) -> int:
+    """Write ``trainer`` and its live keyframes (``keyframes``: frame id -> bookkeeping) to ``path`` atomically;
+    returns the step saved."""
     frames = trainer.frames
     ids = frames.frame_ids()
     extra = dict(meta or {})
@@ -47,8 +48,7 @@ def save_map(path: Path, trainer: Trainer, keyframes: dict[int, Keyframe], meta:
             [torch.cat([c.fx, c.fy, c.cx, c.cy, c.width.float(), c.height.float(), c.model.float()]) for c in cams])
         extra["keyframe_distortion"] = torch.cat([c.distortion for c in cams])
         extra["keyframe_images"] = [frames.image(i) for i in ids]
-    trainer.save(path, extra=extra)
-    return Path(path)
+    return trainer.save(path, extra=extra)
 
 
 def load_map(path: Path, capacity: int | None = None) -> tuple[Trainer, dict[int, Keyframe]]:

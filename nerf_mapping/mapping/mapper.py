@@ -682,8 +682,8 @@ class OnlineMapper:
         with self._state_lock:
             tr = self.trainer
             meta = {**(meta or {}), **self.semantics.map_extra(tr.frames.frame_ids())}
-            map_io.save_map(path, tr, self.kf_info, meta)
-            return {"keyframes": len(tr.frames), "steps": int(tr.step_count)}
+            step = map_io.save_map(path, tr, self.kf_info, meta)
+            return {"keyframes": len(tr.frames), "steps": step}
 
     def resume(self) -> dict | None:
         """Load the newest complete autosave of ``autosave_dir`` (torn or corrupt ones are logged and skipped);
@@ -701,8 +701,8 @@ class OnlineMapper:
     def autosave_now(self) -> Path:
         """Write an autosave now (OSError on disk trouble, previous saves intact)."""
         t0 = time.monotonic()
-        path = autosave.write(self, Path(self.cfg.autosave_dir), self.cfg.autosave_keep)
-        self.last_autosave = (path, int(self.trainer.step_count), time.monotonic() - t0)
+        path, step = autosave.write(self, Path(self.cfg.autosave_dir), self.cfg.autosave_keep)
+        self.last_autosave = (path, step, time.monotonic() - t0)
         self.count("autosave_written")
         return path
 
@@ -719,7 +719,7 @@ class OnlineMapper:
                 continue
             try:
                 self.autosave_now()
-                saved_step = int(tr.step_count)
+                saved_step = self.last_autosave[1]  # the step in the file (training goes on while it is written)
                 wait = period
             except Exception as exc:  # noqa: BLE001 - disk full, unwritable: keep mapping, retry soon
                 self.count("autosave_failed", f"autosave failed (the previous save is kept): {exc}")

@@ -45,23 +45,30 @@ def _header(stamp, frame_id: str):
 
 
 # ---------------------------------------------------------------------------------------------------------- images
-def image_msg_to_array(msg) -> np.ndarray:
-    """sensor_msgs/Image (rgb8, bgr8, rgba8, bgra8, mono8) -> uint8 [H,W,3] RGB (alpha dropped, mono replicated)."""
-    enc = str(msg.encoding).lower()
-    if enc not in _CHANNELS:
-        raise ValueError(f"unsupported image encoding {msg.encoding!r} (expected one of {', '.join(_CHANNELS)})")
+def _pixel_rows(msg, bytes_per_pixel: int) -> tuple[int, int, np.ndarray]:
+    """(height, width, uint8 [H, W * bytes_per_pixel] pixel bytes without the row padding) of a sensor_msgs/Image,
+    after checking its size, step and data length (ValueError)."""
     h, w, step = int(msg.height), int(msg.width), int(msg.step)
     if h <= 0 or w <= 0 or h * w > MAX_IMAGE_PIXELS:
         raise ValueError(f"invalid image size {w}x{h}")
-    c = _CHANNELS[enc]
-    if step < w * c:
-        raise ValueError(f"step {step} < width * channels = {w * c}")
+    if step < w * bytes_per_pixel:
+        raise ValueError(f"step {step} < width * bytes per pixel = {w * bytes_per_pixel}")
     data = msg.data
     buf = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else \
         np.asarray(data, dtype=np.uint8)
     if buf.size != step * h:
         raise ValueError(f"data size {buf.size} != step * height = {step * h}")
-    arr = buf.reshape(h, step)[:, : w * c].reshape(h, w, c)
+    return h, w, buf.reshape(h, step)[:, : w * bytes_per_pixel]
+
+
+def image_msg_to_array(msg) -> np.ndarray:
+    """sensor_msgs/Image (rgb8, bgr8, rgba8, bgra8, mono8) -> uint8 [H,W,3] RGB (alpha dropped, mono replicated)."""
+    enc = str(msg.encoding).lower()
+    if enc not in _CHANNELS:
+        raise ValueError(f"unsupported image encoding {msg.encoding!r} (expected one of {', '.join(_CHANNELS)})")
+    c = _CHANNELS[enc]
+    h, w, rows = _pixel_rows(msg, c)
+    arr = rows.reshape(h, w, c)
     if enc == "mono8":
         arr = np.repeat(arr, 3, axis=2)
     elif enc in ("bgr8", "bgra8"):
@@ -79,18 +86,9 @@ def label_msg_to_array(msg) -> np.ndarray:
     enc = str(msg.encoding).lower()
     if enc not in LABEL_ENCODINGS:
         raise ValueError(f"unsupported label encoding {msg.encoding!r} (expected mono8, 8UC1, mono16 or 16UC1)")
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    if h <= 0 or w <= 0 or h * w > MAX_IMAGE_PIXELS:
-        raise ValueError(f"invalid label image size {w}x{h}")
     dt = np.dtype(LABEL_ENCODINGS[enc]).newbyteorder(">" if msg.is_bigendian else "<")
-    if step < w * dt.itemsize:
-        raise ValueError(f"step {step} < width * {dt.itemsize}")
-    data = msg.data
-    buf = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else \
-        np.asarray(data, dtype=np.uint8)
-    if buf.size != step * h:
-        raise ValueError(f"data size {buf.size} != step * height = {step * h}")
-    arr = buf.reshape(h, step)[:, : w * dt.itemsize].copy().view(dt).reshape(h, w)
+    h, w, rows = _pixel_rows(msg, dt.itemsize)
+    arr = rows.copy().view(dt).reshape(h, w)
     if arr.dtype.itemsize > 1 and int(arr.max()) > 255:
         raise ValueError(f"class id {int(arr.max())} > 255")
     return np.ascontiguousarray(arr, dtype=np.uint8)

@@ -361,7 +361,8 @@ class Trainer:
                     (e.name + "_optimizer", e.optimizer.state_dict() if e.optimizer is not None else None))},
             }
 
-    def save(self, path, extra: dict | None = None) -> None:
+    def save(self, path, extra: dict | None = None) -> int:
+        """Write a checkpoint atomically; returns the step it holds (training may go on while it is written)."""
         from pathlib import Path
 
         path = Path(path)
@@ -372,6 +373,7 @@ class Trainer:
         tmp = path.with_suffix(path.suffix + ".tmp")
         torch.save(st, tmp)
         tmp.replace(path)  # atomic: a crash never leaves a half-written checkpoint
+        return int(st["step"])
 
     @classmethod
     def load(cls, path, frames: FrameStore | None = None, with_optimizer: bool = True) -> "Trainer":
