@@ -83,8 +83,9 @@ def run(args) -> dict:
     names = class_names(data)
     teacher = make_teacher(TeacherConfig(name=args.teacher, clip_path=args.clip_path), names)
     trainer = build_trainer(data, configure(data, args, seed=args.seed))
+    train_labels = label_images(data)  # read once: the teacher's targets and the projected 3D ground truth
     t0 = time.perf_counter()
-    attach_language_field(trainer, data, teacher)
+    attach_language_field(trainer, data, teacher, labels=train_labels if teacher.needs_labels else None)
     teacher_s = time.perf_counter() - t0
     summary = trainer.train(time_budget=args.time_budget, progress=not args.quiet)
     qcfg = QueryConfig().validate()
@@ -97,7 +98,7 @@ def run(args) -> dict:
     labels, dist = nearest_face_labels(cands.xyz.numpy(), gt["vertices"], gt["triangles"], gt["face_class"],
                                        args.tolerance * diag)
     matched = labels > 0
-    lifted = projected_labels(cands.view, cands.pixel, label_images(data))
+    lifted = projected_labels(cands.view, cands.pixel, train_labels)
     seen = lifted > 0
     classes = {i: n for i, n in sorted(names.items()) if i != 0}
 

@@ -235,9 +235,10 @@ class OnlineMapper:
         with self._queue_cv:
             self._queue_cv.notify_all()
         self.semantics.wake()
-        for th in self._threads + [t for t in (self.semantics._thread,) if t is not None]:
+        for th in self._threads:
             if th.is_alive():
                 th.join(timeout=timeout)
+        self.semantics.join(timeout)
 
     @property
     def stopping(self) -> bool:
@@ -518,9 +519,9 @@ class OnlineMapper:
         self._next_render = time.monotonic() + max(self.cfg.render_period_s, 3.0 * dur)
 
     # ------------------------------------------------------------------------------------------------ rendering
-    def render_latest_keyframe(self, width: int = 0) -> tuple[np.ndarray, int] | None:
-        """(rgb uint8 [H,W,3], stamp_ns) of the newest keyframe at its refined pose, ``width`` pixels wide (0: the
-        training resolution); None before the first keyframe."""
+    def latest_keyframe_view(self, width: int = 0):
+        """(trainer, camera, refined c2w [3,4], stamp_ns) of the newest keyframe, the camera ``width`` pixels wide
+        (0: the training resolution); None before the first keyframe."""
         with self._state_lock:
             fid = self._latest_kf
             if fid is None or fid not in self.kf_info:
@@ -531,7 +532,15 @@ class OnlineMapper:
         w = int(cam.width[0])
         factor = min(1.0, width / w) if width > 0 else 1.0
         cams = cam.scaled(factor) if factor != 1.0 else cam
-        c2w = self._refined_c2w(tr, fid, cams.c2w[0])
+        return tr, cams, self._refined_c2w(tr, fid, cams.c2w[0]), stamp_ns
+
+    def render_latest_keyframe(self, width: int = 0) -> tuple[np.ndarray, int] | None:
+        """(rgb uint8 [H,W,3], stamp_ns) of the newest keyframe at its refined pose, ``width`` pixels wide (0: the
+        training resolution); None before the first keyframe."""
+        view = self.latest_keyframe_view(width)
+        if view is None:
+            return None
+        tr, cams, c2w, stamp_ns = view
         out = tr.render(cams, 0, c2w=c2w, chunk=RENDER_CHUNK)
         return (out["rgb"].clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).numpy(), stamp_ns
 

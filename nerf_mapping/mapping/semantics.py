@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nerf_mapping.semantics.field import find_language_field
 from nerf_mapping.semantics.labels import fit_labels
 from nerf_mapping.semantics.relevancy import DEFAULT_NEGATIVES, DEFAULT_TAU
 
@@ -93,6 +94,11 @@ class OnlineSemantics:
             self._thread = threading.Thread(target=self._loop, name="nerf_mapper_semantics", daemon=True)
             self._thread.start()
 
+    def join(self, timeout: float) -> None:
+        """Wait for the worker to end (after the mapper's stop)."""
+        if self._thread is not None and self._thread.is_alive():
+            self._thread.join(timeout=timeout)
+
     def wake(self) -> None:
         with self._cv:
             self._cv.notify_all()
@@ -156,17 +162,12 @@ class OnlineSemantics:
             self._cv.notify_all()
 
     # ------------------------------------------------------------------------------------------------ the worker
-    def _field(self, trainer):
-        from nerf_mapping.semantics.field import LanguageField
-
-        return next((e for e in trainer.extensions if isinstance(e, LanguageField)), None)
-
     def ensure_field(self, trainer):
         """The language field of ``trainer`` (added, or restored from a loaded map, on first use); None while the
         teacher is not ready or failed."""
         if self.teacher is None:
             return None
-        ext = self._field(trainer)
+        ext = find_language_field(trainer)
         if ext is None:
             from nerf_mapping.semantics.field import new_language_field
 
@@ -198,14 +199,13 @@ class OnlineSemantics:
         saved = (getattr(trainer, "extra", {}) or {}).get("keyframe_labels")
         n = 0
         for j, fid in enumerate(ids):
-            img = trainer.frames.image(fid).numpy()
             labels = None
-            if getattr(self.teacher, "table", None) is not None:
+            if self.teacher.needs_labels:
                 if saved is None or j >= len(saved) or saved[j].numel() == 0:
                     continue
                 labels = saved[j].numpy()
                 self.kf_labels[fid] = labels
-            ext.set_target(fid, teacher_map(self.teacher, img, labels))
+            ext.set_target(fid, teacher_map(self.teacher, trainer.frames.image(fid).numpy(), labels))
             n += 1
         self.log.info(f"semantics: teacher maps of {n}/{len(ids)} loaded keyframes restored")
 
@@ -234,7 +234,7 @@ class OnlineSemantics:
             if tr is not trainer:
                 continue  # a map was loaded since: that keyframe is gone
             labels = None
-            if getattr(self.teacher, "table", None) is not None:
+            if self.teacher.needs_labels:
                 labels = self._take_labels(stamp_ns)
                 if labels is None:
                     if time.monotonic() - t_enq < self.cfg.label_wait_s:
@@ -261,7 +261,7 @@ class OnlineSemantics:
     def map_extra(self, ids: list[int]) -> dict:
         """What a saved map needs to rebuild the teacher maps: per keyframe (``ids``, frame-store order) its class
         ids for the labels teacher (empty tensors where none)."""
-        if not self.enabled or getattr(self.teacher, "table", None) is None:
+        if not self.enabled or self.teacher is None or not self.teacher.needs_labels:
             return {}
         return {"keyframe_labels": [torch.from_numpy(np.array(self.kf_labels[i], dtype=np.uint8)) if i in self.kf_labels
                                     else torch.zeros(0, dtype=torch.uint8) for i in ids]}
@@ -310,7 +310,7 @@ class OnlineSemantics:
         if (have or self.cfg.warm_after_steps <= 0 or trainer.step_count < self.cfg.warm_after_steps
                 or self._refreshing.is_set()):
             return
-        ext = self._field(trainer)
+        ext = find_language_field(trainer)
         if ext is not None and ext.targets and len(trainer.frames):
             self._refresh_async(trainer)
 
@@ -343,7 +343,7 @@ class OnlineSemantics:
             raise ValueError(f"the {self.cfg.teacher} teacher is still loading: try again in a few seconds")
         if self.teacher is None or self._failed_for is trainer:
             raise ValueError(self.error or "no teacher")
-        ext = self._field(trainer)
+        ext = find_language_field(trainer)
         if ext is None or len(trainer.frames) == 0:
             raise ValueError("the map has no language field yet (no keyframes)")
         if not ext.targets:
@@ -385,18 +385,11 @@ class OnlineSemantics:
 
         text = check_text(text)
         cfg = self.query_config(threshold, negatives)
-        m = self.mapper
-        trainer = m.trainer
-        self.check_ready(trainer)
-        with m._state_lock:
-            fid = m._latest_kf
-            if fid is None or fid not in m.kf_info:
-                raise ValueError("no keyframe yet")
-            stamp = m.kf_info[fid].stamp_ns
-            cam = trainer.frames.camera(fid)
-        factor = min(1.0, width / int(cam.width[0])) if width > 0 else 1.0
-        cams = cam.scaled(factor) if factor != 1.0 else cam
-        c2w = m._refined_c2w(trainer, fid, cams.c2w[0])
+        self.check_ready(self.mapper.trainer)
+        view = self.mapper.latest_keyframe_view(width)
+        if view is None:
+            raise ValueError("no keyframe yet")
+        trainer, cams, c2w, stamp = view
         r, rgb = view_relevancy(snapshot(trainer, cams), language_snapshot(trainer), self.teacher, cams, 0, text, cfg,
                                 c2w=c2w)
         return relevancy_overlay(rgb, r, cfg.threshold), stamp

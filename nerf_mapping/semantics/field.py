@@ -241,19 +241,9 @@ def teacher_meta(teacher) -> dict[str, str]:
     return meta
 
 
-def new_language_field(trainer, teacher, cfg: LanguageFieldConfig | None = None) -> LanguageField:
-    """A language field for ``teacher`` over ``trainer``'s scene box, added to the trainer (restoring its weights
-    when the trainer was loaded from a checkpoint that holds some)."""
-    extra = saved_language_field(trainer)
-    if extra is not None:
-        if extra.get("teacher") != teacher.name or int(extra.get("dim", -1)) != teacher.dim:
-            raise ValueError(f"the map's language field was trained with the {extra.get('teacher')!r} teacher "
-                             f"({extra.get('dim')}-D), not {teacher.name!r} ({teacher.dim}-D)")
-        cfg = from_dict(LanguageFieldConfig, json.loads(extra["config"]))
-    ext = LanguageField(cfg or LanguageFieldConfig(), teacher.dim, trainer.field.scene_box.detach(),
-                        trainer.scene.unbounded, teacher.name, teacher_meta(teacher))
-    trainer.add_extension(ext)
-    return ext
+def find_language_field(trainer) -> "LanguageField | None":
+    """The language field among ``trainer``'s extensions (None when it has none)."""
+    return next((e for e in list(trainer.extensions) if isinstance(e, LanguageField)), None)
 
 
 def saved_language_field(trainer) -> dict | None:
@@ -276,13 +266,31 @@ def restore_language_field(trainer) -> LanguageField | None:
     return ext
 
 
-def attach_language_field(trainer, data, teacher, cfg: LanguageFieldConfig | None = None) -> LanguageField:
+def new_language_field(trainer, teacher, cfg: LanguageFieldConfig | None = None) -> LanguageField:
+    """A language field for ``teacher`` over ``trainer``'s scene box, added to the trainer; when the trainer was
+    loaded from a checkpoint holding one, that one (ValueError if another teacher trained it)."""
+    extra = saved_language_field(trainer)
+    if extra is not None:
+        if extra.get("teacher") != teacher.name or int(extra.get("dim", -1)) != teacher.dim:
+            raise ValueError(f"the map's language field was trained with the {extra.get('teacher')!r} teacher "
+                             f"({extra.get('dim')}-D), not {teacher.name!r} ({teacher.dim}-D)")
+        return restore_language_field(trainer)
+    ext = LanguageField(cfg or LanguageFieldConfig(), teacher.dim, trainer.field.scene_box.detach(),
+                        trainer.scene.unbounded, teacher.name, teacher_meta(teacher))
+    trainer.add_extension(ext)
+    return ext
+
+
+def attach_language_field(trainer, data, teacher, cfg: LanguageFieldConfig | None = None,
+                          labels: list | None = None) -> LanguageField:
     """Offline: add a language field to ``trainer`` (built from ``data`` by :func:`training.offline.build_trainer`,
-    so frame ids are 0..N-1 in ``data``'s order) with every frame's teacher map."""
+    so frame ids are 0..N-1 in ``data``'s order) with every frame's teacher map; ``labels``: the frames' label
+    images when the caller has read them already (the labels teacher needs them)."""
     from nerf_mapping.semantics.labels import label_images
 
     ext = new_language_field(trainer, teacher, cfg)
-    labels = label_images(data) if getattr(teacher, "table", None) is not None else [None] * len(data)
+    if labels is None:
+        labels = label_images(data) if teacher.needs_labels else [None] * len(data)
     for i in range(len(data)):
         ext.set_target(i, teacher_map(teacher, data.images[i], labels[i]))
     return ext

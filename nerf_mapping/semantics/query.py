@@ -90,9 +90,9 @@ def language_snapshot(trainer):
     RenderView), and a query waiting behind one measured 5.3 s in the demo. The field's tensors are only ever updated
     in place (never replaced or resized), so a copy racing an optimiser step holds some values of step k and some of
     k+1, which is harmless for a query."""
-    from nerf_mapping.semantics.field import LanguageField
+    from nerf_mapping.semantics.field import find_language_field
 
-    ext = next((e for e in list(trainer.extensions) if isinstance(e, LanguageField)), None)
+    ext = find_language_field(trainer)
     if ext is None:
         raise ValueError("the map has no language field")
     return ext.frozen_copy()

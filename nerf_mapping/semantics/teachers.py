@@ -51,6 +51,8 @@ class Teacher(Protocol):
     name: str
     dim: int
     stride: float
+    needs_labels: bool
+    """Its image features come from the frame's label image (the oracle), not from the pixels."""
 
     def image_features(self, image: np.ndarray, labels: np.ndarray | None = None) -> torch.Tensor:
         """uint8 [H,W,3] image (and, for the oracle, its uint8 [H,W] class ids) -> [H', W', D] unit features."""
@@ -114,6 +116,7 @@ class LabelTeacher:
     encodes text only (queries against a map trained with it)."""
 
     name = "labels"
+    needs_labels = True
 
     def __init__(self, class_names: dict[int, str] | None, stride: int = 4, encoder: SentenceEncoder | None = None,
                  prompt_template: str = "a {} in a room"):
@@ -160,6 +163,7 @@ class ClipTeacher:
     """MaskCLIP-style dense CLIP features from local weights (see the module docstring)."""
 
     name = "clip"
+    needs_labels = False
 
     def __init__(self, path: str | Path):
         p = Path(path).expanduser() if str(path) else None
