@@ -99,6 +99,13 @@ class _ShellRoom(torch.nn.Module):
     def color(self, geo, dirs, appearance=None):
         return torch.full((geo.shape[0], 3), 0.6)
 
+    def infer(self, x, directions=None, appearance=None, want_geo=False):  # the renderers' inference entry
+        sigma, geo = self.density(x)
+        return sigma, (self.color(geo, directions) if directions is not None else None), (geo if want_geo else None)
+
+    def infer_color(self, geo, dirs, appearance=None):
+        return self.color(geo, dirs, appearance)
+
 
 def _look_at(eye, target) -> np.ndarray:
     """OpenGL c2w (x right, y up, z backwards) at ``eye`` looking at ``target`` with world z up."""

@@ -252,3 +252,71 @@ def test_march_native_skips_and_is_consistent_on_large_grid():
     for u, v in zip(a, b):
         assert torch.equal(u, v)
     assert a[0].numel() > 0
+
+
+# -- fused field inference -------------------------------------------------------------------------------------------
+@needs_native
+@pytest.mark.parametrize("unbounded,appearance_dim,features", [(False, 0, 2), (True, 8, 2), (False, 4, 4)])
+def test_fused_field_inference_matches_the_torch_field(unbounded, appearance_dim, features):
+    """NGPField.infer through the fused native kernel == NGPField.density / .color in torch (weights, contraction,
+    SH, shared appearance folded into a bias, coarse-to-fine level weights)."""
+    from nerf_mapping.fields.ngp_field import FieldConfig, NGPField
+
+    torch.manual_seed(0)
+    enc = HashEncodingConfig(n_levels=8, n_features_per_level=features, log2_hashmap_size=14, max_resolution=256)
+    f = NGPField(FieldConfig(encoding=enc, appearance_dim=appearance_dim), torch.tensor([[-1.0, -2, 0], [1, 2, 3]]),
+                 unbounded)
+    with torch.no_grad():
+        f.encoding.table.normal_(0, 0.3)
+        for p in list(f.density_mlp.parameters()) + list(f.color_mlp.parameters()):
+            p.normal_(0, 0.2)
+    f.encoding.set_level_weights(torch.linspace(1.0, 0.2, 8))
+    x = torch.randn(5000, 3) * 2 + torch.tensor([0.0, 0.0, 1.5])
+    d = torch.nn.functional.normalize(torch.randn(5000, 3), dim=-1)
+    a = torch.randn(appearance_dim) if appearance_dim else None
+    assert f._fused_module(a) is not None
+    s1, r1, g1 = f.infer(x, d, a, want_geo=True)
+    rgb_only = f.infer_color(g1, d, a)
+    f.encoding.impl = "torch"
+    assert f._fused_module(a) is None
+    s2, r2, g2 = f.infer(x, d, a, want_geo=True)
+    assert torch.allclose(s1, s2, rtol=2e-3, atol=1e-5)
+    assert torch.allclose(g1, g2, atol=2e-3) and torch.allclose(r1, r2, atol=1e-3)
+    assert torch.allclose(rgb_only, r1, atol=1e-5)
+    if not unbounded:  # a bounded field is empty outside its box
+        outside = ~((x >= f.scene_box[0]) & (x <= f.scene_box[1])).all(-1)
+        assert bool(outside.any()) and bool((s1[outside] == 0).all())
+
+
+@needs_native
+def test_inference_render_is_bounded_on_an_untrained_field():
+    """An untrained field is a uniform fog where every cell is occupied and no ray ever becomes opaque: the inference
+    renderer still spends a bounded number of samples per ray (fine samples, then a step doubling each round) and
+    equals the training path where both march the same samples."""
+    from dataclasses import replace
+
+    from nerf_mapping.fields.ngp_field import FieldConfig, NGPField
+    from nerf_mapping.rendering.occupancy_grid import OccupancyGrid, OccupancyGridConfig
+    from nerf_mapping.rendering.renderer import RenderConfig, render_rays, render_rays_inference
+
+    torch.manual_seed(0)
+    box = torch.tensor([[-1.5, -1.5, -1.5], [1.5, 1.5, 1.5]])
+    field = NGPField(FieldConfig(encoding=HashEncodingConfig(n_levels=8, log2_hashmap_size=14)), box, False)
+    grid = OccupancyGrid(OccupancyGridConfig(resolution=32), box.reshape(6), levels=1)
+    cfg = RenderConfig(max_samples_per_ray=1024).resolved(box, False)  # step = diagonal / 1000
+    o = torch.tensor([0.0, 0.0, 4.0]).expand(2000, 3).contiguous()
+    d = torch.nn.functional.normalize(torch.randn(2000, 3) * 0.2 + torch.tensor([0.0, 0.0, -1.0]), dim=-1)
+    out = render_rays_inference(field, grid, o, d, 2.0, 6.0, cfg, torch.ones(3))
+    per_ray = int(out["n_samples"]) / 2000
+    k, fine = cfg.inference_samples_per_round, cfg.inference_fine_samples
+    # ~1000 steps through the box: 64 fine samples, then rounds of 16 at 2, 4, 8, 16, 32x the step
+    assert per_ray <= fine + 6 * k, per_ray
+    ref = render_rays(field, grid, o, d, 2.0, 6.0, cfg, torch.ones(3))
+    assert int(ref["n_marched"]) / 2000 > 3 * per_ray  # the training path marches every step
+    exact = render_rays_inference(field, grid, o, d, 2.0, 6.0, replace(cfg, inference_fine_samples=10**6,
+                                                                         color_weight_thre=0.0), torch.ones(3))
+    with torch.no_grad():
+        assert torch.allclose(exact["rgb"], ref["rgb"], atol=1e-4)
+        assert torch.allclose(exact["opacity"], ref["opacity"], atol=1e-4)
+        # the coarse tail integrates the same fog: opacity within a few percent
+        assert float((out["opacity"] - ref["opacity"]).abs().max()) < 0.05

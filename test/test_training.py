@@ -32,6 +32,13 @@ def test_lego_crop_psnr_rises(shared_data):
     assert res["psnr"] > 19.0, res
     assert res["psnr"] > baseline + 4.0
     assert 0.0 < trainer.grid.occupancy_fraction() < 0.5  # empty space was carved out
+    # the inference renderer (one pass, fused field kernel, colour only where it shows) and the training-path
+    # renderer (pruning pass + full field) render the same images
+    ref = evaluate(lambda c, i: trainer.render(c, i, reference=True), test, progress=False)
+    assert abs(res["psnr"] - ref["psnr"]) < 0.05, (res["psnr"], ref["psnr"])
+    a, b = trainer.render(test.cameras, 0), trainer.render(test.cameras, 0, reference=True)
+    assert float((a["rgb"] - b["rgb"]).abs().max()) < 0.02
+    assert float((a["opacity"] - b["opacity"]).abs().mean()) < 1e-3
 
 
 def test_frames_added_while_training_are_used(tiny_scene, tmp_path):

@@ -39,8 +39,8 @@ import numpy as np
 import torch
 
 from nerf_mapping.cameras import Cameras, generate_rays, pixel_centers
-from nerf_mapping.rendering.compositing import accumulate_along_rays, median_sample, render_transmittance
-from nerf_mapping.rendering.renderer import RenderConfig, early_stop_samples
+from nerf_mapping.rendering.compositing import accumulate_along_rays, median_sample
+from nerf_mapping.rendering.renderer import RenderConfig, render_rays_inference
 
 
 @dataclass
@@ -172,25 +172,19 @@ def grid_size(width: int, height: int, rays: int) -> tuple[int, int]:
 
 @torch.no_grad()
 def _render_surface(snap: MapSnapshot, origins: torch.Tensor, dirs: torch.Tensor):
-    """Per ray: median termination distance, opacity, composited colour (density-only marching first)."""
+    """Per ray: median termination distance, opacity, composited colour (the inference renderer's packed samples)."""
     n = origins.shape[0]
-    cfg = snap.render_cfg
-    ray_idx, t0, t1, _ = early_stop_samples(snap.field, snap.grid, origins, dirs, snap.near, snap.far, cfg)
+    out = render_rays_inference(snap.field, snap.grid, origins, dirs, snap.near, snap.far, snap.render_cfg,
+                                torch.zeros(3), appearance=snap.render_inputs.get("appearance"), return_samples=True)
     depth = torch.zeros(n)
-    opacity = torch.zeros(n)
-    rgb = torch.zeros(n, 3)
+    opacity = out["opacity"]
+    rgb = out["rgb"] / opacity.clamp_min(1e-6)[:, None]  # black background: the surface's own colour
+    w, ray_idx = out["weights"], out["ray_indices"]
     if ray_idx.numel() == 0:
         return depth, opacity, rgb
-    pos = origins[ray_idx] + dirs[ray_idx] * ((t0 + t1) * 0.5)[:, None]
-    sig, geo = snap.field.density(pos)
-    trans, alphas = render_transmittance(sig, t0, t1, ray_idx, n)
-    w = trans * alphas
-    opacity = accumulate_along_rays(w, ray_idx, n)[:, 0]
-    cols = snap.field.color(geo, dirs[ray_idx], snap.render_inputs.get("appearance"))
-    rgb = accumulate_along_rays(w, ray_idx, n, cols) / opacity.clamp_min(1e-6)[:, None]
-    first = median_sample(w, ray_idx, n, opacity)  # median depth (see median_sample)
+    first = median_sample(w, ray_idx, n, accumulate_along_rays(w, ray_idx, n)[:, 0])  # median depth (median_sample)
     hit = first < len(ray_idx)
-    depth[hit] = ((t0 + t1) * 0.5)[first[hit]]
+    depth[hit] = ((out["t_starts"] + out["t_ends"]) * 0.5)[first[hit]]
     return depth, opacity, rgb
 
 

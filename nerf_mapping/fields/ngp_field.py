@@ -107,6 +107,72 @@ class NGPField(nn.Module):
         sigma, geo = self.density(x)
         return sigma, self.color(geo, directions, appearance)
 
+    # -- inference -----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def infer(self, x: torch.Tensor, directions: torch.Tensor | None = None, appearance: torch.Tensor | None = None,
+              want_geo: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Inference-only evaluation (no autograd): (sigma [N], rgb [N,3] if ``directions`` else None, geo [N,G] if
+        ``want_geo`` else None).
+
+        Runs the fused native kernel (``native.field_inference``: contraction, hash grid, both MLPs and the SH
+        encoding per cache-sized block of samples) when the encoding uses the native kernels and the appearance is
+        shared by all points ([A] or None); otherwise :meth:`density` / :meth:`color`. Both compute the same
+        function (tested equal within float tolerance).
+        """
+        fused = self._fused_module(appearance)
+        if fused is None:
+            sigma, geo = self.density(x)
+            rgb = self.color(geo, directions, appearance) if directions is not None else None
+            return sigma, rgb, (geo if want_geo else None)
+        enc = self.encoding
+        dens = [m for m in self.density_mlp if isinstance(m, nn.Linear)]
+        w0 = dens[0].weight
+        if enc.level_weights is not None:  # coarse-to-fine level weights scale the first layer's inputs
+            w0 = w0 * enc.level_weights.repeat_interleave(enc.cfg.n_features_per_level)[None, :]
+        dw = [w0.t().contiguous()] + [m.weight.t().contiguous() for m in dens[1:]]
+        db = [m.bias.contiguous() for m in dens]
+        cw, cb = self._color_layers(appearance) if directions is not None else ([], [])
+        dirs = directions.float() if directions is not None else x.new_zeros(0, 3)
+        sigma, rgb, geo = fused.field_inference(
+            x.float().contiguous(), dirs, self.scene_box.reshape(6), self.unbounded, enc.table.detach(),
+            enc.resolutions, enc.dense_mask, dw, db, cw, cb, self.cfg.sh_degree, directions is not None, want_geo)
+        return sigma, (rgb if directions is not None else None), (geo if want_geo else None)
+
+    @torch.no_grad()
+    def infer_color(self, geo: torch.Tensor, directions: torch.Tensor,
+                    appearance: torch.Tensor | None = None) -> torch.Tensor:
+        """rgb [N,3] for geo features from :meth:`infer` (``want_geo``): lets a renderer run the colour MLP only for
+        the samples that matter. Fused native kernel when :meth:`infer` uses it, else :meth:`color`."""
+        fused = self._fused_module(appearance)
+        if fused is None:
+            return self.color(geo, directions, appearance)
+        cw, cb = self._color_layers(appearance)
+        return fused.color_inference(geo.float(), directions.float(), cw, cb, self.cfg.sh_degree)
+
+    def _color_layers(self, appearance: torch.Tensor | None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Colour MLP weights for the native kernels: transposed to [in, out]; the first layer keeps its geo + SH
+        inputs, and a shared appearance embedding [A] becomes part of its bias."""
+        col = [m for m in self.color_mlp if isinstance(m, nn.Linear)]
+        n_in = self.cfg.geo_feat_dim + self.cfg.sh_degree ** 2
+        b0 = col[0].bias
+        if self.cfg.appearance_dim > 0 and appearance is not None:
+            b0 = b0 + col[0].weight[:, n_in:] @ appearance.to(b0.dtype)
+        cw = [col[0].weight[:, :n_in].t().contiguous()] + [m.weight.t().contiguous() for m in col[1:]]
+        cb = [b0.contiguous()] + [m.bias.contiguous() for m in col[1:]]
+        return cw, cb
+
+    def _fused_module(self, appearance: torch.Tensor | None):
+        """The native module when the fused inference kernel applies to this field and call, else None."""
+        enc = self.encoding
+        if enc.impl != "native" or enc.table is None or enc.table.device.type != "cpu":
+            return None
+        if enc.table.dtype != torch.float32 or (appearance is not None and appearance.dim() != 1):
+            return None
+        from nerf_mapping import native
+
+        mod = native.load()
+        return mod if mod is not None and hasattr(mod, "field_inference") else None
+
     # -- extra heads ---------------------------------------------------------------------------------------------
     def add_head(self, name: str, head: nn.Module) -> None:
         """Register a feature head ``head(unit_coords [N,3], geo_feat_detached [N,G]) -> [N,D]``.

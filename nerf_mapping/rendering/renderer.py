@@ -1,7 +1,17 @@
-"""Ray and image rendering: occupancy-grid marching -> (pruning pass) -> field -> packed compositing.
+"""Ray and image rendering: occupancy-grid marching -> field -> packed compositing.
 
-``render_rays`` returns per-ray rgb, depth (distance along the unit ray), opacity and any requested feature heads,
-for training (with gradients) and inference alike. ``render_camera`` renders a whole image of any camera.
+Two paths compute the same image:
+
+* ``render_rays``: for training. A density-only pruning pass finds the samples that matter, then the full field runs
+  with gradients on those only.
+* ``render_rays_inference``: for every use without gradients (evaluation, node renders, mesh export, text queries).
+  One pass: live rays march a round of occupied samples each, the fused field kernel (``NGPField.infer``) gives
+  density and colour together, the round is composited into per-ray accumulators, and rays that became opaque
+  (transmittance < ``early_stop_eps``), left the grid or used their sample budget retire before the next round.
+  Its time and memory are bounded whatever the training state: beyond ``inference_fine_samples`` per ray the
+  step doubles each round, and ``max_samples_per_ray`` caps each ray.
+
+``render_camera`` renders a whole image of any camera (rgb, depth, opacity, feature heads) with the inference path.
 """
 from __future__ import annotations
 
@@ -11,7 +21,7 @@ import torch
 
 from nerf_mapping.cameras import Cameras, camera_directions, pixel_centers, rays_from_c2w
 from nerf_mapping.fields.ngp_field import NGPField
-from nerf_mapping.rendering.compositing import accumulate_along_rays, render_transmittance
+from nerf_mapping.rendering.compositing import accumulate_along_rays, exclusive_cumsum, render_transmittance
 from nerf_mapping.rendering.occupancy_grid import OccupancyGrid
 
 
@@ -31,7 +41,23 @@ class RenderConfig:
     """Find the contributing samples first (density only, no gradients, in rounds with early stop), then run the
     full field with gradients on those only."""
     samples_per_round: int = 64
-    """Samples per ray and round of the early-stop marching."""
+    """Samples per ray and round of the early-stop marching (training's pruning pass)."""
+    inference_samples_per_round: int = 16
+    """Samples per live ray and round of the inference renderer: small rounds waste few evaluations behind a ray's
+    surface; rays that pass through empty space are cheap anyway (the marcher skips empty cells)."""
+    color_weight_thre: float = 1e-4
+    """Inference skips the colour MLP for samples whose compositing weight is at most this (about half the samples
+    of a trained field) ..."""
+    color_skip_budget: float = 1e-3
+    """... as long as the weight skipped on their ray stays within this budget: each pixel then differs from the
+    full render by at most this much (a quarter of one 8-bit level)."""
+    inference_fine_samples: int = 64
+    """Visible samples (alpha > 1e-4) per ray marched at ``step_size`` by the inference renderer; a ray still
+    semi-transparent after them continues with a step that doubles every round (``inference_samples_per_round``
+    samples each). A sharp, trained surface ends its ray within them; a haze (an untrained field, a blurry room) is
+    integrated more coarsely instead of costing hundreds of samples per ray, so a render's cost stays bounded at any
+    step. Free space that the grid still marks occupied does not count, so it cannot coarsen the step before the
+    ray meets its surface."""
 
     def resolved(self, scene_box: torch.Tensor, unbounded: bool) -> "RenderConfig":
         diag = float(torch.linalg.norm(scene_box[1] - scene_box[0]))
@@ -93,7 +119,7 @@ def early_stop_samples(
             break
         evaluated += ri.numel()
         n_alive = alive.numel()
-        sig, _ = field.density(_positions(origins[alive], directions[alive], ri, a, b))
+        sig = field.infer(_positions(origins[alive], directions[alive], ri, a, b))[0]  # fused, no autograd
         t_local, alphas = render_transmittance(sig, a, b, ri, n_alive)
         t_glob = trans[alive][ri] * t_local
         keep = (t_glob > cfg.early_stop_eps) & (alphas > cfg.alpha_thre)
@@ -176,6 +202,134 @@ def render_rays(
     return out
 
 
+def _march_levels(grid: OccupancyGrid, origins, directions, t_min, t_max, level: torch.Tensor, cfg: RenderConfig,
+                  k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One inference round: up to ``k`` occupied samples per ray, ray ``i`` marching with the step
+    ``cfg.step_size * 2**level[i]`` (one marcher call per distinct level). Packed output, sorted by ray then t."""
+    levels = torch.unique(level)
+    if levels.numel() == 1:
+        return grid.sampling(origins, directions, t_min, t_max, cfg.step_size * 2.0 ** int(levels[0]),
+                             cfg.cone_angle, k)
+    parts = []
+    for lv in levels.tolist():
+        idx = torch.nonzero(level == lv).squeeze(1)
+        ri, a, b = grid.sampling(origins[idx], directions[idx], t_min[idx], t_max[idx], cfg.step_size * 2.0 ** lv,
+                                 cfg.cone_angle, k)
+        parts.append((idx[ri], a, b))
+    ri = torch.cat([p[0] for p in parts])
+    order = torch.argsort(ri, stable=True)  # each part is sorted by ray then t; a stable sort keeps t order
+    return ri[order], torch.cat([p[1] for p in parts])[order], torch.cat([p[2] for p in parts])[order]
+
+
+@torch.no_grad()
+def render_rays_inference(
+    field: NGPField,
+    grid: OccupancyGrid,
+    origins: torch.Tensor,
+    directions: torch.Tensor,
+    near: float | torch.Tensor,
+    far: float | torch.Tensor,
+    cfg: RenderConfig,
+    background: torch.Tensor,
+    feature_heads: list[str] | None = None,
+    appearance: torch.Tensor | None = None,
+    return_samples: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Render rays without gradients (see the module docstring); same outputs as :func:`render_rays`.
+
+    ``return_samples``: also the packed samples in front of each ray's early-stop point (``weights``,
+    ``ray_indices``, ``t_starts``, ``t_ends``, ``positions``, sorted by ray then t) and ``rgbs`` [S,3], for callers
+    that composite their own quantities (median depth, language features).
+    ``appearance``: a shared embedding [A] (per-ray embeddings fall back to the unfused field evaluation).
+    """
+    n = origins.shape[0]
+    dtype = origins.dtype
+    t_cur = torch.as_tensor(near, dtype=dtype).expand(n).clone()
+    t_far = torch.as_tensor(far, dtype=dtype).expand(n).contiguous()
+    trans = torch.ones(n, dtype=dtype)
+    n_eval = torch.zeros(n, dtype=torch.long)
+    rgb = torch.zeros(n, 3, dtype=dtype)
+    depth = torch.zeros(n, dtype=dtype)
+    opacity = torch.zeros(n, dtype=dtype)
+    skipped = torch.zeros(n, dtype=dtype)  # weight whose colour was not evaluated, per ray
+    feats: dict[str, torch.Tensor] = {}
+    if feature_heads:
+        empty = field.features(origins.new_zeros(0, 3), origins.new_zeros(0, field.cfg.geo_feat_dim), feature_heads)
+        feats = {k: torch.zeros(n, v.shape[1], dtype=dtype) for k, v in empty.items()}
+    kept: dict[str, list[torch.Tensor]] = {k: [] for k in ("ray_indices", "t_starts", "t_ends", "weights", "rgbs")}
+    alive = torch.arange(n)
+    k = max(1, int(cfg.inference_samples_per_round))
+    fine_used = torch.zeros(n, dtype=torch.long)  # samples with a visible alpha, per ray
+    coarse = torch.zeros(n, dtype=torch.long)  # rounds since the ray used its fine samples: step x 2^coarse
+    evaluated = 0
+    while alive.numel() > 0:
+        o_a, d_a = origins[alive], directions[alive]
+        ri, a, b = _march_levels(grid, o_a, d_a, t_cur[alive], t_far[alive], coarse[alive], cfg, k)
+        if ri.numel() == 0:
+            break
+        evaluated += ri.numel()
+        n_alive = alive.numel()
+        mid = (a + b) * 0.5
+        pos = o_a[ri] + d_a[ri] * mid[:, None]
+        sig, _, geo = field.infer(pos, want_geo=True)
+        if cfg.alpha_thre > 0:  # as the training path: samples below the alpha threshold are empty space
+            sig = torch.where(1.0 - torch.exp(-sig * (b - a)) > cfg.alpha_thre, sig, torch.zeros_like(sig))
+        t_local, alphas = render_transmittance(sig, a, b, ri, n_alive)
+        t_glob = trans[alive][ri] * t_local
+        w = t_glob * alphas
+        glob = alive[ri]
+        opacity.index_add_(0, glob, w)
+        # Colour only where it shows: samples of weight <= color_weight_thre are skipped (colour 0) while the weight
+        # skipped on their ray stays <= color_skip_budget, which bounds each pixel's error by that budget.
+        col = torch.zeros(ri.shape[0], 3, dtype=dtype)
+        light = torch.where(w <= cfg.color_weight_thre, w, torch.zeros_like(w))
+        skipped_total = skipped[glob] + exclusive_cumsum(light, ri, n_alive) + light
+        skip = (w <= cfg.color_weight_thre) & (skipped_total <= cfg.color_skip_budget)
+        skipped.index_add_(0, glob, torch.where(skip, w, torch.zeros_like(w)))
+        vis = torch.nonzero(~skip).squeeze(1)
+        col[vis] = field.infer_color(geo[vis], d_a[ri[vis]], appearance)
+        rgb.index_add_(0, glob, w[:, None] * col)
+        depth.index_add_(0, glob, w * mid)
+        if feature_heads:
+            for name, v in field.features(pos, geo, feature_heads).items():
+                feats[name].index_add_(0, glob, w[:, None] * v)
+        if return_samples:
+            keep = t_glob > cfg.early_stop_eps
+            for key, v in (("ray_indices", glob), ("t_starts", a), ("t_ends", b), ("weights", w), ("rgbs", col)):
+                kept[key].append(v[keep])
+        tau = torch.zeros(n_alive, dtype=sig.dtype).index_add_(0, ri, sig * (b - a))
+        trans[alive] = trans[alive] * torch.exp(-tau)
+        counts = torch.bincount(ri, minlength=n_alive)
+        t_cur[alive] = torch.zeros(n_alive, dtype=b.dtype).scatter_reduce_(0, ri, b, "amax", include_self=False)
+        n_eval[alive] += counts
+        # Only samples with a visible alpha use up the fine samples: free space that the grid still marks occupied
+        # (early in a run) must not coarsen the step before the ray reaches its surface.
+        coarse[alive] += (fine_used[alive] >= cfg.inference_fine_samples).long()
+        fine_used[alive] += torch.bincount(ri, weights=(alphas > 1e-4).to(torch.float64), minlength=n_alive).long()
+        alive = alive[(counts == k) & (trans[alive] > cfg.early_stop_eps) & (n_eval[alive] < cfg.max_samples_per_ray)]
+    out = {
+        "rgb": rgb + (1.0 - opacity)[:, None] * background,
+        "depth": depth / opacity.clamp_min(1e-6),
+        "opacity": opacity,
+        "n_samples": torch.tensor(evaluated),
+        "n_marched": torch.tensor(evaluated),
+    }
+    for name, v in feats.items():
+        out[name] = v / opacity.clamp_min(1e-6)[:, None]
+    if return_samples:
+        if kept["ray_indices"]:
+            packed = {key: torch.cat(v) for key, v in kept.items()}
+            order = torch.argsort(packed["ray_indices"], stable=True)  # rounds append in t order per ray
+            packed = {key: v[order] for key, v in packed.items()}
+        else:
+            packed = {"ray_indices": torch.zeros(0, dtype=torch.long), "t_starts": torch.zeros(0),
+                      "t_ends": torch.zeros(0), "weights": torch.zeros(0), "rgbs": torch.zeros(0, 3)}
+        packed["positions"] = _positions(origins, directions, packed["ray_indices"], packed["t_starts"],
+                                         packed["t_ends"])
+        out.update(packed)
+    return out
+
+
 @torch.no_grad()
 def render_camera(
     field: NGPField,
@@ -190,9 +344,12 @@ def render_camera(
     chunk: int = 1 << 14,
     feature_heads: list[str] | None = None,
     appearance: torch.Tensor | None = None,
+    reference: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Render camera ``index`` of ``cameras`` (optionally at pose ``c2w`` [3,4], with the shared appearance embedding
-    ``appearance`` [A]). Returns [H,W,*] images."""
+    ``appearance`` [A]). Returns [H,W,*] images. ``reference``: render with the training path (:func:`render_rays`)
+    instead of the inference path, for comparisons (``benchmark render``)."""
+    render = render_rays if reference else render_rays_inference
     w, h = int(cameras.width[index]), int(cameras.height[index])
     px, py = pixel_centers(w, h)
     idx = torch.full_like(px, index, dtype=torch.long)
@@ -203,11 +360,14 @@ def render_camera(
     dirs = torch.where(valid[:, None], dirs, torch.tensor([0.0, 0.0, -1.0]))
     keys = ["rgb", "depth", "opacity", *(feature_heads or [])]
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
+    n_samples = 0
     for s in range(0, origins.shape[0], chunk):
-        out = render_rays(field, grid, origins[s:s + chunk], dirs[s:s + chunk], near, far, cfg, background,
-                          feature_heads, appearance)
+        out = render(field, grid, origins[s:s + chunk], dirs[s:s + chunk], near, far, cfg, background, feature_heads,
+                     appearance)
+        n_samples += int(out.get("n_marched", out["n_samples"]))
         for k in keys:
             parts[k].append(out[k])
     res = {k: torch.cat(v).reshape(h, w, *v[0].shape[1:]) for k, v in parts.items()}
     res["rgb"] = res["rgb"].clamp(0, 1)
+    res["n_samples"] = torch.tensor(n_samples)  # field evaluations (the reference's pruning pass included)
     return res

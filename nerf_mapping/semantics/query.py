@@ -158,7 +158,7 @@ def render_language(snap, field, cameras, index: int, c2w: torch.Tensor | None =
     """Render ``field`` for camera ``index`` of ``cameras`` (at ``c2w`` [3,4] when given) with the map snapshot's
     weights: (features [H,W,D] unit where the ray hit something, opacity [H,W], the map's rgb [H,W,3])."""
     from nerf_mapping.cameras import image_rays
-    from nerf_mapping.rendering.renderer import render_rays
+    from nerf_mapping.rendering.renderer import render_rays_inference
 
     w, h = int(cameras.width[index]), int(cameras.height[index])
     origins, dirs = image_rays(cameras, index, c2w)
@@ -167,8 +167,8 @@ def render_language(snap, field, cameras, index: int, c2w: torch.Tensor | None =
     feats, opac, rgbs = [], [], []
     bg = torch.zeros(3)
     for o, d in zip(origins.split(chunk), dirs.split(chunk)):
-        out = render_rays(snap.field, snap.grid, o, d, snap.near, snap.far, snap.render_cfg, bg,
-                          appearance=snap.render_inputs.get("appearance"))
+        out = render_rays_inference(snap.field, snap.grid, o, d, snap.near, snap.far, snap.render_cfg, bg,
+                                    appearance=snap.render_inputs.get("appearance"), return_samples=True)
         feats.append(field.render(out, o.shape[0]))
         opac.append(out["opacity"])
         rgbs.append(out["rgb"])

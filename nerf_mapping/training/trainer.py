@@ -163,7 +163,7 @@ class Trainer:
         return warm * decay
 
     def density_fn(self, x: torch.Tensor) -> torch.Tensor:
-        return self.field.density(x)[0]
+        return self.field.infer(x)[0]
 
     def target_rgb(self, rgb: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """What the field is fitted to for pixels ``rgb`` [R,3] with foreground ``mask`` [R] (or None): with

@@ -16,11 +16,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> march_rays_forward(const at::Tens
                                                                   const at::Tensor& occupied, const at::Tensor& aabb,
                                                                   double step_size, double cone_angle,
                                                                   int64_t max_samples);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> field_inference(
+    const at::Tensor& x, const at::Tensor& dirs, const at::Tensor& box, bool unbounded, const at::Tensor& table,
+    const at::Tensor& resolutions, const at::Tensor& dense_mask, const std::vector<at::Tensor>& density_w,
+    const std::vector<at::Tensor>& density_b, const std::vector<at::Tensor>& color_w,
+    const std::vector<at::Tensor>& color_b, int64_t sh_degree, bool want_color, bool want_geo);
+at::Tensor color_inference(const at::Tensor& geo, const at::Tensor& dirs, const std::vector<at::Tensor>& color_w,
+                           const std::vector<at::Tensor>& color_b, int64_t sh_degree);
 }  // namespace nm
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "nerf_mapping native CPU kernels (OpenMP)";
-  m.attr("ABI_VERSION") = 1;
+  m.attr("ABI_VERSION") = 2;
   m.def("hash_encode_forward", &nm::hash_encode_forward, "hash encoding forward -> [N, L*F]",
         py::arg("x"), py::arg("table"), py::arg("resolutions"), py::arg("dense_mask"));
   m.def("hash_encode_backward", &nm::hash_encode_backward, "hash encoding backward -> (grad_table, grad_x)",
@@ -30,4 +37,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("march_rays", &nm::march_rays_forward, "occupancy-grid ray marching -> (ray_indices, t_starts, t_ends)",
         py::arg("origins"), py::arg("directions"), py::arg("t_min"), py::arg("t_max"), py::arg("occupied"),
         py::arg("aabb"), py::arg("step_size"), py::arg("cone_angle") = 0.0, py::arg("max_samples") = 1024);
+  m.def("field_inference", &nm::field_inference,
+        "fused NGP field forward without autograd -> (sigma [N], rgb [N,3] or empty, geo [N,G] or empty)",
+        py::arg("x"), py::arg("dirs"), py::arg("box"), py::arg("unbounded"), py::arg("table"), py::arg("resolutions"),
+        py::arg("dense_mask"), py::arg("density_w"), py::arg("density_b"), py::arg("color_w"), py::arg("color_b"),
+        py::arg("sh_degree"), py::arg("want_color"), py::arg("want_geo"));
+  m.def("color_inference", &nm::color_inference, "colour MLP of fused inference for given geo features -> rgb [N,3]",
+        py::arg("geo"), py::arg("dirs"), py::arg("color_w"), py::arg("color_b"), py::arg("sh_degree"));
 }
