@@ -497,3 +497,108 @@ def test_node_survives_sigkill_and_resumes_from_its_autosave(scene, tmp_path):
         for proc, log in procs:
             _stop(proc)
             log.close()
+
+
+def test_node_counts_every_message_of_a_malformed_flood(tmp_path, monkeypatch):
+    """A burst of malformed messages over DDS at a running node (images with unknown encodings, step / size
+    mismatches, truncated data, invalid stamps; camera infos with bad intrinsics; odometry with NaN or non-unit
+    quaternions and NaN positions; label images of a bad encoding): the node drops each one, counts it under its
+    reason, the counters add up to exactly what was sent, and it keeps answering services."""
+    from builtin_interfaces.msg import Time
+
+    rng = np.random.default_rng(0)
+    env = ros_env(tmp_path)
+    env["ROS_DOMAIN_ID"] = str(150 + os.getpid() % 60)  # apart from the other tests' nodes
+    for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_LOG_DIR"):  # this process discovers like the node
+        monkeypatch.setenv(k, env[k])
+    h = Harness(int(env["ROS_DOMAIN_ID"]))
+    proc, log = _start_node(tmp_path, env, tmp_path / "maps", "render_period_s:=0.0", "autosave_period_s:=0.0",
+                            "semantics.teacher:=labels",
+                            log_name="node_flood.log")
+    try:
+        h.wait_for(lambda: len(h.status) > 0, 60, "first ~/status")
+        time.sleep(1.0)  # discovery of this process's publishers
+
+        def image(i: int) -> Image:
+            w, hgt = int(rng.integers(1, 40)), int(rng.integers(1, 40))
+            kind = i % 4
+            msg = Image(height=hgt, width=w, encoding="rgb8", step=3 * w, data=bytes(3 * w * hgt))
+            if kind == 0:
+                msg.encoding = str(rng.choice(["yuv422_weird", "", "RGB9", "bayer_xyz", "32FC7"]))
+            elif kind == 1:
+                msg.data = bytes(max(0, 3 * w * hgt - int(rng.integers(1, 3 * w * hgt + 1))))  # truncated
+            elif kind == 2:
+                msg.step = int(rng.integers(0, 3 * w))  # step shorter than a row
+            else:
+                msg.header.stamp = Time(sec=int(rng.integers(-2**31, 0)), nanosec=0)  # before the epoch
+            if kind != 3:
+                msg.header.stamp = Time(sec=1_800_000_000 + i, nanosec=0)
+            return msg
+
+        def info(i: int) -> CameraInfo:
+            msg = CameraInfo(width=64, height=48, distortion_model="plumb_bob", d=[0.0] * 5)
+            k = [50.0, 0.0, 32.0, 0.0, 50.0, 24.0, 0.0, 0.0, 1.0]
+            if i % 3 == 0:
+                k[0] = -float(rng.uniform(1, 100))  # negative focal length
+            elif i % 3 == 1:
+                k[4] = float("nan")
+            else:
+                msg.width = 0
+            msg.k = k
+            return msg
+
+        def odom(i: int) -> Odometry:
+            msg = Odometry()
+            msg.header.stamp = Time(sec=1_800_000_000 + i, nanosec=0)
+            msg.header.frame_id = "odom"
+            q = msg.pose.pose.orientation
+            if i % 3 == 0:
+                q.x, q.y, q.z, q.w = (float(v) for v in rng.uniform(0.8, 2.0, 4))  # not unit
+            elif i % 3 == 1:
+                q.w = float("nan")
+            else:
+                q.w = 1.0
+                msg.pose.pose.position.x = float("inf")
+            return msg
+
+        def labels(i: int) -> Image:
+            msg = Image(height=4, width=4, encoding=str(rng.choice(["rgb8", "32FC1", "bgra8"])), step=4, data=bytes(16))
+            msg.header.stamp = Time(sec=1_800_000_000 + i, nanosec=0)
+            return msg
+
+        sent = {"image": 120, "camera_info": 45, "odom": 60, "labels": 30}
+        queue = ([("/camera/image_raw", image(i)) for i in range(sent["image"])]
+                 + [("/camera/camera_info", info(i)) for i in range(sent["camera_info"])]
+                 + [("/odom", odom(i)) for i in range(sent["odom"])]
+                 + [("/camera/labels", labels(i)) for i in range(sent["labels"])])
+        order = rng.permutation(len(queue))
+        t0 = time.monotonic()
+        for j in order:  # 200 Hz: a burst, paced so that best-effort DDS delivers it whole
+            topic, msg = queue[j]
+            h.pubs[topic].publish(msg)
+            time.sleep(0.005)
+        print(f"flood: {len(queue)} malformed messages in {time.monotonic() - t0:.1f} s", file=sys.stderr)
+
+        def counted() -> bool:
+            s = h.stats[-1] if h.stats else {}
+            return (s.get("images_received", 0) >= sent["image"] and s.get("camera_info_invalid", 0) >= sent["camera_info"]
+                    and s.get("odom_invalid", 0) >= sent["odom"] and s.get("labels_invalid", 0) >= sent["labels"])
+
+        try:
+            h.wait_for(counted, 30, "every malformed message counted")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; sent {sent}, last input stats {h.stats[-1] if h.stats else None}") from None
+        time.sleep(1.5)  # a later stats message: nothing more arrives
+        s = h.stats[-1]
+        print(f"input stats after the flood: {s}", file=sys.stderr)
+        assert s["images_received"] == s["images_dropped"] == sent["image"]
+        assert sum(v for k, v in s.items() if k.startswith("image_")) == sent["image"]
+        assert s["camera_info_invalid"] == sent["camera_info"] and s["odom_invalid"] == sent["odom"]
+        assert s["labels_invalid"] == sent["labels"] and s.get("labels_received", 0) == 0
+        assert s["keyframes"] == 0 and proc.poll() is None, "node died or took a malformed frame"
+        res, _ = h.call(SaveMap, "save_map", SaveMap.Request(filename="after_flood.pt"))
+        assert res.success, res.message  # still answering (an empty map saves)
+    finally:
+        h.close()
+        _stop(proc)
+        log.close()

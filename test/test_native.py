@@ -320,3 +320,13 @@ def test_inference_render_is_bounded_on_an_untrained_field():
         assert torch.allclose(exact["opacity"], ref["opacity"], atol=1e-4)
         # the coarse tail integrates the same fog: opacity within a few percent
         assert float((out["opacity"] - ref["opacity"]).abs().max()) < 0.05
+
+
+def test_build_lock_clears_the_baton_of_a_killed_build(tmp_path):
+    """torch's build baton (``<build_dir>/lock``) left by a killed build would make every later process wait forever;
+    under our OS file lock (released when its holder dies) a leftover baton is known stale and removed."""
+    from nerf_mapping.native import _build_lock
+
+    (tmp_path / "lock").write_text("")
+    with _build_lock(tmp_path):
+        assert not (tmp_path / "lock").exists()

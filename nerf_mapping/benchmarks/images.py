@@ -66,6 +66,7 @@ def run(name: str, args) -> dict:
         "eval_impl": eval_impl,
         "resolution": [int(train.cameras.width[0]), int(train.cameras.height[0])],
         "curve": curve,
+        "seconds_to_psnr": seconds_to_psnr(curve, (25.0, 28.0, 30.0)),
         "per_image": res["per_image"],
     }
     if out_dir:
@@ -73,6 +74,16 @@ def run(name: str, args) -> dict:
         plot_curve(curve, out_dir / "psnr_vs_time.png", f"{name} ({out['field_impl']})")
         (out_dir / "result.json").write_text(json.dumps(out, indent=2))
         out["plot"] = str(out_dir / "psnr_vs_time.png")
+    return out
+
+
+def seconds_to_psnr(curve: list[dict], bars) -> dict[str, float | None]:
+    """Training seconds of the first curve point at or above each PSNR bar (None: never reached). The curve is
+    sampled every ``--eval-every`` seconds, so each figure is an upper bound within that interval."""
+    out: dict[str, float | None] = {}
+    for bar in bars:
+        hit = [c["train_seconds"] for c in curve if c["psnr"] >= bar]
+        out[f"{bar:g}"] = min(hit) if hit else None
     return out
 
 

@@ -217,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--time-budget", type=float, default=300.0)
         q.add_argument("--json", type=Path, default=None)
         q.add_argument("--output", type=Path, default=None, help="folder for renders and the PSNR-vs-time plot")
-        q.add_argument("--eval-every", type=float, default=60.0, help="training seconds between PSNR-curve points")
+        q.add_argument("--eval-every", type=float, default=30.0,
+                       help="training seconds between PSNR-curve points (and the resolution of seconds_to_psnr)")
         add_impl_arg(q)
         add_config_arg(q)
         q.set_defaults(func=cmd_benchmark, dataset=name)

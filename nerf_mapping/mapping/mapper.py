@@ -52,7 +52,7 @@ from nerf_mapping.pose.correction import apply_deltas
 from nerf_mapping.training.frame_store import FrameStore
 from nerf_mapping.training.trainer import Trainer
 
-RENDER_CHUNK = 1024  # rays per render chunk: bounds the peak memory of renders (samples x hidden width)
+RENDER_CHUNK = 1 << 13  # rays per render chunk; the inference renderer's memory is bounded by chunk x samples/round
 HISTORY = 20000  # keyframes kept for the odometry / refined paths (evicted keyframes stay on the path)
 
 
@@ -123,9 +123,9 @@ class MapperConfig:
     extrinsic_base_camera: tuple[float, ...] = (0.0, 0.0, 0.0, -0.5, 0.5, -0.5, 0.5)
     """base->camera optical [x, y, z, qx, qy, qz, qw] when static transforms are unavailable (default: the optical
     axes looking along base +x)."""
-    render_period_s: float = 3.0
+    render_period_s: float = 1.0
     """Periodic render of the newest keyframe (s); stretched so renders take <= 25 % of training. 0 = off."""
-    render_width: int = 80
+    render_width: int = 160
     """Width of the periodic render (pixels)."""
     keyframe: KeyframeConfig = field(default_factory=KeyframeConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
@@ -501,11 +501,11 @@ class OnlineMapper:
         time.sleep(0.5)
 
     def _maybe_render(self, tr: Trainer) -> None:
-        # not before the occupancy grid has been carved: a render through the all-occupied initial grid marches
-        # every sample of every ray (tens of seconds on 2 cores)
+        # not before the first occupancy-grid update: before it the field is a fog that the renderer marches coarsely
+        # (bounded, but a picture of nothing)
         now = time.monotonic()
         if (self.on_render is None or self.cfg.render_period_s <= 0 or now < self._next_render
-                or tr.step_count <= max(tr.cfg.grid.warmup_steps, tr.cfg.grid.update_every)):
+                or tr.step_count <= tr.cfg.grid.update_every):
             return
         t0 = time.monotonic()
         try:

@@ -14,6 +14,7 @@ Build once at set-up time with ``python -m nerf_mapping.native``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -88,13 +89,37 @@ def _ensure_ninja_on_path() -> None:
         os.environ["PATH"] = bindir + (os.pathsep + path if path else "")
 
 
+@contextlib.contextmanager
+def _build_lock(build_dir: Path):
+    """Serialise builds across processes with an OS file lock, and clear torch's stale build baton.
+
+    torch's JIT build marks a build in progress with a plain ``<build_dir>/lock`` file and makes every other process
+    wait until it disappears; a build killed half-way (Ctrl-C, SIGKILL, a test timeout) leaves it behind and every
+    later process would wait forever. Our ``flock`` is released by the OS when its holder dies, so whoever holds it
+    knows that no live process is building, and a ``lock`` file it finds is stale.
+    """
+    import fcntl
+
+    with open(build_dir / "build.flock", "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            baton = build_dir / "lock"
+            if baton.exists():
+                _log.warning("removing a stale native build lock left by an interrupted build: %s", baton)
+                baton.unlink(missing_ok=True)
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def load(verbose: bool = False) -> ModuleType | None:
     """Build (first use only) and import the extension; cached process-wide.
 
     Returns:
         the extension module, or None if disabled (NERF_MAPPING_NATIVE=0) or the build failed.
-    Concurrent first use from several processes is safe: torch serialises builds of one build
-    directory with a file baton (``<build_dir>/lock``) and the other processes wait, then load.
+    Concurrent first use from several processes is safe: builds of one build directory are serialised with an OS
+    file lock (:func:`_build_lock`, which also clears the baton of a build that was killed), the other processes
+    wait, then load.
     """
     global _module, _tried, _error
     if _tried:
@@ -110,14 +135,16 @@ def load(verbose: bool = False) -> ModuleType | None:
             import torch.utils.cpp_extension as cpp
 
             _ensure_ninja_on_path()
-            _module = cpp.load(
-                name=EXTENSION_NAME,
-                sources=sources(),
-                extra_cflags=["-O3", "-march=native", "-fopenmp", "-ffp-contract=fast"],
-                extra_ldflags=["-fopenmp"],
-                build_directory=str(build_directory()),
-                verbose=verbose,
-            )
+            build_dir = build_directory()
+            with _build_lock(build_dir):
+                _module = cpp.load(
+                    name=EXTENSION_NAME,
+                    sources=sources(),
+                    extra_cflags=["-O3", "-march=native", "-fopenmp", "-ffp-contract=fast"],
+                    extra_ldflags=["-fopenmp"],
+                    build_directory=str(build_dir),
+                    verbose=verbose,
+                )
         except Exception as exc:  # noqa: BLE001 - any build/import failure means "use torch"
             _module = None
             _error = f"{type(exc).__name__}: {exc}".strip()

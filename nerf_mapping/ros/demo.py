@@ -118,7 +118,6 @@ def _write_params(out: Path, scene: Path) -> Path:
     params = yaml.safe_load(src.read_text()) if src else {"nerf_mapper": {"ros__parameters": {}}}
     p = params["nerf_mapper"]["ros__parameters"]
     p["output_dir"] = str(out / "map")
-    p["render_width"] = 160
     # the scene's label images (/camera/labels in the bag) teach the language field: the oracle teacher
     p.setdefault("semantics", {}).update(teacher="labels", class_names=str(scene / "labels.json"))
     dst = out / "mapper.yaml"
