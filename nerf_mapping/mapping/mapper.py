@@ -70,6 +70,10 @@ class SyncConfig:
     """How long an image waits for odometry newer than its stamp (or for its CameraInfo) before it is dropped (s)."""
     queue_size: int = 64
     """Images waiting for odometry / keyframe selection (the oldest is dropped beyond)."""
+    time_jump_s: float = 1.0
+    """A stamp this much older than the newest one seen means the source restarted (a looping or restarted bag
+    player, a simulator reset): the odometry buffer and pending images are cleared and intake goes on from the new
+    time, keeping the map. Smaller backwards steps are reordering: that message is dropped (s)."""
 
 
 @dataclass
@@ -187,6 +191,7 @@ class OnlineMapper:
         self.images_received = 0
         self.images_dropped = 0
         self._last_image_ns: int | None = None
+        self._jump_lock = threading.Lock()
         self._t_first_image: float | None = None
         self._fallback_logged = False
         self.latest_odom_ns = 0
@@ -273,6 +278,7 @@ class OnlineMapper:
         """Queue an image (``decoder(payload)`` -> uint8 [H,W,3], called on the worker thread). Images whose stamp is
         not newer than the previous one are dropped. Returns whether it was queued."""
         self.images_received += 1
+        self._check_time_jump(stamp_ns, self._last_image_ns, "image")
         if self._last_image_ns is not None and stamp_ns <= self._last_image_ns:
             self.drop_image("stamp_backwards", f"stamp {stamp_ns} <= previous {self._last_image_ns}")
             return False
@@ -286,6 +292,24 @@ class OnlineMapper:
             self._queue.append((stamp_ns, frame_id, payload, decoder, time.monotonic()))
             self._queue_cv.notify()
         return True
+
+    def _check_time_jump(self, stamp_ns: int, last_ns: int | None, source: str) -> None:
+        """Start intake afresh when ``stamp_ns`` jumped back by more than ``sync.time_jump_s`` (see there)."""
+        if last_ns is None or stamp_ns >= last_ns - int(self.cfg.sync.time_jump_s * 1e9):
+            return
+        with self._jump_lock:
+            # the other input may have reset already (image and odometry callbacks run on different threads)
+            newest = max(self._last_image_ns or 0, (self.odom.span_ns or (0, 0))[1])
+            if stamp_ns >= newest - int(self.cfg.sync.time_jump_s * 1e9):
+                return
+            self.odom.clear()
+            self._last_image_ns = None
+            with self._queue_cv:
+                stale = len(self._queue)
+                self._queue.clear()
+            self.count("time_jump_back")
+            self.log.warning(f"{source} time jumped back by {(newest - stamp_ns) * 1e-9:.1f} s (looping or restarted "
+                             f"player?): odometry buffer and {stale} pending image(s) cleared, the map is kept")
 
     @property
     def queue_length(self) -> int:
@@ -307,6 +331,8 @@ class OnlineMapper:
         if frame_id and frame_id != self.cfg.odom_frame:
             self.count("odom_wrong_frame", f"odometry in frame {frame_id!r}, expected {self.cfg.odom_frame!r}: dropped")
             return False
+        span = self.odom.span_ns
+        self._check_time_jump(stamp_ns, span[1] if span else None, "odometry")
         if not self.odom.add(stamp_ns, T_odom_base):
             self.count("odom_stamp_backwards", "odometry stamp went backwards: dropped")
             return False

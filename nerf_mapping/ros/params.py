@@ -46,6 +46,8 @@ PARAMETERS: list[tuple[str, object, str]] = [
     ("odom_tolerance_s", _S.tolerance_s, "an image this close outside the buffer snaps to the end sample (s)"),
     ("sync_wait_s", _S.wait_s, "how long an image waits for odometry newer than its stamp before it is dropped (s)"),
     ("queue_size", _S.queue_size, "pending images waiting for odometry / keyframe selection (oldest dropped beyond)"),
+    ("time_jump_s", _S.time_jump_s, "a stamp this much older than the newest means the source restarted (looping "
+     "bag): intake starts afresh, the map is kept (s)"),
     # keyframes
     ("keyframe.min_translation", _K.min_translation, "metres moved since the last keyframe for a new one"),
     ("keyframe.min_rotation_deg", _K.min_rotation_deg, "degrees turned since the last keyframe for a new one"),
@@ -142,7 +144,7 @@ def mapper_config(get: Callable[[str], object] | None = None) -> MapperConfig:
         capacity=int(get("keyframe.capacity")), max_width=int(get("keyframe.max_width")))
     sync = SyncConfig(buffer_s=float(get("odom_buffer_s")), max_gap_s=float(get("odom_max_gap_s")),
                       tolerance_s=float(get("odom_tolerance_s")), wait_s=float(get("sync_wait_s")),
-                      queue_size=int(get("queue_size")))
+                      queue_size=int(get("queue_size")), time_jump_s=float(get("time_jump_s")))
     training = OnlineTrainingConfig(
         enabled=bool(get("training.enabled")), target_samples_per_step=int(get("training.target_samples_per_step")),
         threads=int(get("training.threads")), max_steps=int(get("training.max_steps")),
