@@ -239,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     _register_optional(sub, "nerf_mapping.cli.export", "add_cli")
     _register_optional(sub, "nerf_mapping.cli.semantics", "add_cli")
     _register_optional(sub, "nerf_mapping.ros.cli", "add_cli")
+    _register_optional(sub, "nerf_mapping.ros.soak", "add_cli")
 
     p = sub.add_parser("demo", help="the main job on the bundled demo scene: ROS node + bag player over DDS "
                                      "(--offline: the offline train/eval/video pipeline)")
