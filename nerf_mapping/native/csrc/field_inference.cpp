@@ -25,6 +25,10 @@
 #include <cmath>
 #include <vector>
 
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
+
 namespace nm {
 
 namespace {
@@ -73,7 +77,59 @@ inline void dense_any(const float* x, int nb, int ldx, const Layer& L, float* y,
   }
 }
 
+#if defined(__AVX2__) && defined(__FMA__)
+// Register-tiled micro kernel: S samples x TW * 8 outputs. Each weight vector loaded from L1 feeds S FMAs and the
+// accumulators never leave registers (S * TW <= 12 of the 16 ymm registers); the plain per-sample loop above is
+// bound by one weight load per FMA and ran at ~20 % of the FMA peak.
+template <int S, int TW>
+inline void dense_tile(const float* x, int ldx, int I, const float* w, int ldw, const float* b, float* y, int ldy,
+                       bool relu) {
+  __m256 acc[S][TW];
+#pragma GCC unroll 16
+  for (int s = 0; s < S; ++s)
+#pragma GCC unroll 16
+    for (int t = 0; t < TW; ++t) acc[s][t] = _mm256_loadu_ps(b + 8 * t);
+  for (int i = 0; i < I; ++i) {
+    __m256 wv[TW];
+#pragma GCC unroll 16
+    for (int t = 0; t < TW; ++t) wv[t] = _mm256_loadu_ps(w + i * ldw + 8 * t);
+#pragma GCC unroll 16
+    for (int s = 0; s < S; ++s) {
+      const __m256 xb = _mm256_set1_ps(x[s * ldx + i]);
+#pragma GCC unroll 16
+      for (int t = 0; t < TW; ++t) acc[s][t] = _mm256_fmadd_ps(xb, wv[t], acc[s][t]);
+    }
+  }
+  const __m256 zero = _mm256_setzero_ps();
+#pragma GCC unroll 16
+  for (int s = 0; s < S; ++s)
+#pragma GCC unroll 16
+    for (int t = 0; t < TW; ++t) _mm256_storeu_ps(y + s * ldy + 8 * t, relu ? _mm256_max_ps(acc[s][t], zero) : acc[s][t]);
+}
+
+// Layers whose width is a multiple of 8: tiles of 32 outputs x 3 samples, then of 8 outputs x 6 samples.
+template <int S, int TW>
+inline void dense_tiles(const float* x, int nb, int ldx, const Layer& L, int o0, float* y, int ldy, bool relu) {
+  int n = 0;
+  for (; n + S <= nb; n += S)
+    dense_tile<S, TW>(x + n * ldx, ldx, L.in, L.w + o0, L.out, L.b + o0, y + n * ldy + o0, ldy, relu);
+  for (; n < nb; ++n)
+    dense_tile<1, TW>(x + n * ldx, ldx, L.in, L.w + o0, L.out, L.b + o0, y + n * ldy + o0, ldy, relu);
+}
+
+inline bool dense_avx(const float* x, int nb, int ldx, const Layer& L, float* y, int ldy, bool relu) {
+  if (L.out % 8 != 0) return false;
+  int o = 0;
+  for (; o + 32 <= L.out; o += 32) dense_tiles<3, 4>(x, nb, ldx, L, o, y, ldy, relu);
+  for (; o < L.out; o += 8) dense_tiles<6, 1>(x, nb, ldx, L, o, y, ldy, relu);
+  return true;
+}
+#else
+inline bool dense_avx(const float*, int, int, const Layer&, float*, int, bool) { return false; }
+#endif
+
 inline void dense(const float* x, int nb, int ldx, const Layer& L, float* y, int ldy, bool relu) {
+  if (dense_avx(x, nb, ldx, L, y, ldy, relu)) return;
   switch (L.out) {
     case 3: dense_fixed<3>(x, nb, ldx, L, y, ldy, relu); break;
     case 16: dense_fixed<16>(x, nb, ldx, L, y, ldy, relu); break;
