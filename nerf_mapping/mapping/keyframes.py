@@ -129,7 +129,8 @@ class KeyframeSelector:
         cfg = self.cfg
         if self.last_pose is not None:
             dt, dr = pose_distance(self.last_pose, c2w)
-            elapsed = (int(stamp_ns) - int(self.last_stamp)) * 1e-9
+            # no reference time after a restart of the source's clock (restart_time): the time tests pass
+            elapsed = (int(stamp_ns) - int(self.last_stamp)) * 1e-9 if self.last_stamp is not None else math.inf
             if elapsed < cfg.min_time_s:
                 return self._count(False, TOO_CLOSE)
             moved = dt >= cfg.min_translation or dr >= cfg.min_rotation_deg
@@ -152,6 +153,12 @@ class KeyframeSelector:
             if th.shape == self.last_thumb.shape and float(np.abs(th - self.last_thumb).mean()) < cfg.duplicate_threshold:
                 return self._count(False, DUPLICATE)
         return self._accept(image, c2w, stamp_ns, ACCEPTED)
+
+    def restart_time(self) -> None:
+        """The source's clock jumped back (a looping or restarted player): forget the last keyframe's stamp, which
+        lies in the future of the new clock and would otherwise hold every new frame back; its pose stays the
+        reference for the motion test."""
+        self.last_stamp = None
 
     def _count(self, ok: bool, reason: str) -> tuple[bool, str]:
         self.counts[reason] += 1

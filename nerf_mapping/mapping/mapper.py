@@ -128,7 +128,7 @@ class MapperConfig:
     """base->camera optical [x, y, z, qx, qy, qz, qw] when static transforms are unavailable (default: the optical
     axes looking along base +x)."""
     render_period_s: float = 1.0
-    """Periodic render of the newest keyframe (s); stretched so renders take <= 25 % of training. 0 = off."""
+    """Periodic render of the newest keyframe (s); stretched so renders take <= 10 % of the time (training needs the rest). 0 = off."""
     render_width: int = 160
     """Width of the periodic render (pixels)."""
     keyframe: KeyframeConfig = field(default_factory=KeyframeConfig)
@@ -304,6 +304,7 @@ class OnlineMapper:
                 return
             self.odom.clear()
             self._last_image_ns = None
+            self.selector.restart_time()
             with self._queue_cv:
                 stale = len(self._queue)
                 self._queue.clear()
@@ -542,7 +543,7 @@ class OnlineMapper:
             if not self._stop.is_set():
                 self._warn("periodic_render", f"periodic render failed: {exc!r}")
         dur = time.monotonic() - t0
-        self._next_render = time.monotonic() + max(self.cfg.render_period_s, 3.0 * dur)
+        self._next_render = time.monotonic() + max(self.cfg.render_period_s, 9.0 * dur)
 
     # ------------------------------------------------------------------------------------------------ rendering
     def latest_keyframe_view(self, width: int = 0):

@@ -86,8 +86,8 @@ PARAMETERS: list[tuple[str, object, str]] = [
     ("resume", _M.resume, "at start, continue from the newest complete autosave in output_dir/autosave"),
     ("status_period_s", 1.0, "MapStatus / paths period (s)"),
     ("tf_period_s", 0.2, "map->odom TF period (s)"),
-    ("render_period_s", _M.render_period_s, "periodic ~/rendered period (s); stretched so renders take <= 25% of "
-     "training"),
+    ("render_period_s", _M.render_period_s, "periodic ~/rendered period (s); stretched so renders take <= 10% of "
+     "the time"),
     ("render_width", _M.render_width, "width of the periodic render (pixels)"),
     ("render_max_size", 1920, "largest width/height RenderView accepts"),
     # mesh export (ExportMesh, ~/mesh)
