@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -598,6 +599,17 @@ def test_node_counts_every_message_of_a_malformed_flood(tmp_path, monkeypatch):
         assert s["keyframes"] == 0 and proc.poll() is None, "node died or took a malformed frame"
         res, _ = h.call(SaveMap, "save_map", SaveMap.Request(filename="after_flood.pt"))
         assert res.success, res.message  # still answering (an empty map saves)
+        # the output folder becomes unusable (a file where the folder was): the save fails with an answer that says
+        # so, the node lives on, and saves again once the folder is back
+        maps = tmp_path / "maps"
+        shutil.rmtree(maps)
+        maps.write_text("not a folder")
+        res, _ = h.call(SaveMap, "save_map", SaveMap.Request(filename="blocked.pt"))
+        assert not res.success and res.message, res
+        print(f"SaveMap on a blocked output folder: {res.message}", file=sys.stderr)
+        maps.unlink()
+        res, _ = h.call(SaveMap, "save_map", SaveMap.Request(filename="again.pt"))
+        assert res.success and (maps / "again.pt").is_file() and proc.poll() is None, res.message
     finally:
         h.close()
         _stop(proc)

@@ -8,6 +8,11 @@ Reports M points/s (min time over --reps after one warm-up) for:
   step     encoding + density MLP 32->64->64->16 + colour MLP (15 geo + 16 dir feats)->64->64->3,
            forward, backward, fused Adam on all parameters (the table included), zero_grad(set_to_none)
   adam     fused Adam step on the table alone (ms), for comparison with the encoding cost
+
+    python -m nerf_mapping.benchmarks.kernels --field [--n 1000000]
+
+Field inference (no autograd) of the default NGP field, M points/s: the hash grid alone, the fused native kernel
+(``NGPField.infer``) for density only and for density + colour, and the unfused path (native encoding + torch MLPs).
 The machine is shared: the minimum over repetitions is the most stable statistic.
 """
 
@@ -73,13 +78,37 @@ def bench(impl: str, log2: int, n: int, reps: int) -> dict[str, float]:
     return res
 
 
+def bench_field(n: int, reps: int) -> dict[str, float]:
+    """M points/s of field inference paths (see the module docstring); random points in the scene box."""
+    from nerf_mapping.fields.ngp_field import FieldConfig, NGPField
+
+    torch.manual_seed(0)
+    f = NGPField(FieldConfig(), torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]]), False)
+    x = torch.rand(n, 3) * 2 - 1
+    d = torch.nn.functional.normalize(torch.randn(n, 3), dim=-1)
+    res = {}
+    with torch.no_grad():
+        res["hash grid"] = n / _time(lambda: f.encoding((x + 1) / 2), reps) / 1e6
+        if f._fused_module(None) is not None:
+            res["fused density"] = n / _time(lambda: f.infer(x), reps) / 1e6
+            res["fused density+colour"] = n / _time(lambda: f.infer(x, d), reps) / 1e6
+        res["encoding + torch MLPs"] = n / _time(lambda: f.color(f.density(x)[1], d), reps) / 1e6
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1 << 16, help="points per step")
     ap.add_argument("--log2", type=int, nargs="+", default=[15, 17, 19])
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--impls", nargs="+", default=["torch", "native"])
+    ap.add_argument("--field", action="store_true", help="field inference paths instead of the encoding")
     args = ap.parse_args()
+    if args.field:
+        print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, N = {args.n} points")
+        for k, v in bench_field(args.n, args.reps).items():
+            print(f"{k:>24} {v:8.3f} M points/s", flush=True)
+        return
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, N = {args.n} points/step")
     print(f"{'impl':>7} {'log2T':>5} {'fwd Mpt/s':>10} {'fwd+bwd':>9} {'step':>8} {'adam(table) ms':>15}")
     for log2 in args.log2:

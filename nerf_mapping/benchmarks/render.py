@@ -97,6 +97,8 @@ def run(args) -> dict:
     out_dir = Path(args.output) if args.output else (Path(args.json).parent if args.json else Path("outputs/render"))
     out_dir.mkdir(parents=True, exist_ok=True)
     result: dict = {"threads": torch.get_num_threads(), "load_before": os.getloadavg()[0], "datasets": {}}
+    if (Path(args.data_root) / FOLDERS["lego"]).is_dir():  # first: the process's peak memory is still low
+        result["untrained"] = untrained_render(args)
     for name in names:
         trainer, test, info = _trainer(name, args, out_dir)
         step = max(1, len(test) // max(1, args.views))
@@ -129,7 +131,6 @@ def run(args) -> dict:
               f"{row['reference']['psnr']:.2f} dB | inference {row['inference']['seconds_per_view']:.2f} s/view "
               f"{row['inference']['psnr']:.2f} dB | x{row['speedup']:.1f}", flush=True)
         del trainer
-    result["untrained"] = untrained_render(args)
     result["load_after"] = os.getloadavg()[0]
     return result
 

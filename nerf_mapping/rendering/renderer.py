@@ -15,6 +15,7 @@ Two paths compute the same image:
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, replace
 
 import torch
@@ -345,11 +346,14 @@ def render_camera(
     feature_heads: list[str] | None = None,
     appearance: torch.Tensor | None = None,
     reference: bool = False,
+    chunk_guard=None,
 ) -> dict[str, torch.Tensor]:
     """Render camera ``index`` of ``cameras`` (optionally at pose ``c2w`` [3,4], with the shared appearance embedding
     ``appearance`` [A]). Returns [H,W,*] images. ``reference``: render with the training path (:func:`render_rays`)
-    instead of the inference path, for comparisons (``benchmark render``)."""
+    instead of the inference path, for comparisons (``benchmark render``). ``chunk_guard``: a lock held while each
+    chunk renders (e.g. the trainer's, so that training steps interleave with a long render)."""
     render = render_rays if reference else render_rays_inference
+    guard = chunk_guard if chunk_guard is not None else contextlib.nullcontext()
     w, h = int(cameras.width[index]), int(cameras.height[index])
     px, py = pixel_centers(w, h)
     idx = torch.full_like(px, index, dtype=torch.long)
@@ -362,8 +366,9 @@ def render_camera(
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
     n_samples = 0
     for s in range(0, origins.shape[0], chunk):
-        out = render(field, grid, origins[s:s + chunk], dirs[s:s + chunk], near, far, cfg, background, feature_heads,
-                     appearance)
+        with guard:
+            out = render(field, grid, origins[s:s + chunk], dirs[s:s + chunk], near, far, cfg, background,
+                         feature_heads, appearance)
         n_samples += int(out.get("n_marched", out["n_samples"]))
         for k in keys:
             parts[k].append(out[k])

@@ -65,14 +65,7 @@ void backward_table_impl(const float* grad_t, const float* x, const std::vector<
     float fr[kBatch][3];
     for (int64_t s = 0; s < N; s += kBatch) {
       const int nb = static_cast<int>(std::min<int64_t>(kBatch, N - s));
-      for (int j = 0; j < nb; ++j) {
-        const float* xp = x + (s + j) * 3;
-        int32_t i0[3];
-        for (int d = 0; d < 3; ++d) locate(xp[d], li, i0[d], fr[j][d]);
-        corner_indices(i0[0], i0[1], i0[2], li, idx[j]);
-        if (!li.dense)
-          for (int c = 0; c < 8; ++c) __builtin_prefetch(gl + size_t(idx[j][c]) * F, 1, 1);
-      }
+      corner_batch<F, true>(x + s * 3, nb, li, gl, idx, fr);
       for (int j = 0; j < nb; ++j) {
         float w[8];
         corner_weights(fr[j], w);
@@ -103,14 +96,7 @@ void backward_x_impl(const float* grad_out, const float* x, const float* table, 
       for (int64_t l = 0; l < L; ++l) {
         const LevelInfo& li = levels[l];
         const float* tl = table + l * T * F;
-        for (int j = 0; j < nb; ++j) {
-          const float* xp = x + (s + j) * 3;
-          int32_t i0[3];
-          for (int d = 0; d < 3; ++d) locate(xp[d], li, i0[d], fr[j][d]);
-          corner_indices(i0[0], i0[1], i0[2], li, idx[j]);
-          if (!li.dense)
-            for (int c = 0; c < 8; ++c) __builtin_prefetch(tl + size_t(idx[j][c]) * F, 0, 1);
-        }
+        corner_batch<F, false>(x + s * 3, nb, li, tl, idx, fr);
         for (int j = 0; j < nb; ++j) {
           const float* g = grad_out + (s + j) * LF + l * F;
           float sc[8];  // <table value, grad> per corner

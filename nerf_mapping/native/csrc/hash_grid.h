@@ -89,6 +89,21 @@ inline std::vector<LevelInfo> make_levels(const at::Tensor& res, const at::Tenso
   return out;
 }
 
+// Pass 1 of a batched gather / scatter over one level: the cell position and the 8 corner rows of nb <= kBatch
+// points x [nb, 3], with a prefetch of each hashed row (for writing when kWrite), so that pass 2 finds most rows in
+// cache or in flight.
+template <int F, bool kWrite>
+inline void corner_batch(const float* x, int nb, const LevelInfo& li, const float* level_table, uint32_t (*idx)[8],
+                         float (*fr)[3]) {
+  for (int j = 0; j < nb; ++j) {
+    int32_t i0[3];
+    for (int d = 0; d < 3; ++d) locate(x[j * 3 + d], li, i0[d], fr[j][d]);
+    corner_indices(i0[0], i0[1], i0[2], li, idx[j]);
+    if (!li.dense)
+      for (int c = 0; c < 8; ++c) __builtin_prefetch(level_table + size_t(idx[j][c]) * F, kWrite ? 1 : 0, 1);
+  }
+}
+
 // Encode nb <= kBatch points x [nb, 3] into out (row stride `ld`, level-major features l*F + f). Pass 1 computes
 // the corner indices of all points of a level and prefetches their table rows; pass 2 interpolates, by which time
 // most cache lines have arrived (the fine levels are DRAM-latency bound).
@@ -101,14 +116,7 @@ inline void encode_batch(const float* x, int nb, const float* table, const std::
   for (int64_t l = 0; l < L; ++l) {
     const LevelInfo& li = levels[l];
     const float* tl = table + l * T * F;
-    for (int j = 0; j < nb; ++j) {
-      const float* xp = x + j * 3;
-      int32_t i0[3];
-      for (int d = 0; d < 3; ++d) locate(xp[d], li, i0[d], fr[j][d]);
-      corner_indices(i0[0], i0[1], i0[2], li, idx[j]);
-      if (!li.dense)
-        for (int c = 0; c < 8; ++c) __builtin_prefetch(tl + size_t(idx[j][c]) * F, 0, 1);
-    }
+    corner_batch<F, false>(x, nb, li, tl, idx, fr);
     for (int j = 0; j < nb; ++j) {
       float w[8];
       corner_weights(fr[j], w);
