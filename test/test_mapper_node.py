@@ -582,7 +582,8 @@ def test_node_counts_every_message_of_a_malformed_flood(tmp_path, monkeypatch):
 
         def counted() -> bool:
             s = h.stats[-1] if h.stats else {}
-            return (s.get("images_received", 0) >= sent["image"] and s.get("camera_info_invalid", 0) >= sent["camera_info"]
+            return (s.get("images_received", 0) >= sent["image"]
+                    and s.get("camera_info_invalid", 0) >= sent["camera_info"]
                     and s.get("odom_invalid", 0) >= sent["odom"] and s.get("labels_invalid", 0) >= sent["labels"])
 
         try:
@@ -619,7 +620,7 @@ def test_node_counts_every_message_of_a_malformed_flood(tmp_path, monkeypatch):
 def test_soak_short_run_stays_healthy(tiny_scene, tmp_path):
     """``nerf-mapping soak`` for 80 s on a small scene whose bag loops several times (the stamps jump back at every
     loop): node and player do not crash, every RenderView / SaveMap answers successfully, intake restarts at each loop,
-    training goes on and the node's memory stops growing. (The 30-minute measurement is in docs/results/reliability.md.)"""
+    training goes on and the node's memory stops growing. (The 30-minute measurement: docs/results/reliability.md.)"""
     env = ros_env(tmp_path)
     env["ROS_DOMAIN_ID"] = str(210 + os.getpid() % 20)
     out = tmp_path / "soak"

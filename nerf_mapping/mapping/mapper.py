@@ -128,7 +128,8 @@ class MapperConfig:
     """base->camera optical [x, y, z, qx, qy, qz, qw] when static transforms are unavailable (default: the optical
     axes looking along base +x)."""
     render_period_s: float = 1.0
-    """Periodic render of the newest keyframe (s); stretched so renders take <= 10 % of the time (training needs the rest). 0 = off."""
+    """Periodic render of the newest keyframe (s); stretched so renders take <= 10 % of the time (training needs the
+    rest). 0 = off."""
     render_width: int = 160
     """Width of the periodic render (pixels)."""
     keyframe: KeyframeConfig = field(default_factory=KeyframeConfig)

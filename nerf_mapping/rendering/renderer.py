@@ -6,8 +6,9 @@ Two paths compute the same image:
   with gradients on those only.
 * ``render_rays_inference``: for every use without gradients (evaluation, node renders, mesh export, text queries).
   One pass: live rays march a round of occupied samples each, the fused field kernel (``NGPField.infer``) gives
-  density and colour together, the round is composited into per-ray accumulators, and rays that became opaque
-  (transmittance < ``early_stop_eps``), left the grid or used their sample budget retire before the next round.
+  their density, the colour MLP runs only for the samples that show (``color_weight_thre``), the round is
+  composited into per-ray accumulators, and rays that became opaque (transmittance < ``early_stop_eps``), left the
+  grid or reached ``max_samples_per_ray`` retire before the next round.
   Its time and memory are bounded whatever the training state: beyond ``inference_fine_samples`` per ray the
   step doubles each round, and ``max_samples_per_ray`` caps each ray.
 

@@ -104,7 +104,8 @@ inline void dense_tile(const float* x, int ldx, int I, const float* w, int ldw, 
 #pragma GCC unroll 16
   for (int s = 0; s < S; ++s)
 #pragma GCC unroll 16
-    for (int t = 0; t < TW; ++t) _mm256_storeu_ps(y + s * ldy + 8 * t, relu ? _mm256_max_ps(acc[s][t], zero) : acc[s][t]);
+    for (int t = 0; t < TW; ++t)
+      _mm256_storeu_ps(y + s * ldy + 8 * t, relu ? _mm256_max_ps(acc[s][t], zero) : acc[s][t]);
 }
 
 // Layers whose width is a multiple of 8: tiles of 32 outputs x 3 samples, then of 8 outputs x 6 samples.
