@@ -52,7 +52,7 @@ from nerf_mapping.pose.correction import apply_deltas
 from nerf_mapping.training.frame_store import FrameStore
 from nerf_mapping.training.trainer import Trainer
 
-RENDER_CHUNK = 1 << 13  # rays per render chunk; the inference renderer's memory is bounded by chunk x samples/round
+RENDER_CHUNK = 1 << 12  # rays per render chunk: the trainer lock is taken per chunk (and memory is bounded by it)
 HISTORY = 20000  # keyframes kept for the odometry / refined paths (evicted keyframes stay on the path)
 
 

@@ -17,6 +17,7 @@ Two paths compute the same image:
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass, replace
 
 import torch
@@ -370,6 +371,8 @@ def render_camera(
         with guard:
             out = render(field, grid, origins[s:s + chunk], dirs[s:s + chunk], near, far, cfg, background,
                          feature_heads, appearance)
+        if chunk_guard is not None:
+            time.sleep(0.002)  # Python locks are not fair: let a thread waiting on the guard (training) take it
         n_samples += int(out.get("n_marched", out["n_samples"]))
         for k in keys:
             parts[k].append(out[k])
