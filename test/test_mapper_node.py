@@ -618,21 +618,21 @@ def test_node_counts_every_message_of_a_malformed_flood(tmp_path, monkeypatch):
 
 
 def test_soak_short_run_stays_healthy(tiny_scene, tmp_path):
-    """``nerf-mapping soak`` for 80 s on a small scene whose bag loops several times (the stamps jump back at every
+    """``nerf-mapping soak`` for 60 s on a small scene whose bag loops several times (the stamps jump back at every
     loop): node and player do not crash, every RenderView / SaveMap answers successfully, intake restarts at each loop,
     training goes on and the node's memory stops growing. (The 30-minute measurement: docs/results/reliability.md.)"""
     env = ros_env(tmp_path)
     env["ROS_DOMAIN_ID"] = str(210 + os.getpid() % 20)
     out = tmp_path / "soak"
-    cmd = [sys.executable, "-m", "nerf_mapping.cli", "soak", "--minutes", "1.33", "--scene", str(tiny_scene),
-           "--render-every", "8", "--save-every", "20", "--sample-every", "1", "--output", str(out),
+    cmd = [sys.executable, "-m", "nerf_mapping.cli", "soak", "--minutes", "1.0", "--scene", str(tiny_scene),
+           "--render-every", "6", "--save-every", "15", "--sample-every", "1", "--output", str(out),
            "--json", str(out / "soak.json")]
     p = subprocess.run(cmd, cwd=str(REPO), env=env, capture_output=True, text=True, timeout=400)
     print(p.stdout[-3000:], p.stderr[-3000:], file=sys.stderr)
     res = json.loads((out / "soak.json").read_text())
     assert not res["crashed"] and res["launch_exit_code"] == 0, res["launch_errors"]
     assert not any(res["failed_calls"].values()), res["failed_calls"]
-    assert res["render_view_seconds"]["n"] >= 8 and res["save_map_seconds"]["n"] >= 3
+    assert res["render_view_seconds"]["n"] >= 6 and res["save_map_seconds"]["n"] >= 3
     assert res["loops"] >= 2  # the 24-frame bag looped: intake restarted each time
     # training goes on between the service calls (each 320x240 RenderView of the early, hazy map holds the trainer
     # for seconds on 2 cores: the rate itself is a measurement, docs/results/reliability.md)
