@@ -290,6 +290,9 @@ class Trainer:
                 continue
             try:
                 st = self.step()
+                # Python locks are not fair: without a pause the loop takes the lock again before a render waiting
+                # for it (RenderView, a query) wakes up, and a chunked render could wait for a minute
+                time.sleep(0.0005)
             except Exception as exc:  # noqa: BLE001 - reported to on_error when the caller asks to keep going
                 if on_error is None:
                     raise
