@@ -87,6 +87,19 @@ def _positions(origins, directions, ray_idx, t0, t1):
     return origins[ray_idx] + directions[ray_idx] * ((t0 + t1) * 0.5)[:, None]
 
 
+def _advance(alive, ri, a, b, sig, trans, t_cur, n_eval, k: int, cfg: RenderConfig) -> torch.Tensor:
+    """End of a marching round (both renderers): fold the round's optical depth into each live ray's transmittance,
+    move its start past its last sample, and return the rays that go on: those that filled the round (more occupied
+    space ahead), are not yet opaque and have samples left."""
+    n_alive = alive.numel()
+    tau = torch.zeros(n_alive, dtype=sig.dtype).index_add_(0, ri, sig * (b - a))
+    trans[alive] = trans[alive] * torch.exp(-tau)
+    counts = torch.bincount(ri, minlength=n_alive)
+    t_cur[alive] = torch.zeros(n_alive, dtype=b.dtype).scatter_reduce_(0, ri, b, "amax", include_self=False)
+    n_eval[alive] += counts
+    return alive[(counts == k) & (trans[alive] > cfg.early_stop_eps) & (n_eval[alive] < cfg.max_samples_per_ray)]
+
+
 @torch.no_grad()
 def early_stop_samples(
     field: NGPField,
@@ -129,12 +142,7 @@ def early_stop_samples(
         kept_r.append(alive[ri[keep]])
         kept_a.append(a[keep])
         kept_b.append(b[keep])
-        tau = torch.zeros(n_alive, dtype=sig.dtype).index_add_(0, ri, sig * (b - a))
-        trans[alive] = trans[alive] * torch.exp(-tau)
-        counts = torch.bincount(ri, minlength=n_alive)
-        t_cur[alive] = torch.zeros(n_alive, dtype=b.dtype).scatter_reduce_(0, ri, b, "amax", include_self=False)
-        n_eval[alive] += counts
-        alive = alive[(counts == k) & (trans[alive] > cfg.early_stop_eps) & (n_eval[alive] < cfg.max_samples_per_ray)]
+        alive = _advance(alive, ri, a, b, sig, trans, t_cur, n_eval, k, cfg)
     if not kept_r:
         e = torch.zeros(0)
         return torch.zeros(0, dtype=torch.long), e, e, evaluated
@@ -241,8 +249,8 @@ def render_rays_inference(
     """Render rays without gradients (see the module docstring); same outputs as :func:`render_rays`.
 
     ``return_samples``: also the packed samples in front of each ray's early-stop point (``weights``,
-    ``ray_indices``, ``t_starts``, ``t_ends``, ``positions``, sorted by ray then t) and ``rgbs`` [S,3], for callers
-    that composite their own quantities (median depth, language features).
+    ``ray_indices``, ``t_starts``, ``t_ends``, ``positions``, sorted by ray then t), for callers that composite their
+    own quantities (median depth, language features).
     ``appearance``: a shared embedding [A] (per-ray embeddings fall back to the unfused field evaluation).
     """
     n = origins.shape[0]
@@ -259,7 +267,7 @@ def render_rays_inference(
     if feature_heads:
         empty = field.features(origins.new_zeros(0, 3), origins.new_zeros(0, field.cfg.geo_feat_dim), feature_heads)
         feats = {k: torch.zeros(n, v.shape[1], dtype=dtype) for k, v in empty.items()}
-    kept: dict[str, list[torch.Tensor]] = {k: [] for k in ("ray_indices", "t_starts", "t_ends", "weights", "rgbs")}
+    kept: dict[str, list[torch.Tensor]] = {k: [] for k in ("ray_indices", "t_starts", "t_ends", "weights")}
     alive = torch.arange(n)
     k = max(1, int(cfg.inference_samples_per_round))
     fine_used = torch.zeros(n, dtype=torch.long)  # samples with a visible alpha, per ray
@@ -298,18 +306,13 @@ def render_rays_inference(
                 feats[name].index_add_(0, glob, w[:, None] * v)
         if return_samples:
             keep = t_glob > cfg.early_stop_eps
-            for key, v in (("ray_indices", glob), ("t_starts", a), ("t_ends", b), ("weights", w), ("rgbs", col)):
+            for key, v in (("ray_indices", glob), ("t_starts", a), ("t_ends", b), ("weights", w)):
                 kept[key].append(v[keep])
-        tau = torch.zeros(n_alive, dtype=sig.dtype).index_add_(0, ri, sig * (b - a))
-        trans[alive] = trans[alive] * torch.exp(-tau)
-        counts = torch.bincount(ri, minlength=n_alive)
-        t_cur[alive] = torch.zeros(n_alive, dtype=b.dtype).scatter_reduce_(0, ri, b, "amax", include_self=False)
-        n_eval[alive] += counts
         # Only samples with a visible alpha use up the fine samples: free space that the grid still marks occupied
         # (early in a run) must not coarsen the step before the ray reaches its surface.
         coarse[alive] += (fine_used[alive] >= cfg.inference_fine_samples).long()
         fine_used[alive] += torch.bincount(ri, weights=(alphas > 1e-4).to(torch.float64), minlength=n_alive).long()
-        alive = alive[(counts == k) & (trans[alive] > cfg.early_stop_eps) & (n_eval[alive] < cfg.max_samples_per_ray)]
+        alive = _advance(alive, ri, a, b, sig, trans, t_cur, n_eval, k, cfg)
     out = {
         "rgb": rgb + (1.0 - opacity)[:, None] * background,
         "depth": depth / opacity.clamp_min(1e-6),
@@ -326,7 +329,7 @@ def render_rays_inference(
             packed = {key: v[order] for key, v in packed.items()}
         else:
             packed = {"ray_indices": torch.zeros(0, dtype=torch.long), "t_starts": torch.zeros(0),
-                      "t_ends": torch.zeros(0), "weights": torch.zeros(0), "rgbs": torch.zeros(0, 3)}
+                      "t_ends": torch.zeros(0), "weights": torch.zeros(0)}
         packed["positions"] = _positions(origins, directions, packed["ray_indices"], packed["t_starts"],
                                          packed["t_ends"])
         out.update(packed)
