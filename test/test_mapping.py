@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from nerf_mapping.mapping.extent import ExtentConfig
 from nerf_mapping.mapping.keyframes import KeyframeConfig
 from nerf_mapping.mapping.mapper import MapperConfig, OnlineMapper, OnlineTrainingConfig, SyncConfig
 
@@ -41,7 +42,7 @@ def _feed(mapper: OnlineMapper, scene: Path, n_images: int | None = None) -> int
 
 
 def _config(**training) -> MapperConfig:
-    return MapperConfig(keyframe=KeyframeConfig(min_translation=0.03, min_rotation_deg=3.0),
+    return MapperConfig(scene_box="auto", keyframe=KeyframeConfig(min_translation=0.03, min_rotation_deg=3.0),
                         sync=SyncConfig(wait_s=0.2),
                         training=OnlineTrainingConfig(target_samples_per_step=4096, **training))
 
@@ -65,6 +66,12 @@ def test_mapper_ingests_trains_refines_and_round_trips_its_map(tiny_scene, tmp_p
         mapper.stop()
     stats = mapper.input_stats()
     kf = stats["keyframes"]
+    # the automatic extent was fixed from the first keyframes and holds every camera's path
+    ext = mapper.extent
+    assert mapper.extent_ready and ext is not None and mapper.trainer.scene.unbounded
+    lo, hi = np.array(mapper.trainer.scene.scene_box)
+    centres = np.stack([k.T_odom_cam[:3, 3] for k in mapper.kf_info.values()])
+    assert ((centres > lo) & (centres < hi)).all()
     assert stats["images_received"] == n and 5 <= kf <= n
     assert stats["images_dropped"] == 0  # every image had odometry around it
     assert sum(v for k, v in stats.items() if k.startswith("keyframe_")) == n  # each image was decided on
@@ -129,6 +136,8 @@ def test_mapper_counts_and_drops_bad_inputs(tiny_scene):
         OnlineMapper(MapperConfig(keyframe=KeyframeConfig(capacity=1)))
     with pytest.raises(ValueError, match="scene_box"):
         OnlineMapper(MapperConfig(scene_box=(0, 0, 0, 1, 1)))
+    with pytest.raises(ValueError, match="max > min"):
+        OnlineMapper(MapperConfig(scene_box="[0, 0, 0, 1, -1, 1]"))
     with pytest.raises(ValueError, match="quaternion"):
         OnlineMapper(MapperConfig(extrinsic_base_camera=(0, 0, 0, 0, 0, 0, 2)))
 
@@ -406,3 +415,34 @@ def test_mapper_autosaves_and_resumes_skipping_torn_saves(tiny_scene, tmp_path):
     finally:
         bad.stop()
     assert autosave.check(newest) is None
+
+
+def test_mapper_extent_given_box_or_fixed_after_the_bootstrap_timeout(tiny_scene):
+    from nerf_mapping.data import load_dataset
+
+    data = load_dataset(tiny_scene, "all", 1)
+    cam = data.cameras[0:1]
+    img = data.images[0].numpy()
+    # a given box is the field's box, with no waiting
+    box = (-3.0, -2.5, -0.2, 3.0, 2.5, 3.0)
+    given = OnlineMapper(MapperConfig(scene_box=box, training=OnlineTrainingConfig(enabled=False)))
+    assert given.extent_ready and given.extent is None
+    assert given.add_keyframe(img, np.eye(4), np.eye(4), 1, camera=cam) == 0
+    assert np.allclose(np.concatenate(given.trainer.scene.scene_box), box)
+    # automatic: keyframes are held back until bootstrap_keyframes arrive, or the timeout with fewer
+    cfg = MapperConfig(scene_box="auto", training=OnlineTrainingConfig(enabled=False),
+                       extent=ExtentConfig(bootstrap_keyframes=50, bootstrap_timeout_s=0.3))
+    auto = OnlineMapper(cfg)
+    auto.start()
+    try:
+        T1 = np.eye(4)
+        T1[:3, 3] = [0.2, 0.0, 0.0]
+        assert auto.add_keyframe(img, np.eye(4), np.eye(4), 1, camera=cam) == -1
+        assert auto.add_keyframe(img, T1, T1, 2, camera=cam) == -1
+        assert not auto.extent_ready and len(auto.trainer.frames) == 0 and auto.step() is None
+        _wait(lambda: auto.extent_ready, timeout=10.0)
+    finally:
+        auto.stop()
+    assert len(auto.trainer.frames) == 2 and sorted(auto.kf_info) == [0, 1]  # both entered, in order
+    assert auto.extent.inner_half == pytest.approx(ExtentConfig().min_radius)  # 0.2 m of motion: the minimum
+    assert auto.step() is not None and auto.trainer.step_count == 1

@@ -241,6 +241,7 @@ def test_dtu_linear_init_errors_match_provenance(shared_data):
     assert 0.3 < al["median_rotation_deg"] < 2.0 and 1.0 < al["median_translation_mm"] < 10.0
 
 
+@pytest.mark.slow  # ~155 s (the whole `benchmark drift` run): run with -m slow; results in docs/results/drift.md
 def test_online_drift_spline_corrects_demo_odometry(tmp_path):
     """The node's online refinement (its trainer and defaults: drift spline + per-keyframe corrections) on the demo
     sequence, whose poses are the noisy, drifting odometry (random-walk drift, 8.5 cm RMS): the camera path must get

@@ -1,6 +1,4 @@
 """Short real trainings: PSNR must rise above thresholds that an untrained or broken model cannot reach."""
-import math
-
 import pytest
 import torch
 
@@ -187,6 +185,7 @@ def test_cli_configure_caps_the_grid_however_refinement_is_asked_for():
     assert offline_config(scene_in).field.encoding.max_resolution == 1024
 
 
+@pytest.mark.slow  # ~140 s (two 300-step lego fits): run with -m slow; measured results in docs/results/appearance.md
 def test_appearance_embeddings_explain_per_frame_colour_changes_without_touching_geometry(shared_data):
     """Every lego view is added twice, once as captured and once with its colour channels rotated (a white-balance
     change that keeps the white background white): per-frame appearance embeddings fit both copies, a field without

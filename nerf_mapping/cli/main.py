@@ -227,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     _register_optional(bs, "nerf_mapping.benchmarks.mesh", "add_cli")
     _register_optional(bs, "nerf_mapping.benchmarks.segmentation", "add_cli")
     _register_optional(bs, "nerf_mapping.benchmarks.render", "add_cli")
+    _register_optional(bs, "nerf_mapping.benchmarks.online", "add_cli")
 
     p = sub.add_parser("scene", help="the built-in labeled demo scene")
     ss = p.add_subparsers(dest="scene_command", required=True)

@@ -138,16 +138,27 @@ def online_scene(scene_box, unbounded: bool, near: float, far: float) -> SceneSp
     return SceneSpec(scene_box=[box[:3], box[3:]], unbounded=bool(unbounded), near=float(near), far=far)
 
 
+def auto_extent_scene(extent, near: float) -> SceneSpec:
+    """The online mapper's scene for an automatic extent (:func:`nerf_mapping.mapping.extent.auto_extent`): the
+    field's box, contracted beyond, with the inner box as occupancy level 0."""
+    return SceneSpec(scene_box=extent.scene_box(), unbounded=True, near=float(near), far=float(extent.far),
+                     occupancy_box=extent.occupancy_box())
+
+
 def online_config(scene: SceneSpec, *, pose_mode: str = "so3xr3", pose_lr: float = 1e-4, drift_knot_s: float = 2.0,
                   drift_lr: float = 2e-4, target_samples_per_step: int = 1 << 15, seed: int = 0,
-                  threads: int | None = None, overrides: Iterable[str] = ()) -> TrainerConfig:
+                  threads: int | None = None, overrides: Iterable[str] = (), extent=None) -> TrainerConfig:
     """The online mapper's trainer config (the node, ``benchmark drift`` and the tests train exactly this).
 
-    Inside-out preset unless the scene is unbounded (the robot is inside the mapped volume); pose refinement with a
-    constant, small per-keyframe rate (each keyframe gets ~2 rays per step, so a larger one turns gradient noise into
-    a random walk of the poses) plus the drift spline; no coarse-to-fine (an online run has no known end)."""
+    With an automatic ``extent`` (:mod:`nerf_mapping.mapping.extent`) the marching and the hash grid follow it
+    (:func:`apply_auto_extent_preset`); with a given box, the inside-out preset unless the scene is unbounded (the
+    robot is inside the mapped volume). Pose refinement with a constant, small per-keyframe rate (each keyframe gets
+    ~2 rays per step, so a larger one turns gradient noise into a random walk of the poses) plus the drift spline; no
+    coarse-to-fine (an online run has no known end)."""
     cfg = TrainerConfig()
-    if not scene.unbounded:
+    if extent is not None:
+        apply_auto_extent_preset(cfg, extent)
+    elif not scene.unbounded:
         apply_inside_out_preset(cfg, scene.scene_box)
     cfg.target_samples_per_step = int(target_samples_per_step)
     cfg.seed = int(seed)
@@ -188,6 +199,25 @@ def apply_inside_out_preset(cfg: TrainerConfig, scene_box) -> None:
     cfg.render.max_samples_per_ray = 256
     cfg.field.encoding.log2_hashmap_size = 17
     cfg.field.encoding.max_resolution = 1024
+    cfg.target_samples_per_step = 1 << 15
+
+
+def apply_auto_extent_preset(cfg: TrainerConfig, extent) -> None:
+    """The inside-out CPU settings (:func:`apply_inside_out_preset`) with the marching and the hash grid of an
+    automatic extent: cascaded occupancy levels about the inner box, cone marching at the pixel footprint, and the
+    finest hash resolution that puts one cell per pixel footprint at the scene scale over the whole field box."""
+    cfg.init_rays_per_step = 512
+    cfg.grid.resolution = 64
+    cfg.grid.levels = int(extent.cascades)
+    cfg.grid.visibility = True  # a large, contracted volume: only what the keyframes see can be occupied
+    cfg.grid.warmup_steps = 16
+    cfg.grid.update_every = 8
+    cfg.render.step_size = float(extent.step_size)
+    cfg.render.cone_angle = float(extent.cone_angle)
+    cfg.render.max_samples_per_ray = 256
+    cfg.field.encoding.log2_hashmap_size = 17
+    cfg.field.encoding.base_resolution = int(extent.base_resolution)
+    cfg.field.encoding.max_resolution = int(extent.max_resolution)
     cfg.target_samples_per_step = 1 << 15
 
 

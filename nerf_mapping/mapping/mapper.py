@@ -26,6 +26,7 @@ per-keyframe corrections learn the rest. Either way each keyframe's refined pose
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -39,10 +40,11 @@ import numpy as np
 import torch
 
 from nerf_mapping.cameras import Cameras
-from nerf_mapping.config.presets import online_config, online_scene
+from nerf_mapping.config.presets import auto_extent_scene, online_config, online_scene
 from nerf_mapping.geometry import model_c2w_to_optical_pose, optical_pose_to_model_c2w
 from nerf_mapping.geometry.rigid import make_pose, matrix_from_quat_xyzw
 from nerf_mapping.mapping import autosave, map_io
+from nerf_mapping.mapping.extent import Extent, ExtentConfig, auto_extent, keyframe_translation, parse_scene_box
 from nerf_mapping.mapping.keyframes import (Keyframe, KeyframeConfig, KeyframeSelector, downscale_factor,
                                             downscale_image)
 from nerf_mapping.mapping.semantics import OnlineSemantics, SemanticsConfig
@@ -106,14 +108,19 @@ class OnlineTrainingConfig:
 
 @dataclass
 class MapperConfig:
-    scene_box: tuple[float, ...] = (-3.0, -2.5, -0.2, 3.0, 2.5, 3.0)
-    """[xmin, ymin, zmin, xmax, ymax, zmax] in the map frame."""
+    scene_box: tuple[float, ...] | str = (-3.0, -2.5, -0.2, 3.0, 2.5, 3.0)
+    """[xmin, ymin, zmin, xmax, ymax, zmax] in the map frame (default: sized for the demo room), or ``auto``: the
+    map's extent follows what the mapper observes (:mod:`.extent`: fixed from the first keyframes' cameras, far field
+    contracted). ``auto`` is not the default yet: on 2 cores it trains fewer steps per second than the demo room's box
+    (docs/results/online.md)."""
     unbounded: bool = False
-    """Contract space outside ``scene_box`` (outdoor / unknown extent)."""
+    """With a given ``scene_box``: contract space outside it (an automatic extent always does)."""
     near: float = 0.05
-    """Ray near bound (m)."""
+    """Ray near bound (map units)."""
     far: float = 0.0
-    """Ray far bound (m); 0 = the scene box diagonal."""
+    """Ray far bound (map units); 0 = the scene box diagonal (automatic extent: the outermost occupancy level)."""
+    extent: ExtentConfig = field(default_factory=ExtentConfig)
+    """How the automatic extent is fixed (:mod:`.extent`)."""
     odom_frame: str = "odom"
     """Frame of the odometry poses (others are dropped)."""
     base_frame: str = "base_link"
@@ -172,12 +179,21 @@ class OnlineMapper:
         t = cfg.training
         if t.threads > 0:
             torch.set_num_threads(t.threads)
-        self.scene = online_scene(cfg.scene_box, cfg.unbounded, cfg.near, cfg.far)
-        self.trainer_cfg = online_config(
-            self.scene, pose_mode=pose_mode(t.pose_refinement), pose_lr=t.pose_lr, drift_knot_s=t.drift_knot_s,
-            drift_lr=t.drift_lr, target_samples_per_step=t.target_samples_per_step, seed=t.seed,
-            overrides=[o for o in t.overrides if str(o).strip()])
+        box = parse_scene_box(cfg.scene_box)
+        self.extent: Extent | None = None
+        """The automatic extent once fixed (None: a given box, or still bootstrapping)."""
+        self._extent_ready = threading.Event()  # training waits for it (set at once with a given box)
+        self._bootstrap: list[tuple] = []  # keyframes held back until the automatic extent is fixed
+        self._bootstrap_t0: float | None = None
+        # With an automatic extent this first trainer is a placeholder that holds no keyframe and never trains: the
+        # real one is built when the extent is fixed (_fix_extent), with its own box and marching settings.
+        self.scene = online_scene(box or (-1.0, -1.0, -1.0, 1.0, 1.0, 1.0), cfg.unbounded, cfg.near, cfg.far)
+        self.trainer_cfg = self._trainer_config(self.scene)
         self.trainer = Trainer(self.trainer_cfg, self.scene, FrameStore(capacity=kc.capacity, seed=t.seed))
+        if box is not None:
+            self._extent_ready.set()
+        if cfg.extent.bootstrap_keyframes < 1:
+            raise ValueError("extent.bootstrap_keyframes must be >= 1")
         self.selector = KeyframeSelector(kc)
         self.odom = OdometryBuffer(cfg.sync.buffer_s, cfg.sync.max_gap_s, cfg.sync.tolerance_s)
         self.intrinsics: dict | None = None
@@ -217,6 +233,54 @@ class OnlineMapper:
         self.last_autosave: tuple | None = None  # (path, step, seconds) of the newest autosave
         self.semantics = OnlineSemantics(cfg.semantics, self)
         """Teacher, language field and text queries (:mod:`.semantics`); off unless ``semantics.teacher`` is set."""
+
+    def _trainer_config(self, scene, extent: Extent | None = None):
+        t = self.cfg.training
+        return online_config(
+            scene, pose_mode=pose_mode(t.pose_refinement), pose_lr=t.pose_lr, drift_knot_s=t.drift_knot_s,
+            drift_lr=t.drift_lr, target_samples_per_step=t.target_samples_per_step, seed=t.seed,
+            overrides=[o for o in t.overrides if str(o).strip()], extent=extent)
+
+    # ------------------------------------------------------------------------------------------------ extent
+    @property
+    def extent_ready(self) -> bool:
+        """Whether the map's extent is known (a given box, a fixed automatic extent or a loaded map)."""
+        return self._extent_ready.is_set()
+
+    def _maybe_fix_extent(self, force: bool = False) -> None:
+        """Fix the automatic extent once ``extent.bootstrap_keyframes`` keyframes are held back, or
+        ``bootstrap_timeout_s`` after the first (``force``: now, with whatever is held)."""
+        if self._extent_ready.is_set() or not self._bootstrap:
+            return
+        ec = self.cfg.extent
+        if not (force or len(self._bootstrap) >= ec.bootstrap_keyframes
+                or time.monotonic() - self._bootstrap_t0 >= ec.bootstrap_timeout_s):
+            return
+        self._fix_extent()
+
+    def _fix_extent(self) -> None:
+        """Decide the extent from the held-back keyframes, build the trainer for it and insert them."""
+        with self._state_lock:
+            if self._extent_ready.is_set():
+                return
+            held, self._bootstrap = self._bootstrap, []
+            poses = np.stack([h[1] for h in held])  # T_odom_cam (optical): the map frame is the odometry frame here
+            fx = []
+            for image, _, _, _, camera in held:
+                k = downscale_factor(image.shape[1], self.cfg.keyframe.max_width)
+                fx.append((float(camera.fx[0]) if camera is not None else float(self.intrinsics["fx"])) / k)
+            ext = auto_extent(poses[:, :3, 3], poses[:, :3, 2], float(np.median(fx)), self.cfg.extent)
+            scene = auto_extent_scene(ext, self.cfg.near)
+            cfg = self._trainer_config(scene, ext)
+            old = self.trainer
+            self.scene, self.trainer_cfg, self.extent = scene, cfg, ext
+            self.trainer = Trainer(cfg, scene, old.frames)
+            self.selector.cfg = dataclasses.replace(
+                self.selector.cfg, min_translation=keyframe_translation(self.cfg.keyframe.min_translation, ext))
+            self._extent_ready.set()
+        self.log.info(f"map extent fixed from {len(held)} keyframe(s): {ext.summary()}")
+        for item in held:
+            self.add_keyframe(*item)
 
     # ------------------------------------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -383,6 +447,7 @@ class OnlineMapper:
     # ------------------------------------------------------------------------------------------------ keyframes
     def _keyframe_loop(self) -> None:
         while not self._stop.is_set():
+            self._maybe_fix_extent()  # the bootstrap timeout, also when no new keyframe comes
             with self._queue_cv:
                 if not self._queue:
                     self._queue_cv.wait(0.05)
@@ -460,7 +525,16 @@ class OnlineMapper:
         """Insert a keyframe (uint8 [H,W,3], raw odometry camera and body poses, stamp), bypassing the keyframe
         policy; ``camera`` gives its intrinsics (default: the camera info). With the drift spline it enters at its
         raw odometry pose (the spline's extrapolation is the drift estimate, applying it here as well would count
-        it twice), else at the odometry pose corrected by the current drift estimate. Returns its frame id."""
+        it twice), else at the odometry pose corrected by the current drift estimate. Returns its frame id (-1 while
+        it is held back for the automatic extent: it enters the map, in order, once the extent is fixed)."""
+        if not self._extent_ready.is_set():
+            with self._state_lock:
+                if not self._extent_ready.is_set():
+                    if not self._bootstrap:
+                        self._bootstrap_t0 = time.monotonic()
+                    self._bootstrap.append((image, T_odom_cam, T_odom_base, stamp_ns, camera))
+                    self._maybe_fix_extent()
+                    return -1
         k = downscale_factor(image.shape[1], self.cfg.keyframe.max_width)
         small = downscale_image(image, k)
         with self._state_lock:
@@ -483,8 +557,11 @@ class OnlineMapper:
         return fid
 
     # ------------------------------------------------------------------------------------------------ training
-    def step(self) -> dict:
-        """One training step on the caller's thread (``benchmark drift`` ties frames to steps this way)."""
+    def step(self) -> dict | None:
+        """One training step on the caller's thread (``benchmark drift`` ties frames to steps this way); None while
+        the automatic extent waits for its bootstrap keyframes."""
+        if not self._extent_ready.is_set():
+            return None
         tr = self.trainer
         st = tr.step()
         self._after_step_bookkeeping(tr, st)
@@ -502,6 +579,8 @@ class OnlineMapper:
         turning on the learning-rate decay that a run length would."""
         t = self.cfg.training
         while not self._stop.is_set():
+            if not self._extent_ready.wait(0.1):
+                continue  # the automatic extent is not fixed yet: nothing to train
             self._interrupt.clear()  # before reading the trainer: a load from now on ends the run below
             if self._stop.is_set():
                 break
@@ -772,6 +851,8 @@ class OnlineMapper:
         """Replace the map by the one in ``path``; training continues from its step count."""
         tr, info = map_io.load_map(path, capacity=self.cfg.keyframe.capacity)
         with self._state_lock:
+            self._bootstrap = []  # the loaded map brings its own extent
+            self._extent_ready.set()
             self.trainer = tr
             self.kf_info = info
             self.kf_history = deque(sorted(info.items()), maxlen=HISTORY)

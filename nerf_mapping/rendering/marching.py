@@ -112,7 +112,6 @@ def _march_chunk_torch(origins, directions, t_min, t_max, occupied, aabb, step_s
         starts.append(torch.where(active, t, torch.full_like(t, float("nan"))))
         ends.append(torch.minimum(t + dt, t1))
         t = t + dt
-    R = o.shape[0]
     if not starts:
         return torch.empty(0, dtype=torch.long, device=dev), o.new_empty(0), o.new_empty(0)
     ts = torch.stack(starts, dim=1)  # [R, K], nan where inactive

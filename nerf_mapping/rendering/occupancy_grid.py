@@ -35,6 +35,11 @@ class OccupancyGridConfig:
     """Ray-marching kernel: auto (native C++ when built), native, torch (the pure-PyTorch reference)."""
     occ_thre: float = 0.01
     """A cell is occupied when its (EMA) opacity over one render step exceeds this (or the grid mean, if lower)."""
+    visibility: bool = False
+    """Only cells that some training frame sees can be occupied (:meth:`OccupancyGrid.mark_visible`, called for
+    each new frame). An untrained field has a density of ~1 everywhere, and only cells that training rays cross
+    learn otherwise: in a large or contracted volume most cells are never crossed and would stay occupied, so every
+    ray (and every novel view) would march through them. Unseen space holds nothing the map can know about."""
 
 
 class OccupancyGrid(nn.Module):
@@ -45,9 +50,13 @@ class OccupancyGrid(nn.Module):
         g = cfg.resolution
         self.register_buffer("aabb", aabb.detach().clone().float().reshape(6))
         self.register_buffer("density", torch.zeros(levels, g, g, g))
-        # Everything starts occupied so the first steps sample the whole volume.
+        # Everything starts occupied so the first steps sample the whole volume (with ``visibility``: everything seen).
         self.register_buffer("occupied", torch.ones(levels, g, g, g, dtype=torch.bool))
+        if cfg.visibility:
+            self.register_buffer("seen", torch.zeros(levels, g, g, g, dtype=torch.bool))
+            self.occupied.zero_()
         self._gen = torch.Generator().manual_seed(0)
+        self._centres: torch.Tensor | None = None  # [L*G^3, 3] cell centres (visibility), computed once
 
     # -- geometry of the cells -------------------------------------------------------------------------------------
     def level_boxes(self) -> torch.Tensor:
@@ -102,7 +111,7 @@ class OccupancyGrid(nn.Module):
         g3 = self.cfg.resolution**3
         for lvl in range(self.levels):
             if all_cells:
-                idx = torch.arange(g3)
+                idx = torch.nonzero(self.seen[lvl].view(-1)).squeeze(1) if self.cfg.visibility else torch.arange(g3)
             else:
                 n = max(1, int(g3 * self.cfg.update_fraction))
                 rand = torch.randint(0, g3, (n,), generator=self._gen)
@@ -115,8 +124,45 @@ class OccupancyGrid(nn.Module):
             occ_val = torch.cat([density_fn(p) for p in pts.split(chunk)]) * step_size
             dens = self.density[lvl].view(-1)
             dens[idx] = torch.maximum(dens[idx] * self.cfg.ema_decay, occ_val)
+        if self.cfg.visibility:
+            seen = self.seen
+            thre = min(self.cfg.occ_thre, float(self.density[seen].mean())) if bool(seen.any()) else 0.0
+            self.occupied.copy_((self.density > thre) & seen)
+            return
         thre = min(self.cfg.occ_thre, float(self.density.mean()))
         self.occupied.copy_(self.density > thre)
+
+    @torch.no_grad()
+    def mark_visible(self, cameras, far: float) -> int:
+        """Mark the cells whose centre one of ``cameras`` (a ``Cameras``, OpenGL c2w) sees within ``far`` as seen
+        (and, before any density says otherwise, occupied); a margin of one cell's radius keeps cells that straddle
+        the image border. Returns how many cells became seen. No-op without ``cfg.visibility``."""
+        if not self.cfg.visibility:
+            return 0
+        g = self.cfg.resolution
+        if self._centres is None:
+            idx = torch.arange(g**3)
+            self._centres = torch.cat([self.cell_centers(lvl, idx, jitter=False) for lvl in range(self.levels)])
+        boxes = self.level_boxes()
+        radius = ((boxes[:, 1] - boxes[:, 0]) / g).norm(dim=-1) * 0.5  # [L] cell half-diagonal per level
+        rad = radius.repeat_interleave(g**3)
+        vis = torch.zeros(self.levels * g**3, dtype=torch.bool)
+        for i in range(len(cameras)):
+            c2w = cameras.c2w[i].float()
+            p = (self._centres - c2w[:, 3]) @ c2w[:, :3]  # camera frame (OpenGL: x right, y up, z back)
+            depth = -p[:, 2]
+            d = depth.clamp_min(1e-6)
+            u = float(cameras.fx[i]) * p[:, 0] / d + float(cameras.cx[i])
+            v = -float(cameras.fy[i]) * p[:, 1] / d + float(cameras.cy[i])
+            m = float(cameras.fx[i]) * rad / d  # the cell's radius in pixels
+            w, h = float(cameras.width[i]), float(cameras.height[i])
+            inside = (u > -m) & (u < w + m) & (v > -m) & (v < h + m) & (depth - rad < far)
+            vis |= ((depth > 0) & inside) | (p.norm(dim=-1) <= rad)  # in view, or the camera's own cell
+        vis = vis.view(self.levels, g, g, g)
+        new = vis & ~self.seen
+        self.seen |= vis
+        self.occupied |= new
+        return int(new.sum())
 
     def occupancy_fraction(self) -> float:
         return float(self.occupied.float().mean())

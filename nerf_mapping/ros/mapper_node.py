@@ -56,7 +56,8 @@ from nerf_mapping.ros import conversions as conv
 from nerf_mapping.ros.params import PARAMETERS, mapper_config
 
 NODE_NAME = "nerf_mapper"
-BOOL_OR_STRING = {"training.pose_refinement"}  # YAML and `-p` parse an unquoted off as the boolean false
+# YAML and `-p` parse an unquoted off as the boolean false; scene_box is "auto" or six numbers
+BOOL_OR_STRING = {"training.pose_refinement", "scene_box"}
 IMAGE_ENCODINGS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
 
 
@@ -151,7 +152,7 @@ class MapperNode(Node):
         self.mapper.start()
         self.get_logger().info(
             f"nerf_mapper: image {topic} ({transport}), odom {g('odom_topic')} ({otype}), scene_box "
-            f"{list(g('scene_box'))}, output_dir {self.output_dir}, hash encoding "
+            f"{self.mapper.cfg.scene_box}, output_dir {self.output_dir}, hash encoding "
             f"{self.mapper.trainer.field.encoding.impl}")
 
     # ------------------------------------------------------------------------------------------------ helpers

@@ -13,11 +13,12 @@ from typing import Callable
 
 from nerf_mapping.export.mesh import MeshExportConfig
 from nerf_mapping.mapping.keyframes import KeyframeConfig
+from nerf_mapping.mapping.extent import ExtentConfig, parse_scene_box
 from nerf_mapping.mapping.mapper import MapperConfig, OnlineTrainingConfig, SyncConfig
 from nerf_mapping.mapping.semantics import SemanticsConfig
 
 _M, _K, _S, _T = MapperConfig(), KeyframeConfig(), SyncConfig(), OnlineTrainingConfig()
-_E, _SEM = MeshExportConfig(), SemanticsConfig()
+_E, _SEM, _X = MeshExportConfig(), SemanticsConfig(), ExtentConfig()
 
 # (name, default, description). Types follow the default's Python type.
 PARAMETERS: list[tuple[str, object, str]] = [
@@ -58,10 +59,15 @@ PARAMETERS: list[tuple[str, object, str]] = [
     ("keyframe.capacity", _K.capacity, "keyframes held for training (the most redundant is evicted beyond)"),
     ("keyframe.max_width", _K.max_width, "training resolution: wider keyframes are downscaled by an integer factor"),
     # scene / training
-    ("scene_box", list(_M.scene_box), "[xmin, ymin, zmin, xmax, ymax, zmax] in the map frame"),
-    ("unbounded", _M.unbounded, "contract space outside scene_box (outdoor / unknown extent)"),
-    ("near", _M.near, "ray near bound (m)"),
-    ("far", _M.far, "ray far bound (m); 0 = scene box diagonal"),
+    ("scene_box", list(_M.scene_box), "[xmin, ymin, zmin, xmax, ymax, zmax] in the map frame, or auto (the extent "
+     "follows the cameras, far field contracted)"),
+    ("unbounded", _M.unbounded, "with a given scene_box: contract space outside it"),
+    ("near", _M.near, "ray near bound (map units)"),
+    ("far", _M.far, "ray far bound (map units); 0 = scene box diagonal / outermost occupancy level"),
+    ("extent.bootstrap_keyframes", _X.bootstrap_keyframes, "scene_box auto: keyframes that fix the extent"),
+    ("extent.bootstrap_timeout_s", _X.bootstrap_timeout_s, "scene_box auto: fix the extent this long after the "
+     "first keyframe even with fewer (s)"),
+    ("extent.min_radius", _X.min_radius, "scene_box auto: smallest half side of the inner box (map units)"),
     ("training.enabled", _T.enabled, "run the background optimisation"),
     ("training.target_samples_per_step", _T.target_samples_per_step, "samples per optimisation step (rays adapt)"),
     ("training.threads", _T.threads, "torch intra-op threads (0 = torch default)"),
@@ -161,8 +167,13 @@ def mapper_config(get: Callable[[str], object] | None = None) -> MapperConfig:
         num_points=int(get("semantics.num_points")),
         candidates_max_age_s=float(get("semantics.candidates_max_age_s")),
         warm_after_steps=int(get("semantics.warm_after_steps")))
+    box = parse_scene_box(get("scene_box"))
+    extent = ExtentConfig(bootstrap_keyframes=int(get("extent.bootstrap_keyframes")),
+                          bootstrap_timeout_s=float(get("extent.bootstrap_timeout_s")),
+                          min_radius=float(get("extent.min_radius")))
     return MapperConfig(
-        scene_box=tuple(float(x) for x in get("scene_box")), unbounded=bool(get("unbounded")), near=float(get("near")),
+        scene_box="auto" if box is None else box, extent=extent, unbounded=bool(get("unbounded")),
+        near=float(get("near")),
         far=float(get("far")), odom_frame=str(get("odom_frame")), base_frame=str(get("base_frame")),
         camera_frame=str(get("camera_frame")), use_tf_static=bool(get("use_tf_static")),
         tf_wait_s=float(get("tf_wait_s")), extrinsic_base_camera=tuple(float(x) for x in get("extrinsic_base_camera")),

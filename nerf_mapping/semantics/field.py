@@ -25,11 +25,13 @@ module's extra state, so :func:`restore_language_field` rebuilds it from a check
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -275,10 +277,25 @@ def new_language_field(trainer, teacher, cfg: LanguageFieldConfig | None = None)
             raise ValueError(f"the map's language field was trained with the {extra.get('teacher')!r} teacher "
                              f"({extra.get('dim')}-D), not {teacher.name!r} ({teacher.dim}-D)")
         return restore_language_field(trainer)
-    ext = LanguageField(cfg or LanguageFieldConfig(), teacher.dim, trainer.field.scene_box.detach(),
+    ext = LanguageField(cfg or scaled_config(trainer.scene), teacher.dim, trainer.field.scene_box.detach(),
                         trainer.scene.unbounded, teacher.name, teacher_meta(teacher))
     trainer.add_extension(ext)
     return ext
+
+
+def scaled_config(scene) -> LanguageFieldConfig:
+    """The default config for ``scene``: the grid's resolutions are relative to the box, so with an automatic extent
+    (a field box 2^k times the inner box, contracted beyond: twice the span) they are scaled by the ratio of the
+    field box to the inner box, which keeps the default's cell size across the region the cameras see."""
+    cfg = LanguageFieldConfig()
+    occ = getattr(scene, "occupancy_box", None)
+    if occ:
+        box, inner = np.asarray(scene.scene_box, float), np.asarray(occ, float)
+        k = float((box[1] - box[0]).max() / (inner[1] - inner[0]).max())
+        e = cfg.encoding
+        cfg.encoding = dataclasses.replace(e, base_resolution=max(1, round(e.base_resolution * k)),
+                                           max_resolution=max(1, round(e.max_resolution * k)))
+    return cfg
 
 
 def attach_language_field(trainer, data, teacher, cfg: LanguageFieldConfig | None = None,

@@ -97,6 +97,10 @@ class SceneSpec:
     """Ray near bound (scene units)."""
     far: float
     """Ray far bound (scene units)."""
+    occupancy_box: list[list[float]] | None = None
+    """Level 0 of the occupancy grid when it differs from ``scene_box`` (the online mapper's automatic extent: a
+    small inner box around the first cameras, cascades growing out to and beyond the field's box); None: the
+    scene box."""
 
 
 class Trainer:
@@ -110,7 +114,8 @@ class Trainer:
         self.frames = frames if frames is not None else FrameStore(seed=cfg.seed)
         self.field = NGPField(cfg.field, box, scene.unbounded)
         levels = cfg.grid.levels or (4 if scene.unbounded else 1)
-        self.grid = OccupancyGrid(cfg.grid, box.reshape(6), levels)
+        grid_box = torch.tensor(scene.occupancy_box, dtype=torch.float32) if scene.occupancy_box else box
+        self.grid = OccupancyGrid(cfg.grid, grid_box.reshape(6), levels)
         self.render_cfg = cfg.render.resolved(box, scene.unbounded)
         self.background = torch.tensor(cfg.background, dtype=torch.float32)
         self.pose = PoseCorrection(cfg.pose, self.frames.num_ids)
@@ -123,6 +128,7 @@ class Trainer:
         self.progress = 0.0
         self.last_stats: dict[str, float] = {}
         self._saved_extensions: dict[str, dict] = {}  # checkpoint entries of extensions not added yet (load)
+        self._visible_marked: set[int] = set()  # frames whose view the occupancy grid has marked (grid.visibility)
 
     # -- optimisation ---------------------------------------------------------------------------------------------
     def _make_optimizers(self) -> None:
@@ -156,6 +162,16 @@ class Trainer:
         if with_optimizer and ext.optimizer is not None and opt:
             ext.optimizer.load_state_dict(opt)
 
+    def _mark_visible_frames(self) -> None:
+        """Frames new to the occupancy grid mark what they see (``grid.visibility``; the online mapper's automatic
+        extent). Evicted frames keep what they marked: the map still holds what they saw."""
+        if not self.grid.cfg.visibility:
+            return
+        ids = [f for f in self.frames.frame_ids() if f not in self._visible_marked]
+        for fid in ids:
+            self.grid.mark_visible(self.frames.camera(fid), self.scene.far)
+            self._visible_marked.add(fid)
+
     def lr_factor(self) -> float:
         oc = self.cfg.optim
         warm = min(1.0, (self.step_count + 1) / max(oc.warmup_steps, 1))
@@ -185,6 +201,7 @@ class Trainer:
                 ext.sync(self.frames, self.scene)  # frames added by another thread: grow per-frame parameters
                 ext.before_step(ctx)  # own lr schedule (and e.g. coarse-to-fine level weights)
             self.field.train()
+            self._mark_visible_frames()
             self.grid.update_every_n_steps(self.step_count, self.density_fn, self.render_cfg.step_size)
             dirs_cam = camera_directions(cams, slot, batch.px, batch.py)
             c2w = cams.c2w[slot]

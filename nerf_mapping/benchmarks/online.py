@@ -1,0 +1,372 @@
+"""``nerf-mapping benchmark online``: how good is the live map of a bag, with default parameters, against offline
+training on the same frames for the same seconds?
+
+    nerf-mapping benchmark online --bag BAG [--seconds 150] [--holdout-every 8] [--set key=value] --json OUT.json
+
+Online run: the bag is played in real time (recorded timing, ``--rate``) into the core mapper exactly as the node
+feeds it (:class:`nerf_mapping.mapping.mapper.OnlineMapper`: camera info, odometry, /tf_static, images through
+the keyframe policy; the periodic render runs, as the node publishes it), with the node's default parameters
+(``config/mapper.yaml``) plus ``--set`` overrides (``--set scene_box=auto`` for the automatic extent). Every ``--holdout-every``-th image is
+held out: never given to the mapper. While it runs, like a user: a ``render_view`` of 320x240 at the newest keyframe
+every ``--render-every`` seconds (latency), the map saved every ``--snapshot-every`` seconds (``save_map`` time; the
+saves are also the snapshots scored afterwards), and the process RSS.
+
+Scoring (after the run, so it costs the live map nothing): each snapshot is loaded and renders the held-out views
+seen so far at the pose a user would ask for: the odometry pose at the image's stamp (interpolated) mapped by the
+snapshot's map->odom estimate, at the training resolution (``keyframe.max_width``) and with the camera's
+distortion. PSNR against the held-out image (area-downscaled): ``live_psnr_series``; the last snapshot gives
+``live_psnr_db``. A held-out view's PSNR thus includes the odometry's and the drift estimate's pose error, as a user
+would see it.
+
+Offline reference (same process, after the online run): the same non-held-out images through the same keyframe
+policy at once (no real-time arrival, no renders, no saves), then ``Trainer.train(time_budget=seconds)`` (the
+offline trainer's loop, with its learning-rate decay) on the same mapper config, scored the same way:
+``offline_psnr_db``. The gap between the two is what online mapping costs.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_TOPICS = {"image": "/camera/image_raw", "compressed": "/camera/image_raw/compressed",
+                  "camera_info": "/camera/camera_info", "odom": "/odom", "tf_static": "/tf_static"}
+
+
+def add_cli(bs) -> None:
+    q = bs.add_parser("online", help="play a bag into the online mapper in real time with default parameters: live "
+                                     "PSNR of held-out views over time vs offline training on the same frames, "
+                                     "steps/s, render_view and save_map latency, RSS")
+    q.add_argument("--bag", type=Path, required=True, help="rosbag2 directory (e.g. from `nerf-mapping bag convert`)")
+    q.add_argument("--seconds", type=float, default=150.0, help="length of the online run and the offline budget")
+    q.add_argument("--holdout-every", type=int, default=8, help="every N-th image is held out for scoring")
+    q.add_argument("--rate", type=float, default=1.0, help="playback speed factor")
+    q.add_argument("--render-every", type=float, default=10.0, help="seconds between render_view calls (320x240)")
+    q.add_argument("--snapshot-every", type=float, default=50.0, help="seconds between map saves (scored snapshots)")
+    q.add_argument("--max-views", type=int, default=8, help="held-out views scored per snapshot (evenly spaced)")
+    q.add_argument("--no-offline", action="store_true", help="skip the offline reference")
+    q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="mapper parameter override (node parameter names, e.g. scene_box=[-3,-2.5,0,3,2.5,3])")
+    q.add_argument("--output", type=Path, default=None, help="snapshots (default: a folder beside --json)")
+    q.add_argument("--json", type=Path, default=None)
+    q.set_defaults(func=cmd_benchmark_online)
+
+
+# ------------------------------------------------------------------------------------------------------- the bag
+def _parse_value(text: str):
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def mapper_config_from(overrides: list[str], threads: int = 0):
+    """The node's defaults (the shipped ``config/mapper.yaml`` values are the parameter table's) with ``--set``
+    overrides (node parameter names); autosave off (the benchmark saves snapshots itself)."""
+    from nerf_mapping.ros.params import defaults, mapper_config
+
+    values = defaults()
+    for it in overrides:
+        if "=" not in it:
+            raise ValueError(f"--set expects KEY=VALUE, got {it!r}")
+        k, v = (s.strip() for s in it.split("=", 1))
+        if k not in values:
+            raise ValueError(f"--set {it}: unknown parameter {k!r}")
+        values[k] = _parse_value(v)
+    cfg = mapper_config(values.__getitem__)
+    cfg.autosave_dir, cfg.autosave_period_s = "", 0.0
+    if threads:
+        cfg.training = replace(cfg.training, threads=threads)
+    return cfg
+
+
+class BagFeed:
+    """The bag's messages dispatched to a mapper as the node's callbacks do; every ``holdout_every``-th image is
+    kept aside (stamp, uint8 image) instead. Odometry is recorded for scoring."""
+
+    def __init__(self, bag: Path, holdout_every: int):
+        from nerf_mapping.ros.bag_player import open_reader
+
+        self.bag = Path(bag)
+        self.holdout_every = int(holdout_every)
+        if self.holdout_every < 2:
+            raise ValueError("--holdout-every must be >= 2")
+        self._open = lambda: open_reader(self.bag)
+        with self._open() as reader:
+            topics = {c.topic: c.msgtype for c in reader.connections}
+            self.start_ns, self.end_ns = reader.start_time, reader.end_time
+        self.image_topic = next((t for t in (DEFAULT_TOPICS["image"], DEFAULT_TOPICS["compressed"]) if t in topics),
+                                None)
+        if self.image_topic is None:
+            cands = [t for t, m in topics.items() if m.endswith(("/Image", "/CompressedImage")) and "label" not in t]
+            if not cands:
+                raise ValueError(f"{bag}: no image topic (topics: {sorted(topics)})")
+            self.image_topic = cands[0]
+        self.topics = topics
+        self.held_out: list[tuple[int, np.ndarray]] = []
+        self.odom: list[tuple[int, str, np.ndarray]] = []
+        self.images = 0
+
+    @property
+    def duration_s(self) -> float:
+        return (self.end_ns - self.start_ns) * 1e-9
+
+    def messages(self):
+        wanted = {self.image_topic, DEFAULT_TOPICS["camera_info"], DEFAULT_TOPICS["odom"], DEFAULT_TOPICS["tf_static"]}
+        with self._open() as reader:
+            conns = [c for c in reader.connections if c.topic in wanted]
+            for conn, t_ns, raw in reader.messages(connections=conns):
+                yield conn.topic, conn.msgtype, t_ns, reader.deserialize(raw, conn.msgtype)
+
+    def dispatch(self, mapper, topic: str, msgtype: str, msg, hold_out: bool = True) -> None:
+        from nerf_mapping.ros import conversions as conv
+
+        if topic == self.image_topic:
+            decode = conv.compressed_image_to_array if msgtype.endswith("CompressedImage") else conv.image_msg_to_array
+            stamp = conv.stamp_to_ns(msg.header.stamp)
+            self.images += 1
+            if self.images % self.holdout_every == 0:
+                if hold_out:
+                    self.held_out.append((stamp, decode(msg)))
+                return
+            mapper.submit_image(stamp, msg.header.frame_id, msg, decode)
+        elif topic == DEFAULT_TOPICS["camera_info"]:
+            mapper.set_intrinsics(conv.camera_info_to_intrinsics(msg), msg.header.frame_id)
+        elif topic == DEFAULT_TOPICS["odom"]:
+            stamp = conv.stamp_to_ns(msg.header.stamp)
+            T = conv.pose_msg_to_matrix(msg.pose.pose)
+            self.odom.append((stamp, msg.header.frame_id, T))
+            mapper.add_odometry(stamp, msg.header.frame_id, T)
+        elif topic == DEFAULT_TOPICS["tf_static"]:
+            for t in msg.transforms:
+                mapper.add_static_transform(t.header.frame_id, t.child_frame_id,
+                                            conv.transform_msg_to_matrix(t.transform))
+
+
+# -------------------------------------------------------------------------------------------------------- scoring
+def _rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def score_map(map_path: Path, cfg, held_out, odom, T_base_cam: np.ndarray, intrinsics: dict) -> dict:
+    """PSNR of ``held_out`` [(stamp, image)] rendered by the map in ``map_path`` at the odometry pose of each stamp
+    mapped by the map's map->odom estimate, at the training resolution."""
+    import torch
+
+    from nerf_mapping.evaluation.images import psnr
+    from nerf_mapping.geometry import optical_pose_to_model_c2w
+    from nerf_mapping.mapping.keyframes import downscale_factor, downscale_image
+    from nerf_mapping.mapping.mapper import RENDER_CHUNK, OnlineMapper
+    from nerf_mapping.mapping.sync import OdometryBuffer
+
+    m = OnlineMapper(replace(cfg, training=replace(cfg.training, enabled=False)))
+    m.intrinsics = intrinsics
+    m.load(map_path)
+    buf = OdometryBuffer(max_age_s=1e9, max_gap_s=1.0, tolerance_s=0.05)
+    for stamp, _, T in odom:
+        buf.add(stamp, T)
+    T_map_odom = m.drift_estimate()
+    vals = []
+    for stamp, image in held_out:
+        T_odom_base, _ = buf.pose_at(stamp, count=False)
+        if T_odom_base is None:
+            continue
+        k = downscale_factor(image.shape[1], cfg.keyframe.max_width)
+        small = downscale_image(image, k)
+        cam = m._camera(optical_pose_to_model_c2w(T_map_odom @ T_odom_base @ T_base_cam), 1.0 / k)
+        cam.width[:] = small.shape[1]
+        cam.height[:] = small.shape[0]
+        with torch.no_grad():
+            out = m.trainer.render(cam, 0, chunk=RENDER_CHUNK)
+        gt = torch.from_numpy(np.ascontiguousarray(small)).float() / 255.0
+        vals.append(psnr(out["rgb"].clamp(0, 1), gt))
+    return {"psnr_db": float(np.mean(vals)) if vals else float("nan"), "views": len(vals),
+            "steps": int(m.trainer.step_count), "keyframes": len(m.trainer.frames)}
+
+
+def _spaced(items: list, n: int) -> list:
+    if len(items) <= n:
+        return list(items)
+    idx = np.linspace(0, len(items) - 1, n).round().astype(int)
+    return [items[i] for i in idx]
+
+
+# ------------------------------------------------------------------------------------------------------ the runs
+def run_online(args, cfg, out_dir: Path, log=print) -> tuple[dict, BagFeed, object]:
+    from nerf_mapping.mapping.mapper import OnlineMapper
+
+    feed = BagFeed(args.bag, args.holdout_every)
+    renders = [0]
+    mapper = OnlineMapper(cfg, on_render=lambda rgb, stamp: renders.__setitem__(0, renders[0] + 1))
+    stop = threading.Event()
+    rss = [_rss_mb()]
+    t0 = time.monotonic()
+
+    def play():
+        first = None
+        try:
+            for topic, msgtype, t_ns, msg in feed.messages():
+                first = t_ns if first is None else first
+                target = t0 + (t_ns - first) * 1e-9 / args.rate
+                while not stop.is_set() and time.monotonic() < target:
+                    time.sleep(min(0.02, target - time.monotonic()))
+                if stop.is_set():
+                    return
+                try:
+                    feed.dispatch(mapper, topic, msgtype, msg)
+                except ValueError as exc:  # a malformed message: the node drops it too
+                    mapper.count("benchmark_invalid", f"{topic}: {exc}")
+        except Exception as exc:  # noqa: BLE001
+            log(f"[online] bag playback failed: {exc!r}")
+
+    def sample_rss():
+        while not stop.wait(0.5):
+            rss.append(_rss_mb())
+
+    threads = [threading.Thread(target=play, daemon=True), threading.Thread(target=sample_rss, daemon=True)]
+    mapper.start()
+    for th in threads:
+        th.start()
+    render_s, save_s, snapshots, steps_series = [], [], [], []
+    next_render, next_snap, next_log = args.render_every, args.snapshot_every, 10.0
+    try:
+        while (now := time.monotonic() - t0) < args.seconds:
+            time.sleep(0.05)
+            if now >= next_render:
+                next_render += args.render_every
+                kf = mapper.kf_info.get(mapper._latest_kf) if mapper._latest_kf is not None else None
+                if kf is not None:
+                    t = time.monotonic()
+                    mapper.render_view(mapper.drift_estimate() @ kf.T_odom_cam, 320, 240)
+                    render_s.append(time.monotonic() - t)
+            if now >= next_snap:
+                next_snap += args.snapshot_every
+                if len(mapper.trainer.frames):
+                    path = out_dir / f"online_{len(snapshots):03d}.pt"
+                    t = time.monotonic()
+                    mapper.save(path)
+                    save_s.append(time.monotonic() - t)
+                    snapshots.append((round(now, 1), path, len(feed.held_out)))
+            if now >= next_log:
+                next_log += 10.0
+                st = mapper.status()
+                steps_series.append((round(now, 1), st["steps"]))
+                log(f"[online] {now:5.0f} s  steps {st['steps']:5d}  keyframes {st['keyframes']:3d}  "
+                    f"train psnr {st['psnr']:5.2f}  rss {rss[-1]:.0f} MB")
+    finally:
+        stop.set()
+        mapper.stop()
+    wall = time.monotonic() - t0
+    path = out_dir / "online_final.pt"
+    t = time.monotonic()
+    mapper.save(path)
+    save_s.append(time.monotonic() - t)
+    snapshots.append((round(wall, 1), path, len(feed.held_out)))
+    steps = int(mapper.trainer.step_count)
+    res = {"steps": steps, "steps_per_second": steps / wall, "seconds": wall, "keyframes": len(mapper.trainer.frames),
+           "render_view_seconds": [round(x, 3) for x in render_s],
+           "render_view_seconds_median": statistics.median(render_s) if render_s else None,
+           "render_view_seconds_max": max(render_s) if render_s else None,
+           "save_map_seconds": max(save_s), "save_map_seconds_all": [round(x, 3) for x in save_s],
+           "rss_max_mb": max(rss), "periodic_renders": renders[0],
+           "extent": mapper.extent.summary() if mapper.extent is not None else {
+               "scene_box": list(np.concatenate(mapper.trainer.scene.scene_box))},
+           "steps_series": steps_series, "input": mapper.input_stats(), "_snapshots": snapshots}
+    return res, feed, mapper
+
+
+def run_offline(args, cfg, feed: BagFeed, out_dir: Path, log=print) -> dict:
+    """The same non-held-out images through the keyframe policy at once, then ``seconds`` of offline training."""
+    from nerf_mapping.mapping.mapper import OnlineMapper
+
+    # the whole odometry stream is kept: images are fed faster than real time, so they lag behind the odometry
+    m = OnlineMapper(replace(cfg, training=replace(cfg.training, enabled=False),
+                             sync=replace(cfg.sync, buffer_s=1e9)))
+    m.start()
+    try:
+        feed.images = 0
+        for topic, msgtype, _, msg in feed.messages():
+            while m.queue_length > cfg.sync.queue_size // 2:
+                time.sleep(0.01)
+            try:
+                feed.dispatch(m, topic, msgtype, msg, hold_out=False)
+            except ValueError:
+                pass
+        t = time.monotonic()
+        while m.queue_length and time.monotonic() - t < 120:
+            time.sleep(0.05)
+        time.sleep(0.5)
+        m._maybe_fix_extent(force=True)
+    finally:
+        m.stop()
+    tr = m.trainer
+    if len(tr.frames) == 0:
+        raise ValueError("offline: no keyframe was taken from the bag")
+    log(f"[offline] {len(tr.frames)} keyframes; training {args.seconds:.0f} s")
+    t = time.monotonic()
+    tr.train(time_budget=args.seconds, progress=False)
+    wall = time.monotonic() - t
+    path = out_dir / "offline.pt"
+    m.save(path)
+    return {"steps": int(tr.step_count), "steps_per_second": tr.step_count / wall, "keyframes": len(tr.frames),
+            "path": path}
+
+
+def run(args, log=print) -> dict:
+    import torch
+
+    out_dir = Path(args.output) if args.output else (Path(args.json).with_suffix("") if args.json else
+                                                        Path("outputs/benchmark_online"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = mapper_config_from(list(args.set))
+    load_before = os.getloadavg()[0]
+    online, feed, mapper = run_online(args, cfg, out_dir, log)
+    if not feed.held_out:
+        raise ValueError("no held-out image: the bag has fewer images than --holdout-every")
+    T_base_cam = mapper.camera_extrinsic()
+    intr = mapper.intrinsics
+    del mapper
+    snaps = online.pop("_snapshots")
+    series = []
+    for t, path, n_held in snaps:
+        views = _spaced(feed.held_out[:n_held], args.max_views)
+        s = score_map(path, cfg, views, feed.odom, T_base_cam, intr)
+        series.append({"t": t, "psnr_db": round(s["psnr_db"], 3), "views": s["views"], "steps": s["steps"]})
+        log(f"[online] t={t:6.1f} s  held-out PSNR {s['psnr_db']:.2f} dB over {s['views']} views")
+    final_views = _spaced(feed.held_out, args.max_views)
+    res = {"bag": str(args.bag), "seconds": args.seconds, "holdout_every": args.holdout_every,
+           "held_out_views": len(feed.held_out), "scored_views": len(final_views),
+           "bag_duration_s": round(feed.duration_s, 1), "overrides": list(args.set),
+           "live_psnr_db": series[-1]["psnr_db"], "live_psnr_series": series, **online,
+           "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count(), "load_before": load_before}
+    if not args.no_offline:
+        off = run_offline(args, cfg, feed, out_dir, log)
+        s = score_map(off.pop("path"), cfg, final_views, feed.odom, T_base_cam, intr)
+        res.update({"offline_psnr_db": round(s["psnr_db"], 3), "offline": off,
+                    "gap_db": round(s["psnr_db"] - res["live_psnr_db"], 3)})
+        log(f"[offline] held-out PSNR {s['psnr_db']:.2f} dB ({off['steps']} steps)")
+    res["load_after"] = os.getloadavg()[0]
+    return res
+
+
+def cmd_benchmark_online(args) -> int:
+    from nerf_mapping.cli.common import exit_on_error
+
+    res = exit_on_error(run, args)
+    text = json.dumps(res, indent=2, default=str)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(text)
+    keys = ("live_psnr_db", "offline_psnr_db", "gap_db", "steps", "steps_per_second", "render_view_seconds_median",
+            "render_view_seconds_max", "save_map_seconds", "rss_max_mb")
+    print(json.dumps({k: res.get(k) for k in keys}, indent=2, default=str))
+    return 0

@@ -1,0 +1,203 @@
+"""The map's extent, decided by the mapper from what it observes (``scene_box: auto``, the default), or a box given
+by the user (validated here too). No ROS.
+
+Why not a box: a robot or handheld user does not know the extent of what they are about to map (a desk, a room, a
+30 m corridor, a phone capture with a far background), and the hash grid's coordinates are fixed once training
+starts: moving or rescaling the box later would invalidate every trained entry.
+
+How the extent is chosen (:func:`auto_extent`), from the first ``bootstrap_keyframes`` keyframes (a few seconds of
+mapping; the training thread starts right after):
+
+- *Scale* ``s``: where the cameras look. The point closest to every camera's optical axis (least squares) is the
+  *focus* when it is well conditioned and in front of the cameras (an object or a scene the rig circles or faces);
+  ``s`` is then the median camera-focus distance. Otherwise (a rig looking along its path, turning in place) ``s``
+  is the spread of the camera centres, at least ``min_radius``. The scale is relative to the capture's own units,
+  so a capture in metres and one in normalised units need no parameter change.
+- *Inner box*: a cube about the focus (or the centre of the cameras) holding the cameras and the focus with a
+  margin; it is occupancy level 0.
+- *Growth*: the field's box is the inner box scaled by ``2^field_level`` (4x by default) at one resolution (finest
+  hash cell ~ the pixel footprint at distance ``s``, coarsest ~ 1/8 of the inner box); beyond it space is contracted
+  (mip-NeRF 360, :mod:`nerf_mapping.fields.contraction`), so far walls, a background or the sky need no box. The
+  occupancy grid has ``cascades`` levels, each twice the previous, centred on the inner box, the outermost reaching
+  into the contracted region. Nothing is re-anchored as the rig moves, so nothing trained is invalidated: new places
+  inside the field's box are mapped at full resolution, places beyond it at the contraction's coarser one. A larger
+  ``field_level`` keeps full resolution further out (hash grids are sparse: only cells holding surfaces take table
+  entries), at the price of longer rays through the cascades: on 2 cores a 64x box trained 2-4x fewer steps per
+  second (docs/results/online.md), so the default stays small and a 30 m corridor is not yet mapped at full
+  resolution (that needs re-anchoring or a sliding window).
+- *Visibility*: only cells that a keyframe sees can be occupied (``OccupancyGridConfig.visibility``): the rest of the
+  large, contracted volume would otherwise keep an untrained field's density and be marched by every ray.
+- *Marching*: cone marching at the pixel footprint (``cone_angle`` ~ ``1 / fx`` of the training images, the step
+  never below the footprint at distance ``s``), so the number of samples per ray depends on the image, not on the
+  units.
+
+The keyframe translation threshold is scaled with ``s`` once the extent is fixed (:func:`keyframe_translation`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+AUTO = "auto"
+
+
+@dataclass
+class ExtentConfig:
+    bootstrap_keyframes: int = 4
+    """Keyframes collected before the extent is fixed (their camera centres and axes give anchor and scale)."""
+    bootstrap_timeout_s: float = 5.0
+    """Fix the extent this long after the first keyframe even with fewer keyframes (s of wall time)."""
+    min_radius: float = 1.0
+    """Smallest half side of the inner box, in map units (a rig that only turned in place or walks ahead: a
+    robot's room-sized neighbourhood in metres; normalised captures have a focus and do not use it)."""
+    margin: float = 1.5
+    """Without a focus, the inner box holds the camera centres with this factor of margin."""
+    focus_fraction: float = 0.5
+    """With a focus, the inner box's half side is this fraction of the viewing distance."""
+    field_level: int = 2
+    """The field's (uncontracted) box is the inner box scaled by 2^field_level."""
+    cascades: int = 4
+    """Occupancy levels (each twice the previous): ``field_level + 2`` reaches into the contracted region."""
+    coarsest_cells: float = 8.0
+    """Cells of the coarsest hash level across the inner box (the levels are spent where the cameras look, not on
+    cells larger than a room)."""
+    footprint_oversample: float = 1.0
+    """Finest hash cell = pixel footprint at distance ``s`` / this."""
+    step_footprints: float = 2.0
+    """Marching step in pixel footprints (cone marching; CPU budget: 2 keeps most rays under ~100 samples)."""
+
+
+@dataclass
+class Extent:
+    """What :func:`auto_extent` decided (all in map units)."""
+
+    centre: np.ndarray
+    """[3] centre of the inner box (and of every cascade)."""
+    inner_half: float
+    """Half side of the inner box (occupancy level 0)."""
+    scale: float
+    """Scene scale ``s``: median camera-focus distance, or the camera spread."""
+    focus: bool
+    """Whether ``scale`` came from a well-conditioned focus point."""
+    field_half: float
+    """Half side of the field's box (contracted beyond)."""
+    cascades: int
+    base_resolution: int
+    """Coarsest hash-grid resolution over the encoding's unit cube (the field's box is its middle half)."""
+    max_resolution: int
+    """Finest hash-grid resolution over the encoding's unit cube."""
+    step_size: float
+    cone_angle: float
+    far: float
+
+    def scene_box(self) -> list[list[float]]:
+        c, h = self.centre, self.field_half
+        return [(c - h).tolist(), (c + h).tolist()]
+
+    def occupancy_box(self) -> list[list[float]]:
+        c, h = self.centre, self.inner_half
+        return [(c - h).tolist(), (c + h).tolist()]
+
+    def summary(self) -> dict:
+        return {"centre": [round(float(x), 4) for x in self.centre], "inner_half": round(self.inner_half, 4),
+                "field_half": round(self.field_half, 4), "scale": round(self.scale, 4), "focus": self.focus,
+                "cascades": self.cascades, "base_resolution": self.base_resolution,
+                "max_resolution": self.max_resolution,
+                "step_size": round(self.step_size, 5), "cone_angle": round(self.cone_angle, 6),
+                "scene_box": [round(float(x), 4) for x in np.concatenate(self.scene_box())]}
+
+
+def parse_scene_box(value) -> tuple[float, ...] | None:
+    """``scene_box`` as given by a user: ``auto`` (or empty) -> None; six numbers (a list, or a string such as
+    ``"[-3, -2.5, 0, 3, 2.5, 3]"``) -> a validated tuple. ValueError with the reason otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip().strip("[]()").strip()
+        if text.lower() in ("", AUTO):
+            return None
+        try:
+            value = [float(x) for x in text.replace(",", " ").split()]
+        except ValueError:
+            raise ValueError(f"scene_box must be 'auto' or [xmin, ymin, zmin, xmax, ymax, zmax], got {value!r}") \
+                from None
+    try:
+        box = tuple(float(x) for x in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"scene_box must be 'auto' or six numbers, got {value!r}") from None
+    if len(box) != 6:
+        raise ValueError(f"scene_box must be 'auto' or [xmin, ymin, zmin, xmax, ymax, zmax] (6 numbers), "
+                         f"got {len(box)} numbers")
+    if not all(math.isfinite(x) for x in box):
+        raise ValueError(f"scene_box has a non-finite value: {list(box)}")
+    if not all(box[i + 3] > box[i] for i in range(3)):
+        raise ValueError(f"scene_box needs max > min on every axis, got {list(box)}")
+    return box
+
+
+def focus_point(centres: np.ndarray, axes: np.ndarray, min_angle_deg: float = 10.0) -> np.ndarray | None:
+    """The point closest (least squares) to every camera axis (``centres`` [N,3], unit viewing ``axes`` [N,3]), or
+    None when the axes are too parallel to fix it (spread of directions below ``min_angle_deg``) or it lies behind
+    more than a quarter of the cameras."""
+    if len(centres) < 2:
+        return None
+    d = axes / np.linalg.norm(axes, axis=1, keepdims=True)
+    mean_dir = d.mean(0)
+    spread = np.degrees(np.arccos(np.clip(d @ (mean_dir / max(np.linalg.norm(mean_dir), 1e-12)), -1, 1))).max()
+    if spread < min_angle_deg:
+        return None
+    proj = np.eye(3)[None] - d[:, :, None] * d[:, None, :]  # [N,3,3] projection orthogonal to each axis
+    a, b = proj.sum(0), np.einsum("nij,nj->i", proj, centres)
+    if np.linalg.cond(a) > 1e4:
+        return None
+    p = np.linalg.solve(a, b)
+    if ((p - centres) * d).sum(1).__lt__(0).mean() > 0.25:
+        return None
+    return p
+
+
+def auto_extent(centres: np.ndarray, axes: np.ndarray, fx: float, cfg: ExtentConfig | None = None) -> Extent:
+    """The extent from the bootstrap keyframes' camera ``centres`` [N,3], optical ``axes`` [N,3] (map frame) and the
+    training images' focal length ``fx`` (pixels). See the module docstring."""
+    cfg = cfg or ExtentConfig()
+    centres = np.asarray(centres, dtype=np.float64).reshape(-1, 3)
+    axes = np.asarray(axes, dtype=np.float64).reshape(-1, 3)
+    if len(centres) == 0 or not np.isfinite(centres).all() or not np.isfinite(axes).all():
+        raise ValueError("auto extent needs at least one finite camera pose")
+    if not (math.isfinite(fx) and fx > 0):
+        raise ValueError(f"auto extent needs a positive focal length, got {fx}")
+    lo, hi = centres.min(0), centres.max(0)
+    spread = float((hi - lo).max()) * 0.5
+    p = focus_point(centres, axes)
+    if p is not None:
+        # cameras around an object or facing a scene: the inner box is about the focus, half the viewing distance
+        # across (the cameras stand in the next levels)
+        scale = float(np.median(np.linalg.norm(centres - p, axis=1)))
+        centre = p
+        inner = max(cfg.min_radius, cfg.focus_fraction * scale)
+    else:
+        scale = max(cfg.min_radius, spread)
+        centre = 0.5 * (lo + hi)
+        inner = max(cfg.min_radius, spread * cfg.margin)
+    field_half = inner * 2.0 ** cfg.field_level
+    footprint = scale / fx  # one pixel at distance s
+    cell = footprint / cfg.footprint_oversample
+    # the contraction maps the field's box to the middle half of the encoding's unit cube: twice the cells
+    cube = 4.0 * field_half  # side of the encoding's unit cube in map units
+    base_res = max(16, int(round(cube / (2.0 * inner / cfg.coarsest_cells))))
+    max_res = int(2 ** round(math.log2(max(cube / cell, 1.0))))
+    max_res = int(min(max(max_res, 2 * base_res), 1 << 17))
+    cone = cfg.step_footprints / fx
+    step = cone * scale
+    far = inner * 2.0 ** (cfg.cascades - 1) * math.sqrt(3.0) * 2.0
+    return Extent(centre=centre, inner_half=inner, scale=scale, focus=p is not None, field_half=field_half,
+                  cascades=int(cfg.cascades), base_resolution=base_res, max_resolution=max_res, step_size=step, cone_angle=cone, far=far)
+
+
+def keyframe_translation(min_translation: float, extent: Extent, fraction: float = 0.02) -> float:
+    """The keyframe translation threshold once the extent is known: ``min_translation`` (map units) or
+    ``fraction`` of the scene scale, whichever is larger (a normalised capture whose cameras stand 4 units from the
+    object takes a keyframe per 8 cm of motion, a desk capture in metres per ``min_translation``)."""
+    return max(float(min_translation), fraction * extent.scale)

@@ -1,0 +1,130 @@
+"""The automatic map extent (nerf_mapping.mapping.extent) on synthetic trajectories, and given boxes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from nerf_mapping.config.presets import auto_extent_scene, online_config
+from nerf_mapping.fields.contraction import to_unit_cube
+from nerf_mapping.mapping.extent import ExtentConfig, auto_extent, keyframe_translation, parse_scene_box
+
+
+def orbit(radius: float, target, n: int = 8, elev_deg: float = 30.0, arc_deg: float = 120.0):
+    """Cameras on an arc around ``target`` looking at it: centres [n,3], optical axes [n,3]."""
+    az = np.radians(np.linspace(0.0, arc_deg, n))
+    el = np.radians(elev_deg)
+    c = np.stack([np.cos(az) * np.cos(el), np.sin(az) * np.cos(el), np.full(n, np.sin(el))], 1) * radius
+    c = c + np.asarray(target, float)
+    axes = np.asarray(target, float) - c
+    return c, axes / np.linalg.norm(axes, axis=1, keepdims=True)
+
+
+def corridor_walk(start, length: float, n: int = 4):
+    """A rig walking along +x looking ahead (no focus)."""
+    c = np.asarray(start, float) + np.linspace(0.0, length, n)[:, None] * np.array([1.0, 0.0, 0.0])
+    return c, np.tile([1.0, 0.0, 0.0], (n, 1))
+
+
+def test_parse_scene_box_accepts_auto_and_six_numbers_and_rejects_the_rest():
+    assert parse_scene_box("auto") is None and parse_scene_box(" AUTO ") is None and parse_scene_box("") is None
+    assert parse_scene_box(None) is None
+    assert parse_scene_box([-1, -2, 0, 1, 2, 3]) == (-1.0, -2.0, 0.0, 1.0, 2.0, 3.0)
+    assert parse_scene_box("[-1, -2, 0, 1, 2, 3]") == (-1.0, -2.0, 0.0, 1.0, 2.0, 3.0)
+    for bad, why in [([0, 0, 0, 1, 1], "6 numbers"), ([0, 0, 0, 1, 0, 1], "max > min"),
+                     ([0, 0, 0, 1, float("nan"), 1], "non-finite"), ("box", "'auto'"), (3.0, "six numbers")]:
+        with pytest.raises(ValueError, match=why):
+            parse_scene_box(bad)
+
+
+def test_object_orbit_finds_the_focus_and_holds_cameras_and_object():
+    c, axes = orbit(4.0, [1.0, 2.0, 0.5])
+    e = auto_extent(c, axes, fx=200.0)
+    assert e.focus and e.scale == pytest.approx(4.0, rel=1e-3)
+    # the object is in the inner box (occupancy level 0, half the viewing distance across), the cameras in the field
+    lo, hi = np.array(e.occupancy_box())
+    assert np.allclose((lo + hi) / 2, [1.0, 2.0, 0.5], atol=1e-6) and e.inner_half == pytest.approx(2.0, rel=1e-3)
+    lo, hi = np.array(e.scene_box())
+    assert all((p > lo).all() and (p < hi).all() for p in c)
+    # the field's box is 2^field_level times the inner box, the occupancy cascades reach beyond it
+    cfg = ExtentConfig()
+    assert e.field_half == pytest.approx(e.inner_half * 2 ** cfg.field_level)
+    assert e.inner_half * 2 ** (e.cascades - 1) > e.field_half
+    # finest hash cell ~ one pixel footprint at the scene scale (power-of-two rounding: within 2x)
+    cell = 4.0 * e.field_half / e.max_resolution
+    assert 0.5 <= cell / (e.scale / 200.0) <= 2.0
+
+
+def test_metric_and_normalised_units_give_the_same_map_up_to_scale():
+    """The same capture in normalised units and in centimetres: every length scales, every resolution stays."""
+    c, axes = orbit(3.0, [0.0, 0.0, 0.0])
+    a = auto_extent(c, axes, fx=300.0)
+    b = auto_extent(c * 100.0, axes, fx=300.0, cfg=ExtentConfig(min_radius=0.5))
+    for k in ("inner_half", "field_half", "scale", "step_size", "far"):
+        assert getattr(b, k) == pytest.approx(getattr(a, k) * 100.0, rel=1e-6), k
+    assert (a.base_resolution, a.max_resolution, a.cone_angle) == (b.base_resolution, b.max_resolution, b.cone_angle)
+    # the keyframe translation threshold follows the scale where min_translation alone would be too small
+    assert keyframe_translation(0.05, b) == pytest.approx(0.02 * b.scale)
+    assert keyframe_translation(0.05, a) == pytest.approx(max(0.05, 0.02 * a.scale))
+
+
+def test_walking_rig_without_focus_maps_ahead_and_contracts_what_lies_beyond():
+    c, axes = corridor_walk([2.0, -1.0, 1.2], 0.3)
+    e = auto_extent(c, axes, fx=250.0)
+    assert not e.focus and e.scale == pytest.approx(1.0)  # min_radius: a 0.3 m walk says little about the scale
+    import torch
+
+    scene = auto_extent_scene(e, near=0.05)
+    box = torch.tensor(scene.scene_box)
+    # 3 m ahead is inside the field's box: the uncontracted middle half of the encoding cube, full resolution
+    u = to_unit_cube(torch.tensor([[5.0, -1.0, 1.2]]), box, True)
+    assert ((u > 0.25) & (u < 0.75)).all()
+    # 30 m down the corridor and the distant background are contracted into the cube's outer shell, never outside
+    for far in ([[32.0, -1.0, 1.2]], [[1e5, -1e5, 3e4]]):
+        u = to_unit_cube(torch.tensor(far), box, True)
+        assert ((u >= 0.0) & (u <= 1.0)).all() and (u.max() > 0.75 or u.min() < 0.25)
+    # the occupancy cascades reach beyond the field's box, into the contracted region
+    assert e.inner_half * 2 ** (e.cascades - 1) > e.field_half
+
+
+def test_auto_extent_rejects_bad_input():
+    with pytest.raises(ValueError, match="finite camera pose"):
+        auto_extent(np.zeros((0, 3)), np.zeros((0, 3)), 100.0)
+    with pytest.raises(ValueError, match="focal length"):
+        auto_extent(np.zeros((1, 3)), np.array([[0.0, 0.0, 1.0]]), 0.0)
+
+
+def test_trainer_config_follows_the_extent():
+    c, axes = orbit(4.0, [0.0, 0.0, 0.0])
+    e = auto_extent(c, axes, fx=200.0)
+    scene = auto_extent_scene(e, near=0.05)
+    cfg = online_config(scene, extent=e)
+    assert scene.unbounded and scene.occupancy_box == e.occupancy_box()
+    assert cfg.grid.levels == e.cascades and cfg.render.cone_angle == pytest.approx(e.cone_angle)
+    assert (cfg.field.encoding.base_resolution, cfg.field.encoding.max_resolution) == (e.base_resolution,
+                                                                                     e.max_resolution)
+
+
+def test_converted_dtu_bag_is_mapped_with_default_parameters(shared_data, tmp_path):
+    """A real capture the node was never tuned for (DTU scan65, normalised units, cameras 3.7 units from the object),
+    converted to a bag and played in real time into the mapper with the node's defaults and ``scene_box: auto``:
+    the extent finds the object, and the held-out views (every 8th image, never trained on) rendered at their
+    odometry poses get well above an untrained map's PSNR (~9 dB) within a short run."""
+    from argparse import Namespace
+
+    from nerf_mapping.benchmarks.online import run
+    from nerf_mapping.ros.bag_convert import convert_dataset_to_bag
+
+    bag = tmp_path / "dtu_bag"
+    convert_dataset_to_bag(shared_data / "dtu_scan65_neus", bag, image_rate_hz=2.0)
+    args = Namespace(bag=bag, seconds=45.0, holdout_every=8, rate=2.0, render_every=1e9, snapshot_every=1e9,
+                     max_views=6, no_offline=True, set=["scene_box=auto"], output=tmp_path / "out", json=None)
+    res = run(args, log=print)
+    print({k: res[k] for k in ("live_psnr_db", "steps", "keyframes", "render_view_seconds", "save_map_seconds",
+                               "rss_max_mb", "extent")})
+    ext = res["extent"]
+    assert ext["focus"] and 3.0 < ext["scale"] < 4.5  # DTU's cameras stand ~3.7 units from the object
+    assert all(abs(c) < 1.0 for c in ext["centre"])  # the object sits at the origin of the normalised frame
+    assert res["held_out_views"] == 6 and res["keyframes"] >= 30 and res["steps"] > 20
+    # measured: 11.5 dB after 42 s (untrained: 9.1); the odometry noise is in scene units, large for a unit object
+    assert res["live_psnr_db"] > 10.5, res["live_psnr_series"]
+    assert res["save_map_seconds"] < 2.0 and res["rss_max_mb"] < 3000
