@@ -206,19 +206,13 @@ def apply_auto_extent_preset(cfg: TrainerConfig, extent) -> None:
     """The inside-out CPU settings (:func:`apply_inside_out_preset`) with the marching and the hash grid of an
     automatic extent: cascaded occupancy levels about the inner box, cone marching at the pixel footprint, and the
     finest hash resolution that puts one cell per pixel footprint at the scene scale over the whole field box."""
-    cfg.init_rays_per_step = 512
-    cfg.grid.resolution = 64
+    apply_inside_out_preset(cfg, extent.scene_box())
     cfg.grid.levels = int(extent.cascades)
     cfg.grid.visibility = True  # a large, contracted volume: only what the keyframes see can be occupied
-    cfg.grid.warmup_steps = 16
-    cfg.grid.update_every = 8
     cfg.render.step_size = float(extent.step_size)
     cfg.render.cone_angle = float(extent.cone_angle)
-    cfg.render.max_samples_per_ray = 256
-    cfg.field.encoding.log2_hashmap_size = 17
     cfg.field.encoding.base_resolution = int(extent.base_resolution)
     cfg.field.encoding.max_resolution = int(extent.max_resolution)
-    cfg.target_samples_per_step = 1 << 15
 
 
 def image_limited_resolution(cameras, scene_box, oversample: float = 2.0, lo: int = 128, hi: int = 2048) -> int:

@@ -491,8 +491,8 @@ class PoseCorrection(TrainerExtension):
             live = set(frames.frame_ids())
             for fid in pending:
                 cam = frames.camera(fid) if fid in live else None
-                # the inner box of an automatic extent is where the cameras look; the field's box is 8x larger
-                box = getattr(scene, "occupancy_box", None) or scene.scene_box
+                # the inner box of an automatic extent is where the cameras look; the field's box is 4x larger
+                box = scene.occupancy_box or scene.scene_box
                 rebuild |= self.init_frame(fid, cam, frames.stamp(fid), box, scene.near, scene.far)
         if rebuild:  # a pose parameter was replaced: rebuild its optimizer, keeping nothing stale
             self.rebuild_optimizer()

@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from nerf_mapping.cameras import project
 from nerf_mapping.rendering.marching import march_rays
 
 
@@ -124,13 +125,10 @@ class OccupancyGrid(nn.Module):
             occ_val = torch.cat([density_fn(p) for p in pts.split(chunk)]) * step_size
             dens = self.density[lvl].view(-1)
             dens[idx] = torch.maximum(dens[idx] * self.cfg.ema_decay, occ_val)
-        if self.cfg.visibility:
-            seen = self.seen
-            thre = min(self.cfg.occ_thre, float(self.density[seen].mean())) if bool(seen.any()) else 0.0
-            self.occupied.copy_((self.density > thre) & seen)
-            return
-        thre = min(self.cfg.occ_thre, float(self.density.mean()))
-        self.occupied.copy_(self.density > thre)
+        # with visibility, the threshold and the occupancy consider seen cells only
+        seen = self.seen if self.cfg.visibility else torch.ones_like(self.occupied)
+        thre = min(self.cfg.occ_thre, float(self.density[seen].mean())) if bool(seen.any()) else 0.0
+        self.occupied.copy_((self.density > thre) & seen)
 
     @torch.no_grad()
     def mark_visible(self, cameras, far: float) -> int:
@@ -151,13 +149,12 @@ class OccupancyGrid(nn.Module):
             c2w = cameras.c2w[i].float()
             p = (self._centres - c2w[:, 3]) @ c2w[:, :3]  # camera frame (OpenGL: x right, y up, z back)
             depth = -p[:, 2]
-            d = depth.clamp_min(1e-6)
-            u = float(cameras.fx[i]) * p[:, 0] / d + float(cameras.cx[i])
-            v = -float(cameras.fy[i]) * p[:, 1] / d + float(cameras.cy[i])
-            m = float(cameras.fx[i]) * rad / d  # the cell's radius in pixels
+            dist = p.norm(dim=-1)
+            u, v = project(cameras, i, p)  # the camera's own model (distortion included)
+            m = float(cameras.fx[i]) * rad / depth.clamp_min(1e-6)  # the cell's radius in pixels
             w, h = float(cameras.width[i]), float(cameras.height[i])
             inside = (u > -m) & (u < w + m) & (v > -m) & (v < h + m) & (depth - rad < far)
-            vis |= ((depth > 0) & inside) | (p.norm(dim=-1) <= rad)  # in view, or the camera's own cell
+            vis |= ((depth > 0) & inside) | (dist <= rad)  # in view, or the camera's own cell
         vis = vis.view(self.levels, g, g, g)
         new = vis & ~self.seen
         self.seen |= vis

@@ -288,7 +288,7 @@ def scaled_config(scene) -> LanguageFieldConfig:
     (a field box 2^k times the inner box, contracted beyond: twice the span) they are scaled by the ratio of the
     field box to the inner box, which keeps the default's cell size across the region the cameras see."""
     cfg = LanguageFieldConfig()
-    occ = getattr(scene, "occupancy_box", None)
+    occ = scene.occupancy_box
     if occ:
         box, inner = np.asarray(scene.scene_box, float), np.asarray(occ, float)
         k = float((box[1] - box[0]).max() / (inner[1] - inner[0]).max())
