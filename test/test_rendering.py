@@ -108,3 +108,27 @@ def test_render_camera_outputs_and_feature_heads():
     out2 = render_camera(field, grid, cams2, 0, cfg, torch.ones(3), 0.1, 10.0, feature_heads=["feat"])
     assert float(out2["opacity"].max()) == 0.0 and torch.allclose(out2["rgb"], torch.ones(12, 16, 3))
     assert out2["feat"].shape == (12, 16, 5)
+
+
+def test_render_budget_picks_the_largest_size_that_fits_and_upsamples_exactly_sized_images():
+    from nerf_mapping.rendering.budget import RenderCost, budget_size, upsample_render
+
+    cost = RenderCost()
+    assert cost.predict(100) is None and budget_size(320, 240, None, 1.0) == (320, 240)  # nothing measured
+    cost.update(2.0, 1000)
+    cost.update(4.0, 1000)  # the newest render weighs half
+    assert math.isclose(cost.seconds_per_ray, 3e-3) and math.isclose(cost.predict(10), 0.03)
+    cost.update(float("nan"), 10)  # a broken timing is ignored
+    assert math.isclose(cost.seconds_per_ray, 3e-3)
+    assert budget_size(320, 240, 1e-6, 1.0) == (320, 240)  # fits: full size
+    assert budget_size(320, 240, 1e-3, 0.0) == (320, 240)  # budget off
+    w, h = budget_size(320, 240, 1e-4, 1.0)  # 8000 rays fit (0.8 safety)
+    assert w * h <= 8000 and w * h > 0.9 * 8000 - 320 and abs(w / h - 4 / 3) < 0.02
+    assert budget_size(320, 240, 1.0, 1.0)[0] == 32  # never below the minimum width
+    # upsampling: requested size; a constant colour stays constant; depth takes a neighbour's value, never a mix
+    out = {"rgb": torch.full((3, 4, 3), 0.25), "depth": torch.tensor([[1.0, 1.0, 5.0, 5.0]] * 3),
+           "n_samples": torch.tensor(7)}
+    up = upsample_render(out, 6, 8)
+    assert up["rgb"].shape == (6, 8, 3) and torch.allclose(up["rgb"], torch.tensor(0.25))
+    assert up["depth"].shape == (6, 8) and set(up["depth"].unique().tolist()) == {1.0, 5.0}
+    assert int(up["n_samples"]) == 7

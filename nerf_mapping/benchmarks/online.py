@@ -236,7 +236,7 @@ def run_online(args, cfg, out_dir: Path, log=print) -> tuple[dict, BagFeed, obje
     mapper.start()
     for th in threads:
         th.start()
-    render_s, save_s, snapshots, steps_series = [], [], [], []
+    render_s, render_sizes, save_s, snapshots, steps_series = [], [], [], [], []
     next_render, next_snap, next_log = args.render_every, args.snapshot_every, 10.0
     try:
         while (now := time.monotonic() - t0) < args.seconds:
@@ -246,8 +246,9 @@ def run_online(args, cfg, out_dir: Path, log=print) -> tuple[dict, BagFeed, obje
                 kf = mapper.kf_info.get(mapper._latest_kf) if mapper._latest_kf is not None else None
                 if kf is not None:
                     t = time.monotonic()
-                    mapper.render_view(mapper.drift_estimate() @ kf.T_odom_cam, 320, 240)
+                    rv = mapper.render_view(mapper.drift_estimate() @ kf.T_odom_cam, 320, 240)
                     render_s.append(time.monotonic() - t)
+                    render_sizes.append("x".join(map(str, rv["rendered_size"])))
             if now >= next_snap:
                 next_snap += args.snapshot_every
                 if len(mapper.trainer.frames):
@@ -276,6 +277,7 @@ def run_online(args, cfg, out_dir: Path, log=print) -> tuple[dict, BagFeed, obje
            "render_view_seconds": [round(x, 3) for x in render_s],
            "render_view_seconds_median": statistics.median(render_s) if render_s else None,
            "render_view_seconds_max": max(render_s) if render_s else None,
+           "render_view_rendered_sizes": render_sizes,
            "save_map_seconds": max(save_s), "save_map_seconds_all": [round(x, 3) for x in save_s],
            "rss_max_mb": max(rss), "periodic_renders": renders[0],
            "extent": mapper.extent.summary() if mapper.extent is not None else {

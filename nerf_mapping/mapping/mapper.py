@@ -51,6 +51,7 @@ from nerf_mapping.mapping.semantics import OnlineSemantics, SemanticsConfig
 from nerf_mapping.mapping.sync import AFTER_BUFFER, EMPTY, OdometryBuffer
 from nerf_mapping.pose import drift
 from nerf_mapping.pose.correction import apply_deltas
+from nerf_mapping.rendering.budget import RenderCost, budget_size, upsample_render
 from nerf_mapping.training.frame_store import FrameStore
 from nerf_mapping.training.trainer import Trainer
 
@@ -139,6 +140,11 @@ class MapperConfig:
     rest). 0 = off."""
     render_width: int = 160
     """Width of the periodic render (pixels)."""
+    render_budget_s: float = 1.0
+    """``render_view`` answers within about this many seconds (:mod:`nerf_mapping.rendering.budget`): when the recent
+    renders' cost per ray predicts more at the requested size, the view is rendered smaller and upsampled to it, and
+    training pauses while it renders (it would otherwise interleave and double the latency). 0: always the full
+    resolution, interleaved with training."""
     keyframe: KeyframeConfig = field(default_factory=KeyframeConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
     training: OnlineTrainingConfig = field(default_factory=OnlineTrainingConfig)
@@ -230,6 +236,7 @@ class OnlineMapper:
         self.training_active = False
         self._rays_accum, self._rays_t, self._rays_per_second = 0.0, time.monotonic(), 0.0
         self._next_render = 0.0
+        self._render_cost = RenderCost()  # seconds per ray of the recent renders, for render_view's budget
         self.last_autosave: tuple | None = None  # (path, step, seconds) of the newest autosave
         self.semantics = OnlineSemantics(cfg.semantics, self)
         """Teacher, language field and text queries (:mod:`.semantics`); off unless ``semantics.teacher`` is set."""
@@ -648,29 +655,57 @@ class OnlineMapper:
         if view is None:
             return None
         tr, cams, c2w, stamp_ns = view
+        t0 = time.monotonic()
         out = tr.render(cams, 0, c2w=c2w, chunk=RENDER_CHUNK)
+        self._render_cost.update(time.monotonic() - t0, int(cams.width[0] * cams.height[0]))
         return (out["rgb"].clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).numpy(), stamp_ns
+
+    def _view_camera(self, c2w: np.ndarray, w: int, h: int) -> Cameras:
+        """A ``w`` x ``h`` camera at ``c2w`` with the camera info's intrinsics scaled per axis (without camera info a
+        60 degree horizontal field of view)."""
+        it = self.intrinsics
+        if it is not None:
+            sx, sy = w / it["width"], h / it["height"]
+            return Cameras.create(c2w, it["fx"] * sx, it["fy"] * sy, it["cx"] * sx, it["cy"] * sy, w, h)
+        f = 0.5 * w / math.tan(math.radians(30.0))
+        return Cameras.create(c2w, f, f, w / 2, h / 2, w, h)
+
+    def _timed_render(self, tr: Trainer, cam: Cameras) -> dict[str, torch.Tensor]:
+        """Render with training paused (the lock waits for the running step to end; the cost model times the render
+        alone)."""
+        with tr.lock:
+            t0 = time.monotonic()
+            out = tr.render(cam, 0, chunk=RENDER_CHUNK, exclusive=True)
+            self._render_cost.update(time.monotonic() - t0, int(cam.width[0] * cam.height[0]))
+        return out
 
     def render_view(self, T_map_optical: np.ndarray, width: int = 0, height: int = 0,
                     max_size: int = 1920) -> dict[str, np.ndarray]:
         """Render the map from a camera (optical-frame pose in the map frame) with the camera info's intrinsics
         scaled to ``width`` x ``height`` (0: the keyframe width, height from the aspect ratio; without camera info a
-        60 degree horizontal field of view). Returns ``rgb`` uint8 [H,W,3] and ``depth`` float32 [H,W] (metres)."""
+        60 degree horizontal field of view). Returns ``rgb`` uint8 [H,W,3], ``depth`` float32 [H,W] (metres) and
+        ``rendered_size`` (w, h): smaller than the image when ``render_budget_s`` required it (the image is then
+        upsampled from it). Before any render has been timed, a probe of at most 80 pixels wide measures the cost."""
         it = self.intrinsics or {"fx": 0.0, "width": 0, "height": 0}
         w = int(width) or int(it["width"] and min(it["width"], self.cfg.keyframe.max_width)) or 160
         h = int(height) or (round(w * it["height"] / it["width"]) if it["width"] else round(w * 0.75))
         if not (8 <= w <= max_size and 8 <= h <= max_size):
             raise ValueError(f"width/height must be within 8..{max_size}, got {w}x{h}")
         c2w = optical_pose_to_model_c2w(T_map_optical)
-        if self.intrinsics is not None:
-            sx, sy = w / it["width"], h / it["height"]
-            cam = Cameras.create(c2w, it["fx"] * sx, it["fy"] * sy, it["cx"] * sx, it["cy"] * sy, w, h)
+        tr, budget = self.trainer, float(self.cfg.render_budget_s)
+        if budget <= 0:
+            out = tr.render(self._view_camera(c2w, w, h), 0, chunk=RENDER_CHUNK)
+            rw, rh = w, h
         else:
-            f = 0.5 * w / math.tan(math.radians(30.0))
-            cam = Cameras.create(c2w, f, f, w / 2, h / 2, w, h)
-        out = self.trainer.render(cam, 0, chunk=RENDER_CHUNK)
+            if self._render_cost.seconds_per_ray is None and w > 80:
+                pw = 80
+                self._timed_render(tr, self._view_camera(c2w, pw, max(1, round(pw * h / w))))
+            rw, rh = budget_size(w, h, self._render_cost.seconds_per_ray, budget)
+            out = self._timed_render(tr, self._view_camera(c2w, rw, rh))
+            if (rw, rh) != (w, h):
+                out = upsample_render({"rgb": out["rgb"], "depth": out["depth"]}, h, w)
         return {"rgb": (out["rgb"].clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).numpy(),
-                "depth": out["depth"].numpy()}
+                "depth": out["depth"].numpy(), "rendered_size": (rw, rh)}
 
     def export_mesh(self, path: Path, cfg=None, kind: str = "poisson", progress=None):
         """Export the current map (``kind`` poisson | pointcloud, :mod:`nerf_mapping.export.mesh`) to ``path``, in

@@ -330,7 +330,9 @@ class MapperNode(Node):
             res.rgb = conv.array_to_image_msg(out["rgb"], stamp, self._camera_frame(), "rgb8")
             res.depth = conv.depth_array_to_image_msg(out["depth"], stamp, self._camera_frame())
             h, w = out["rgb"].shape[:2]
-            res.success, res.message = True, f"rendered {w}x{h}"
+            rw, rh = out["rendered_size"]
+            res.success, res.message = True, (f"rendered {w}x{h}" if (rw, rh) == (w, h) else
+                                              f"rendered {rw}x{rh} (render_budget_s), upsampled to {w}x{h}")
         except Exception as exc:  # noqa: BLE001
             res.success, res.message = False, f"render_view failed: {exc}"
         return res

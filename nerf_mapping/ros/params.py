@@ -96,6 +96,8 @@ PARAMETERS: list[tuple[str, object, str]] = [
      "the time"),
     ("render_width", _M.render_width, "width of the periodic render (pixels)"),
     ("render_max_size", 1920, "largest width/height RenderView accepts"),
+    ("render_budget_s", _M.render_budget_s, "RenderView answers within about this long: rendered smaller and "
+     "upsampled when the recent renders' cost predicts more (0 = always full resolution)"),
     # mesh export (ExportMesh, ~/mesh)
     ("mesh.depth", _E.depth, "Poisson octree depth of ExportMesh when the request gives none (1..12)"),
     ("mesh.num_points", 50000, "rays cast over the keyframes for the mesh's surface points (half the offline "
@@ -178,6 +180,7 @@ def mapper_config(get: Callable[[str], object] | None = None) -> MapperConfig:
         camera_frame=str(get("camera_frame")), use_tf_static=bool(get("use_tf_static")),
         tf_wait_s=float(get("tf_wait_s")), extrinsic_base_camera=tuple(float(x) for x in get("extrinsic_base_camera")),
         render_period_s=float(get("render_period_s")), render_width=int(get("render_width")),
+        render_budget_s=float(get("render_budget_s")),
         keyframe=kc, sync=sync, training=training, semantics=semantics,
         autosave_dir=str(Path(str(get("output_dir"))).expanduser().resolve() / "autosave"),
         autosave_period_s=float(get("autosave_period_s")), autosave_keep=int(get("autosave_keep")),
