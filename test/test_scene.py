@@ -345,3 +345,34 @@ def test_cli_sqlite3(tmp_path):
     add_cli(scene_sub)
     args = parser.parse_args(["scene", "generate", "-o", "x", "--resolution", "64x48"])
     assert args.resolution == (64, 48) and callable(args.func)
+
+
+def test_corridor_layout_spans_thirty_metres_and_every_pixel_hits(tmp_path):
+    """The large layout: a corridor walked end to end, through the CLI; closed (every pixel has depth), the camera
+    path clear of the geometry, its side rooms seen through the doorways (their floor is in the pictures)."""
+    from nerf_mapping.scene.__main__ import main
+    from nerf_mapping.scene.layout import CORRIDOR_BOX, SIDE_ROOM_Y
+
+    out = tmp_path / "corridor"
+    assert main(["generate", "--layout", "corridor", "--output", str(out), "--frames", "40", "--resolution", "48x36",
+                 "--no-bag", "--quiet"]) == 0
+    t = json.loads((out / "transforms.json").read_text())
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["config"]["layout"] == "corridor" and np.allclose(t["scene_box"], CORRIDOR_BOX)
+    eyes = np.stack([np.asarray(f["transform_matrix"])[:3, 3] for f in t["frames"]])
+    assert eyes[:, 0].max() - eyes[:, 0].min() > 25.0  # walked the length of the corridor
+    assert np.all(np.abs(eyes[:, 1]) < 0.5) and meta["camera_path_clearance_m"] > 0.5
+    depth = np.stack([np.asarray(Image.open(out / f["depth_file_path"])) for f in t["frames"]]) * 0.001
+    assert depth.min() > 0 and depth.max() > 8.0  # closed; looking down the corridor sees far
+    # pixels whose surface lies behind the corridor wall (y > the wall): the side rooms, through their doorways
+    seen_rooms = 0
+    for f, d in zip(t["frames"], depth):
+        c2w = np.asarray(f["transform_matrix"]) @ GL_TO_CV
+        h, w = d.shape
+        v, u = np.mgrid[0:h, 0:w] + 0.5
+        ray = np.stack([(u - t["cx"]) / t["fl_x"], (v - t["cy"]) / t["fl_y"], np.ones_like(u)], -1) * d[..., None]
+        y = (ray.reshape(-1, 3) @ c2w[:3, :3].T + c2w[:3, 3])[:, 1]
+        seen_rooms += int((y > SIDE_ROOM_Y[0] + 0.05).sum())
+    assert seen_rooms > 100
+    with pytest.raises(ValueError, match="layout"):
+        SceneConfig(layout="maze").validate()

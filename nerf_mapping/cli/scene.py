@@ -21,18 +21,26 @@ def _resolution(text: str) -> tuple[int, int]:
     return w, h
 
 
+CORRIDOR_FRAMES = 300
+
+
 def add_cli(subparsers) -> argparse.ArgumentParser:
     """Register ``generate`` on the given sub-parsers object (of the ``scene`` command) and return its parser."""
     p = subparsers.add_parser(
         "generate",
-        help="render the built-in labeled demo room (images, depth, labels, mesh, rosbag2)",
+        help="render the built-in labeled demo room or corridor (images, depth, labels, mesh, rosbag2)",
         description="Render the built-in labeled indoor demo scene along a handheld trajectory: nerfstudio "
         "transforms.json + RGB/depth/label PNGs, ground-truth mesh.ply and a rosbag2 with images, camera info, "
         "noisy and ground-truth odometry and the static camera extrinsic.",
     )
     p.add_argument("--output", "-o", type=Path, required=True, help="output folder (created)")
     p.add_argument("--seed", type=int, default=_D.seed, help="scene layout / trajectory / noise seed")
-    p.add_argument("--frames", type=int, default=_D.frames, help="number of images")
+    p.add_argument("--layout", choices=("room", "corridor"), default=_D.layout,
+                   help="room: the 5 m x 4 m demo room, one loop around it; corridor: a 30 m corridor with three "
+                        "side rooms, walked end to end (a map larger than one room)")
+    p.add_argument("--frames", type=int, default=None,
+                   help=f"number of images (default {_D.frames} for the room, {CORRIDOR_FRAMES} for the corridor: "
+                        "about 1 m/s at the default image rate)")
     p.add_argument("--resolution", type=_resolution, default=(_D.width, _D.height), metavar="WxH",
                    help=f"image size (default {_D.width}x{_D.height})")
     p.add_argument("--fov", type=float, default=_D.hfov_deg, help="horizontal field of view in degrees")
@@ -57,7 +65,9 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> SceneConfig:
     return SceneConfig(
-        seed=args.seed, frames=args.frames, width=args.resolution[0], height=args.resolution[1], hfov_deg=args.fov,
+        seed=args.seed, layout=args.layout,
+        frames=args.frames if args.frames is not None else (CORRIDOR_FRAMES if args.layout == "corridor" else _D.frames),
+        width=args.resolution[0], height=args.resolution[1], hfov_deg=args.fov,
         image_rate_hz=args.image_rate, odom_rate_hz=args.odom_rate, odom_trans_rw_sigma=args.odom_trans_rw,
         odom_z_rw_sigma=args.odom_z_rw, odom_yaw_rw_sigma=args.odom_yaw_rw, odom_jitter_trans=args.odom_jitter_trans,
         odom_jitter_rot=args.odom_jitter_rot, bag_storage=args.bag_storage, write_bag=not args.no_bag,

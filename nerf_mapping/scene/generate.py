@@ -14,7 +14,8 @@ Output layout of ``generate_scene(cfg, DIR)``::
       bag/                   rosbag2 (mcap or sqlite3), see bag.py for topics
       .nerf_mapping_scene.json  marker: written first as incomplete, rewritten (atomically) as complete last
 
-World frame = map = ground-truth odom frame: z up, metres, the room spans ``layout.ROOM_BOX``.
+World frame = map = ground-truth odom frame: z up, metres, the room spans ``layout.ROOM_BOX`` (the corridor layout
+``layout.CORRIDOR_BOX``).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import numpy as np
 MARKER = ".nerf_mapping_scene.json"
 FORMAT_VERSION = 1
 DEFAULT_SCENE_NAME = "demo_scene_v2"  # v2: the bag carries /camera/labels
+LAYOUTS = ("room", "corridor")
 # names generate_scene owns inside an output dir (only these are removed when overwriting)
 _OUTPUT_NAMES = ("transforms.json", "metadata.json", "labels.json", "mesh.ply", "odometry.npz", "images", "depth",
                  "labels", "bag", MARKER)
@@ -58,6 +60,7 @@ class SceneConfig:
     supersample: int = 1  # s x s sub-pixel colour samples (anti-aliasing; cost ~ s^2)
     shadows: bool = True
     start_time_s: float = 1_700_000_000.0  # ROS time of the first image (bag stamps and transforms.json timestamps)
+    layout: str = "room"  # "room": the 5 m x 4 m demo room | "corridor": a 30 m corridor with three side rooms
 
     def validate(self) -> None:
         if self.frames < 1:
@@ -68,6 +71,8 @@ class SceneConfig:
             raise ValueError("hfov_deg must be in [10, 150]")
         if self.image_rate_hz <= 0 or self.odom_rate_hz <= 0:
             raise ValueError("rates must be positive")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
         if self.bag_storage not in ("mcap", "sqlite3"):
             raise ValueError(f"bag_storage must be 'mcap' or 'sqlite3', got {self.bag_storage!r}")
         noise = (self.odom_trans_rw_sigma, self.odom_z_rw_sigma, self.odom_yaw_rw_sigma, self.odom_jitter_trans,
@@ -220,12 +225,12 @@ def generate_scene(cfg: SceneConfig, output: Path, progress: bool = True, force:
     from tqdm.auto import tqdm
 
     from . import bag as bagmod
-    from .layout import CLASS_COLORS, CLASSES, ROOM_BOX, build_scene_mesh
+    from .layout import CLASS_COLORS, CLASSES, CORRIDOR_BOX, ROOM_BOX, build_corridor_mesh, build_scene_mesh
     from .mesh_io import write_labeled_ply
     from .odometry import OdometryNoiseParams, body_twist, simulate_odometry_noise
     from .render import Intrinsics, LightingConfig, Renderer
     from .trajectory import (TrajectoryParams, base_to_camera_optical, camera_poses, camera_to_base_poses,
-                             opencv_c2w_to_opengl)
+                             corridor_camera_poses, opencv_c2w_to_opengl)
 
     cfg.validate()
     t_begin = time.perf_counter()
@@ -235,22 +240,25 @@ def generate_scene(cfg: SceneConfig, output: Path, progress: bool = True, force:
     for sub in ("images", "depth", "labels"):
         (output / sub).mkdir()
 
-    mesh = build_scene_mesh(cfg.seed)
+    corridor = cfg.layout == "corridor"
+    mesh = build_corridor_mesh(cfg.seed) if corridor else build_scene_mesh(cfg.seed)
+    scene_box = CORRIDOR_BOX if corridor else ROOM_BOX
+    poses = corridor_camera_poses if corridor else camera_poses
     renderer = Renderer(mesh, LightingConfig(shadows=cfg.shadows))
     intr = Intrinsics.from_fov(cfg.width, cfg.height, cfg.hfov_deg)
     img_ns, odom_ns, t0 = timeline(cfg)
     duration = max(cfg.frames / cfg.image_rate_hz, 1.0)
     traj = TrajectoryParams.from_seed(cfg.seed, duration)
     rel = lambda ns: (ns - t0).astype(np.float64) * 1e-9  # noqa: E731  trajectory time (s) of stamps
-    cams = camera_poses(traj, rel(img_ns))  # T_world_cam, OpenCV optical axes
+    cams = poses(traj, rel(img_ns))  # T_world_cam, OpenCV optical axes
     t_base_cam = base_to_camera_optical()
-    gt_base = camera_to_base_poses(camera_poses(traj, rel(odom_ns)))  # T_odom_base (odom == world for ground truth)
+    gt_base = camera_to_base_poses(poses(traj, rel(odom_ns)))  # T_odom_base (odom == world for ground truth)
     clearance = _check_clearance(renderer, np.concatenate([cams[:, :3, 3], gt_base[:, :3, 3]]))
 
     # --- render
     frames = []
     c2w_gl = opencv_c2w_to_opengl(cams)
-    for i in tqdm(range(cfg.frames), desc="rendering demo scene", unit="frame", disable=not progress):
+    for i in tqdm(range(cfg.frames), desc=f"rendering the {cfg.layout} scene", unit="frame", disable=not progress):
         rgb, depth, labels = renderer.render(cams[i], intr, cfg.supersample)
         name = f"frame_{i:05d}.png"
         _save_png(output / "images" / name, rgb)
@@ -287,7 +295,7 @@ def generate_scene(cfg: SceneConfig, output: Path, progress: bool = True, force:
         "fl_x": intr.fx, "fl_y": intr.fy, "cx": intr.cx, "cy": intr.cy, "w": intr.width, "h": intr.height,
         "frames": frames,
         # extras (ignored by nerfstudio, read by nerf_mapping)
-        "scene_box": ROOM_BOX.tolist(),
+        "scene_box": scene_box.tolist(),
         "labels": "labels.json",
         "mesh": "mesh.ply",
         "extrinsic_base_to_camera_optical": t_base_cam.tolist(),
@@ -326,13 +334,15 @@ def generate_scene(cfg: SceneConfig, output: Path, progress: bool = True, force:
                      "depth_unit_scale_factor=0.001 for metres), 0 = no hit",
             "labels": "labels/*.png: uint8 class id per pixel (labels.json maps id -> name), 0 = unknown/no hit",
             "mesh": "mesh.ply: binary PLY, vertex/face property class_id; vertex colour = material base colour",
-            "room": "closed room (floor, 4 walls, ceiling): every ray from inside hits a surface",
+            "room": "closed rooms (floor, walls, ceiling): every ray from inside hits a surface",
+            "layout": "room: the 5 m x 4 m demo room; corridor: a 30 m x 2.4 m corridor along x with three 5 m x 4 m "
+                      "rooms behind doorways on its +y side, walked down its middle",
         },
         "intrinsics": {"model": "PINHOLE", "fx": intr.fx, "fy": intr.fy, "cx": intr.cx, "cy": intr.cy,
                        "width": intr.width, "height": intr.height, "distortion": [0.0] * 5},
         "frames": {"odom": bagmod.FRAME_ODOM, "base": bagmod.FRAME_BASE, "camera": bagmod.FRAME_CAMERA},
         "extrinsic_base_to_camera_optical": t_base_cam.tolist(),
-        "scene_box": ROOM_BOX.tolist(),
+        "scene_box": scene_box.tolist(),
         "classes": labels_map,
         "class_colors": {str(k): list(v) for k, v in CLASS_COLORS.items()},
         "lighting": asdict(LightingConfig(shadows=cfg.shadows)),

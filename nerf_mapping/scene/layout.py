@@ -349,3 +349,113 @@ def build_scene_mesh(seed: int = 0) -> LabeledMesh:
     b.transform_since(start, (px, py, 0.0), yaw, off)
 
     return b.build()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The corridor layout: a 30 m corridor with three side rooms, for maps larger than one room (``--layout corridor``).
+
+CORRIDOR_MIN = np.array([-15.0, -1.2, 0.0])
+CORRIDOR_MAX = np.array([15.0, 1.2, 2.6])
+SIDE_ROOM_CENTRES_X = (-10.0, 0.0, 10.0)  # rooms of 5 m x 4 m behind the +y wall, a 1.2 m doorway each
+SIDE_ROOM_HALF_X, SIDE_ROOM_Y, WALL_T, DOOR_HALF, DOOR_TOP = 2.5, (1.3, 5.3), 0.1, 0.6, 2.1
+CORRIDOR_BOX = np.array([[-15.0, -1.2, 0.0], [15.0, 5.3, 2.6]])  # everything visible (corridor and side rooms)
+
+
+def build_corridor_mesh(seed: int = 0) -> LabeledMesh:
+    """A 30 m x 2.4 m corridor (x along its length) with three 5 m x 4 m rooms opening onto its +y side through
+    doorways, furnished with textured objects along the walls; the camera path runs down the corridor's middle
+    (:func:`nerf_mapping.scene.trajectory.corridor_camera_poses`), so everything stays at least 0.5 m from it.
+    The wall between the corridor and the rooms is 10 cm thick (both of its faces are seen). ``seed`` jitters the
+    furniture along the walls and the colours."""
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0xC0DD]))
+    tex_seed = int(rng.integers(0, 2**31))
+    b = _Builder()
+
+    def mat(color, texture="noise", specular=0.0, shininess=32.0) -> int:
+        color = tuple(float(np.clip(c, 0.0, 1.0)) for c in color)
+        return b.material(Material(color, texture, specular, shininess, tex_seed + len(b.materials)))
+
+    def tint(base) -> np.ndarray:
+        return np.asarray(base, float) * rng.uniform(0.85, 1.1, 3)
+
+    (x0, y0, z0), (x1, y1, z1) = CORRIDOR_MIN, CORRIDOR_MAX
+    # --- corridor shell: floor and ceiling; the -y wall and the end walls in 5 m panels of different wallpaper, so
+    # that places along the corridor look different (a uniform corridor would alias for any visual method)
+    b.add(quad([[x0, y0, z0], [x1, y0, z0], [x1, y1, z0], [x0, y1, z0]]), "floor", mat((0.55, 0.42, 0.3), "planks"))
+    b.add(quad([[x0, y0, z1], [x0, y1, z1], [x1, y1, z1], [x1, y0, z1]]), "ceiling", mat((0.93, 0.92, 0.9), "plaster"))
+    hues = [(0.72, 0.82, 0.66), (0.66, 0.76, 0.9), (0.9, 0.8, 0.64), (0.9, 0.72, 0.74), (0.78, 0.7, 0.9),
+            (0.7, 0.88, 0.86)]
+    for i, xa in enumerate(np.arange(x0, x1, 5.0)):
+        xb = min(xa + 5.0, x1)
+        b.add(quad([[xa, y0, z0], [xa, y0, z1], [xb, y0, z1], [xb, y0, z0]]), "wall", mat(tint(hues[i]), "wallpaper"))
+    b.add(quad([[x0, y0, z0], [x0, y1, z0], [x0, y1, z1], [x0, y0, z1]]), "wall", mat((0.8, 0.6, 0.5), "wallpaper"))
+    b.add(quad([[x1, y0, z0], [x1, y0, z1], [x1, y1, z1], [x1, y1, z0]]), "wall", mat((0.5, 0.6, 0.8), "wallpaper"))
+
+    # --- the +y wall: 10 cm thick, with a doorway into each side room
+    wall = mat((0.85, 0.84, 0.78), "plaster")
+    cuts = sorted(SIDE_ROOM_CENTRES_X)
+    xa = x0
+    for cx in cuts:
+        b.add(box([xa, y1, z0], [cx - DOOR_HALF, y1 + WALL_T, z1]), "wall", wall)
+        b.add(box([cx - DOOR_HALF, y1, DOOR_TOP], [cx + DOOR_HALF, y1 + WALL_T, z1]), "wall", wall)  # lintel
+        b.add(quad([[cx - DOOR_HALF, y1, z0], [cx + DOOR_HALF, y1, z0], [cx + DOOR_HALF, y1 + WALL_T, z0],
+                    [cx - DOOR_HALF, y1 + WALL_T, z0]]), "floor", wall)  # threshold under the doorway
+        xa = cx + DOOR_HALF
+    b.add(box([xa, y1, z0], [x1, y1 + WALL_T, z1]), "wall", wall)
+
+    # --- side rooms: floor, ceiling, three walls of their own colour, a table, a bookshelf-like cabinet, a plant
+    ry0, ry1 = SIDE_ROOM_Y
+    for k, cx in enumerate(SIDE_ROOM_CENTRES_X):
+        ra, rb = cx - SIDE_ROOM_HALF_X, cx + SIDE_ROOM_HALF_X
+        b.add(quad([[ra, ry0, z0], [rb, ry0, z0], [rb, ry1, z0], [ra, ry1, z0]]), "floor",
+              mat(tint((0.6, 0.5, 0.38)), "planks"))
+        b.add(quad([[ra, ry0, z1], [ra, ry1, z1], [rb, ry1, z1], [rb, ry0, z1]]), "ceiling", mat((0.9, 0.9, 0.88),
+                                                                                               "plaster"))
+        wcol = tint(hues[(2 * k + 1) % len(hues)])
+        b.add(quad([[ra, ry1, z0], [rb, ry1, z0], [rb, ry1, z1], [ra, ry1, z1]]), "wall", mat(wcol, "wallpaper"))
+        b.add(quad([[ra, ry0, z0], [ra, ry1, z0], [ra, ry1, z1], [ra, ry0, z1]]), "wall", mat(wcol * 0.9, "wallpaper"))
+        b.add(quad([[rb, ry0, z0], [rb, ry0, z1], [rb, ry1, z1], [rb, ry1, z0]]), "wall", mat(wcol * 0.95, "wallpaper"))
+        tx, ty = cx + rng.uniform(-0.8, 0.8), 3.3 + rng.uniform(-0.3, 0.3)
+        wood = mat(tint((0.55, 0.34, 0.17)), "wood", specular=0.15, shininess=24.0)
+        b.add(box([tx - 0.6, ty - 0.4, 0.70], [tx + 0.6, ty + 0.4, 0.75]), "table", wood)
+        for sx in (-1, 1):
+            for sy in (-1, 1):
+                b.add(cylinder((tx + sx * 0.52, ty + sy * 0.32), 0.0, 0.03, 0.70, 12), "table", wood)
+        b.add(box([ra + 0.1, ry1 - 0.45, 0.0], [ra + 1.4, ry1 - 0.05, 1.8]), "bookshelf",
+              mat(tint((0.5, 0.3, 0.2)), "checker"))
+        b.add(box([rb - 1.2, ry1 - 0.3, 1.0], [rb - 0.2, ry1 - 0.28, 1.7]), "picture", mat((0.5, 0.5, 0.5), "painting"))
+        _plant(b, mat, (rb - 0.5, ry0 + 0.6))
+
+    # --- along the -y wall: pictures, benches, cabinets and plants, one group per 5 m panel (jittered)
+    for i, xa in enumerate(np.arange(x0, x1, 5.0)):
+        xc = xa + 2.5 + rng.uniform(-0.6, 0.6)
+        b.add(box([xc - 0.7, y0, 1.1], [xc + 0.7, y0 + 0.02, 1.9]), "picture",
+              mat(tint((0.5, 0.45, 0.5)), "painting"))
+        kind = i % 3
+        ox = xa + 0.8 + rng.uniform(0.0, 0.4)
+        if kind == 0:  # bench
+            fabric = mat(tint((0.22, 0.32, 0.68)), "fabric")
+            b.add(box([ox, y0 + 0.05, 0.0], [ox + 1.6, y0 + 0.5, 0.45]), "sofa", fabric)
+        elif kind == 1:  # cabinet
+            b.add(box([ox, y0, 0.0], [ox + 1.0, y0 + 0.45, 1.1]), "bookshelf", mat(tint((0.82, 0.66, 0.45)), "wood"))
+        else:  # floor lamp
+            metal = mat((0.72, 0.72, 0.75), "solid", specular=0.9, shininess=80.0)
+            lx, ly = ox + 0.3, y0 + 0.3
+            b.add(cylinder((lx, ly), 0.0, 0.17, 0.03, 32), "lamp", metal)
+            b.add(cylinder((lx, ly), 0.03, 0.02, 1.42, 12), "lamp", metal)
+            b.add(cone((lx, ly), 1.3, 0.24, 0.38, 32), "lamp", mat((0.96, 0.9, 0.72), "bands", specular=0.2))
+        _plant(b, mat, (xa + 4.3 + rng.uniform(-0.2, 0.2), y0 + 0.35))
+    # pictures between the doorways on the +y wall (corridor side)
+    for xc in (-5.0, 5.0):
+        b.add(box([xc - 0.8, y1 - 0.02, 1.1], [xc + 0.8, y1, 1.9]), "picture", mat(tint((0.45, 0.5, 0.55)), "painting"))
+    return b.build()
+
+
+def _plant(b: _Builder, mat, xy) -> None:
+    """A potted plant: a banded pot, a stem and blobs of foliage (at most 0.25 m from ``xy``)."""
+    px, py = xy
+    b.add(cylinder((px, py), 0.0, 0.17, 0.32, 32), "plant", mat((0.76, 0.4, 0.24), "bands"))
+    b.add(cylinder((px, py), 0.32, 0.018, 0.35, 8), "plant", mat((0.35, 0.28, 0.12), "solid"))
+    leaf = mat((0.3, 0.7, 0.2), "leaf")
+    for dx, dy, z, r in ((0.0, 0.0, 0.85, 0.2), (0.1, 0.05, 0.72, 0.14), (-0.1, 0.08, 0.76, 0.15)):
+        b.add(sphere((px + dx, py + dy, z), r, 14), "plant", leaf)

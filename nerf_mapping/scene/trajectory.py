@@ -109,6 +109,30 @@ def camera_poses(params: TrajectoryParams, t: np.ndarray) -> np.ndarray:
         ],
         -1,
     )
+    return _handheld_pose(params, t, u, eye, target)
+
+
+def corridor_camera_poses(params: TrajectoryParams, t: np.ndarray, x_range: tuple[float, float] = (-13.5, 13.5),
+                          height: float = 1.4) -> np.ndarray:
+    """T_world_cam [N,4,4] walking down the corridor layout (``layout.build_corridor_mesh``) along x: an easy start
+    and stop at the ends of ``x_range``, a little sway across the corridor, the gaze sweeping +-35 degrees about the
+    walking direction (it looks into the side rooms through their doorways) and the room path's hand shake."""
+    t = np.asarray(t, float)
+    ph = params.phases
+    u = np.clip(t / params.duration, 0.0, 1.0)
+    s = u - np.sin(2 * np.pi * u) / (2 * np.pi)  # 0..1 with zero speed at both ends
+    eye = np.stack([x_range[0] + (x_range[1] - x_range[0]) * s,
+                    0.12 * np.sin(2 * np.pi * 1.5 * u + ph[0]),
+                    height + 0.05 * np.sin(2 * np.pi * 2.0 * u + ph[1])], -1)
+    yaw = np.deg2rad(35.0) * np.sin(2 * np.pi * 3.0 * u + ph[2])
+    target = eye + np.stack([np.cos(yaw), np.sin(yaw), -0.15 + 0.05 * np.sin(2 * np.pi * 1.1 * u + ph[4])], -1)
+    return _handheld_pose(params, t, u, eye, target)
+
+
+def _handheld_pose(params: TrajectoryParams, t: np.ndarray, u: np.ndarray, eye: np.ndarray,
+                   target: np.ndarray) -> np.ndarray:
+    """Camera at ``eye`` [N,3] looking at ``target`` [N,3] (horizon level), then a slow roll and the hand shake."""
+    ph = params.phases
     fwd = target - eye
     fwd /= np.linalg.norm(fwd, axis=-1, keepdims=True)
     right = np.cross(fwd, np.array([0.0, 0.0, 1.0]))
