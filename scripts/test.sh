@@ -4,4 +4,4 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$root/scripts/setup.sh"
 cd "$root"
-exec "$root/scripts/env.sh" "$root/.venv/bin/python" -m pytest -q -rs test "$@"
+exec "$root/scripts/env.sh" "$root/.venv/bin/python" -m pytest -q -rs --durations=15 test "$@"

@@ -671,12 +671,10 @@ class OnlineMapper:
         return Cameras.create(c2w, f, f, w / 2, h / 2, w, h)
 
     def _timed_render(self, tr: Trainer, cam: Cameras) -> dict[str, torch.Tensor]:
-        """Render with training paused (the lock waits for the running step to end; the cost model times the render
-        alone)."""
-        with tr.lock:
-            t0 = time.monotonic()
-            out = tr.render(cam, 0, chunk=RENDER_CHUNK, exclusive=True)
-            self._render_cost.update(time.monotonic() - t0, int(cam.width[0] * cam.height[0]))
+        """Render with the trainer lock held (training paused), timed for the cost model. Call with the lock held."""
+        t0 = time.monotonic()
+        out = tr.render(cam, 0, chunk=RENDER_CHUNK, exclusive=True)
+        self._render_cost.update(time.monotonic() - t0, int(cam.width[0] * cam.height[0]))
         return out
 
     def render_view(self, T_map_optical: np.ndarray, width: int = 0, height: int = 0,
@@ -685,7 +683,9 @@ class OnlineMapper:
         scaled to ``width`` x ``height`` (0: the keyframe width, height from the aspect ratio; without camera info a
         60 degree horizontal field of view). Returns ``rgb`` uint8 [H,W,3], ``depth`` float32 [H,W] (metres) and
         ``rendered_size`` (w, h): smaller than the image when ``render_budget_s`` required it (the image is then
-        upsampled from it). Before any render has been timed, a probe of at most 80 pixels wide measures the cost."""
+        upsampled from it). The budget counts from the call: waiting for the running training step to end and,
+        before any render has been timed, a probe of at most 80 pixels wide that measures the cost, come out of it."""
+        t_call = time.monotonic()
         it = self.intrinsics or {"fx": 0.0, "width": 0, "height": 0}
         w = int(width) or int(it["width"] and min(it["width"], self.cfg.keyframe.max_width)) or 160
         h = int(height) or (round(w * it["height"] / it["width"]) if it["width"] else round(w * 0.75))
@@ -697,11 +697,12 @@ class OnlineMapper:
             out = tr.render(self._view_camera(c2w, w, h), 0, chunk=RENDER_CHUNK)
             rw, rh = w, h
         else:
-            if self._render_cost.seconds_per_ray is None and w > 80:
-                pw = 80
-                self._timed_render(tr, self._view_camera(c2w, pw, max(1, round(pw * h / w))))
-            rw, rh = budget_size(w, h, self._render_cost.seconds_per_ray, budget)
-            out = self._timed_render(tr, self._view_camera(c2w, rw, rh))
+            with tr.lock:  # waits for the running training step; training pauses until the view is rendered
+                if self._render_cost.seconds_per_ray is None and w > 80:
+                    self._timed_render(tr, self._view_camera(c2w, 80, max(1, round(80 * h / w))))
+                left = max(budget - (time.monotonic() - t_call), 0.25 * budget)
+                rw, rh = budget_size(w, h, self._render_cost.seconds_per_ray, left)
+                out = self._timed_render(tr, self._view_camera(c2w, rw, rh))
             if (rw, rh) != (w, h):
                 out = upsample_render({"rgb": out["rgb"], "depth": out["depth"]}, h, w)
         return {"rgb": (out["rgb"].clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).numpy(),
