@@ -106,7 +106,7 @@ def test_trainer_config_follows_the_extent():
 
 def test_converted_dtu_bag_is_mapped_with_default_parameters(shared_data, tmp_path):
     """A real capture the node was never tuned for (DTU scan65, normalised units, cameras 3.7 units from the object),
-    converted to a bag and played in real time into the mapper with the node's defaults and ``scene_box: auto``:
+    converted to a bag and played in real time into the mapper with the node's defaults (``scene_box: auto``):
     the extent finds the object, and the held-out views (every 8th image, never trained on) rendered at their
     odometry poses get well above an untrained map's PSNR (~9 dB) within a short run."""
     from argparse import Namespace
@@ -117,7 +117,7 @@ def test_converted_dtu_bag_is_mapped_with_default_parameters(shared_data, tmp_pa
     bag = tmp_path / "dtu_bag"
     convert_dataset_to_bag(shared_data / "dtu_scan65_neus", bag, image_rate_hz=2.0)
     args = Namespace(bag=bag, seconds=45.0, holdout_every=8, rate=2.0, render_every=1e9, snapshot_every=1e9,
-                     max_views=6, no_offline=True, set=["scene_box=auto"], output=tmp_path / "out", json=None)
+                     max_views=6, no_offline=True, set=[], output=tmp_path / "out", json=None)
     res = run(args, log=print)
     print({k: res[k] for k in ("live_psnr_db", "steps", "keyframes", "render_view_seconds", "save_map_seconds",
                                "rss_max_mb", "extent")})
@@ -125,6 +125,37 @@ def test_converted_dtu_bag_is_mapped_with_default_parameters(shared_data, tmp_pa
     assert ext["focus"] and 3.0 < ext["scale"] < 4.5  # DTU's cameras stand ~3.7 units from the object
     assert all(abs(c) < 1.0 for c in ext["centre"])  # the object sits at the origin of the normalised frame
     assert res["held_out_views"] == 6 and res["keyframes"] >= 30 and res["steps"] > 20
-    # measured: 11.5 dB after 42 s (untrained: 9.1); the odometry noise is in scene units, large for a unit object
-    assert res["live_psnr_db"] > 10.5, res["live_psnr_series"]
+    # measured: 13.9 dB after 45 s (11.2 before training rays coarsened their step in the early haze; untrained:
+    # 9.1); the odometry noise is in scene units, large for a unit object
+    assert res["live_psnr_db"] > 12.5, res["live_psnr_series"]
     assert res["save_map_seconds"] < 2.0 and res["rss_max_mb"] < 3000
+
+
+def test_a_frame_evicted_while_a_step_marks_visibility_is_skipped():
+    """With the automatic extent every new keyframe marks what it sees in the occupancy grid at the next step. The
+    keyframe thread may evict a listed frame before its camera is read (a full store, a looping bag: the soak);
+    the step goes on instead of failing with a KeyError."""
+    import torch
+
+    from nerf_mapping.cameras import Cameras
+    from nerf_mapping.training.frame_store import FrameStore
+    from nerf_mapping.training.trainer import Trainer
+
+    c, axes = orbit(4.0, [0.0, 0.0, 0.0], n=4)
+    e = auto_extent(c, axes, fx=40.0)
+    scene = auto_extent_scene(e, near=0.05)
+    cfg = online_config(scene, extent=e, target_samples_per_step=1024)
+    frames = FrameStore()
+    for ci, ai in zip(c, axes):
+        z = -ai  # OpenGL camera: looks along -z
+        x = np.cross([0.0, 0.0, 1.0], z)
+        x /= np.linalg.norm(x)
+        rot = np.stack([x, np.cross(z, x), z], 1)
+        c2w = torch.tensor(np.concatenate([rot, ci[:, None]], 1)[None], dtype=torch.float32)
+        frames.add(torch.randint(0, 256, (24, 32, 3), dtype=torch.uint8), Cameras.create(c2w, 40.0, 40.0, 16.0, 12.0, 32, 24))
+    tr = Trainer(cfg, scene, frames)
+    listed = frames.frame_ids()
+    frames.frame_ids = lambda: listed + [999]  # listed, then gone by the time its camera is read
+    st = tr.step()
+    assert np.isfinite(st["loss"]) and tr.step_count == 1
+    assert tr._visible_marked == set(listed) and tr.grid.seen.any()

@@ -637,11 +637,12 @@ def test_soak_short_run_stays_healthy(tiny_scene, tmp_path):
     res = json.loads((out / "soak.json").read_text())
     assert not res["crashed"] and res["launch_exit_code"] == 0, res["launch_errors"]
     assert not any(res["failed_calls"].values()), res["failed_calls"]
-    # a 320x240 RenderView of the early, hazy map takes 5-25 s on 2 loaded cores: at least two must fit in 60 s
-    assert res["render_view_seconds"]["n"] >= 2 and res["save_map_seconds"]["n"] >= 2
+    assert res["render_view_seconds"]["n"] >= 4 and res["save_map_seconds"]["n"] >= 2
+    # RenderView answers within its budget (render_budget_s, 1 s) even on the early, hazy map, which rendered at full
+    # size took 5-25 s on 2 loaded cores; the margin is for DDS transport and a loaded CI machine
+    assert res["render_view_seconds"]["max"] < 3.0, res["render_view_seconds"]
     assert res["loops"] >= 2  # the 24-frame bag looped: intake restarted each time
-    # training goes on between the service calls (each 320x240 RenderView of the early, hazy map holds the trainer
-    # for seconds on 2 cores: the rate itself is a measurement, docs/results/reliability.md)
+    # training goes on between the service calls (the rate itself is a measurement, docs/results/reliability.md)
     assert res["keyframes_last"] > 0 and res["steps_per_second_second_half"] > 0.1
     assert res["rss_mb_max"] < 1500, res["rss_mb_max"]  # the node's RSS swings by ~50 MB; the 30-min run: ~600 MB
     assert res["healthy"] and p.returncode == 0

@@ -132,3 +132,31 @@ def test_render_budget_picks_the_largest_size_that_fits_and_upsamples_exactly_si
     assert up["rgb"].shape == (6, 8, 3) and torch.allclose(up["rgb"], torch.tensor(0.25))
     assert up["depth"].shape == (6, 8) and set(up["depth"].unique().tolist()) == {1.0, 5.0}
     assert int(up["n_samples"]) == 7
+
+
+def test_training_rays_through_haze_reach_further_with_step_doubling():
+    """An untrained field is a haze wherever the grid is occupied (all of it, before the first update): at a fixed
+    step a ray spends its sample cap right in front of the camera; with ``train_fine_samples`` its step doubles
+    after them and the same cap reaches several times further, while the first samples stay exactly as before."""
+    from dataclasses import replace
+
+    from nerf_mapping.fields.hash_encoding import HashEncodingConfig
+    from nerf_mapping.fields.ngp_field import FieldConfig, NGPField
+    from nerf_mapping.rendering.occupancy_grid import OccupancyGrid, OccupancyGridConfig
+    from nerf_mapping.rendering.renderer import RenderConfig, early_stop_samples
+
+    box = torch.tensor([[-4.0, -4.0, -4.0], [4.0, 4.0, 4.0]])
+    field = NGPField(FieldConfig(encoding=HashEncodingConfig(n_levels=4, log2_hashmap_size=12, max_resolution=64)),
+                     box, unbounded=False)
+    grid = OccupancyGrid(OccupancyGridConfig(resolution=16), box.reshape(6), levels=1)
+    origins = torch.tensor([[-3.5, 0.0, 0.0], [-3.5, 0.5, 0.2]])
+    dirs = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0, 0.0], [1.0, 0.05, 0.0]]), dim=-1)
+    base = replace(RenderConfig(step_size=0.01, cone_angle=0.0, max_samples_per_ray=128, samples_per_round=32,
+                                early_stop_eps=1e-9), alpha_thre=0.0)
+    reach = {}
+    for fine in (None, 32):
+        r, a, b, _ = early_stop_samples(field, grid, origins, dirs, 0.0, 20.0, replace(base, train_fine_samples=fine))
+        reach[fine] = (b[r == 0].max().item(), a[r == 0][:32])
+    assert math.isclose(reach[None][0], 128 * 0.01, rel_tol=1e-4)  # the cap at a fixed step: 1.28 units
+    assert reach[32][0] > 3.5 * reach[None][0]  # (32 + 32x2 + 32x4 + 32x8) x 0.01 = 4.8 units for the same 128
+    assert torch.equal(reach[None][1], reach[32][1])  # the fine samples are the same

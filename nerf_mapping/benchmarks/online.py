@@ -6,7 +6,7 @@ training on the same frames for the same seconds?
 Online run: the bag is played in real time (recorded timing, ``--rate``) into the core mapper exactly as the node
 feeds it (:class:`nerf_mapping.mapping.mapper.OnlineMapper`: camera info, odometry, /tf_static, images through
 the keyframe policy; the periodic render runs, as the node publishes it), with the node's default parameters
-(``config/mapper.yaml``) plus ``--set`` overrides (``--set scene_box=auto`` for the automatic extent). Every ``--holdout-every``-th image is
+(``config/mapper.yaml``) plus ``--set`` overrides (``--set scene_box=[-3,-2.5,-0.2,3,2.5,3]`` for a fixed box instead of the automatic extent). Every ``--holdout-every``-th image is
 held out: never given to the mapper. While it runs, like a user: a ``render_view`` of 320x240 at the newest keyframe
 every ``--render-every`` seconds (latency), the map saved every ``--snapshot-every`` seconds (``save_map`` time; the
 saves are also the snapshots scored afterwards), and the process RSS.

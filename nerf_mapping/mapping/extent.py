@@ -29,7 +29,9 @@ mapping; the training thread starts right after):
   large, contracted volume would otherwise keep an untrained field's density and be marched by every ray.
 - *Marching*: cone marching at the pixel footprint (``cone_angle`` ~ ``1 / fx`` of the training images, the step
   never below the footprint at distance ``s``), so the number of samples per ray depends on the image, not on the
-  units.
+  units. In training, a ray's step doubles every round after its first 64 samples
+  (``RenderConfig.train_fine_samples``): early in a run the seen space between the cameras and the scene is still an
+  untrained haze, and at a fixed step rays spent their whole sample cap in it and never reached the scene.
 
 The keyframe translation threshold is scaled with ``s`` once the extent is fixed (:func:`keyframe_translation`).
 """

@@ -109,11 +109,11 @@ class OnlineTrainingConfig:
 
 @dataclass
 class MapperConfig:
-    scene_box: tuple[float, ...] | str = (-3.0, -2.5, -0.2, 3.0, 2.5, 3.0)
-    """[xmin, ymin, zmin, xmax, ymax, zmax] in the map frame (default: sized for the demo room), or ``auto``: the
-    map's extent follows what the mapper observes (:mod:`.extent`: fixed from the first keyframes' cameras, far field
-    contracted). ``auto`` is not the default yet: on 2 cores it trains fewer steps per second than the demo room's box
-    (docs/results/online.md)."""
+    scene_box: tuple[float, ...] | str = "auto"
+    """``auto`` (default): the map's extent follows what the mapper observes (:mod:`.extent`: fixed from the first
+    keyframes' cameras, far field contracted), in the capture's own units; or [xmin, ymin, zmin, xmax, ymax, zmax] in
+    the map frame (the demo room's: [-3, -2.5, -0.2, 3, 2.5, 3]). Measured against each other on bags of the demo
+    room, DTU and fox: docs/results/online.md."""
     unbounded: bool = False
     """With a given ``scene_box``: contract space outside it (an automatic extent always does)."""
     near: float = 0.05

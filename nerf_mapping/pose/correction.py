@@ -488,9 +488,8 @@ class PoseCorrection(TrainerExtension):
         rebuild = self.ensure_size(frames.num_ids)
         pending = self.pending_frames()
         if pending:
-            live = set(frames.frame_ids())
             for fid in pending:
-                cam = frames.camera(fid) if fid in live else None
+                cam = frames.camera_if_live(fid)  # None: evicted (also while this loop runs)
                 # the inner box of an automatic extent is where the cameras look; the field's box is 4x larger
                 box = scene.occupancy_box or scene.scene_box
                 rebuild |= self.init_frame(fid, cam, frames.stamp(fid), box, scene.near, scene.far)

@@ -45,6 +45,12 @@ class RenderConfig:
     full field with gradients on those only."""
     samples_per_round: int = 64
     """Samples per ray and round of the early-stop marching (training's pruning pass)."""
+    train_fine_samples: int | None = None
+    """Training's pruning pass: samples a ray marches at ``step_size`` before its step doubles every round (None:
+    never). Early in a run the occupancy grid still marks the space between the cameras and the scene occupied and
+    the field is a haze there; at a fixed step a ray then spends its whole ``max_samples_per_ray`` within a few
+    metres of its camera and never reaches the scene. Doubling after the fine samples lets it reach 2^rounds times
+    further at the same cost; a trained ray ends within its fine samples and is unaffected."""
     inference_samples_per_round: int = 16
     """Samples per live ray and round of the inference renderer: small rounds waste few evaluations behind a ray's
     surface; rays that pass through empty space are cheap anyway (the marcher skips empty cells)."""
@@ -128,9 +134,10 @@ def early_stop_samples(
     k = cfg.samples_per_round
     kept_r, kept_a, kept_b = [], [], []
     evaluated = 0
+    coarse = torch.zeros(n, dtype=torch.long)  # rounds since the ray used its fine samples: step x 2^coarse
     while alive.numel() > 0:
-        ri, a, b = grid.sampling(origins[alive], directions[alive], t_cur[alive], t_far[alive], cfg.step_size,
-                                 cfg.cone_angle, k)
+        ri, a, b = _march_levels(grid, origins[alive], directions[alive], t_cur[alive], t_far[alive], coarse[alive],
+                                 cfg, k)
         if ri.numel() == 0:
             break
         evaluated += ri.numel()
@@ -143,6 +150,8 @@ def early_stop_samples(
         kept_a.append(a[keep])
         kept_b.append(b[keep])
         alive = _advance(alive, ri, a, b, sig, trans, t_cur, n_eval, k, cfg)
+        if cfg.train_fine_samples is not None:
+            coarse[alive] += (n_eval[alive] >= cfg.train_fine_samples).long()
     if not kept_r:
         e = torch.zeros(0)
         return torch.zeros(0, dtype=torch.long), e, e, evaluated

@@ -59,7 +59,7 @@ PARAMETERS: list[tuple[str, object, str]] = [
     ("keyframe.capacity", _K.capacity, "keyframes held for training (the most redundant is evicted beyond)"),
     ("keyframe.max_width", _K.max_width, "training resolution: wider keyframes are downscaled by an integer factor"),
     # scene / training
-    ("scene_box", list(_M.scene_box), "[xmin, ymin, zmin, xmax, ymax, zmax] in the map frame, or auto (the extent "
+    ("scene_box", _M.scene_box, "[xmin, ymin, zmin, xmax, ymax, zmax] in the map frame, or auto (the extent "
      "follows the cameras, far field contracted)"),
     ("unbounded", _M.unbounded, "with a given scene_box: contract space outside it"),
     ("near", _M.near, "ray near bound (map units)"),

@@ -93,6 +93,12 @@ class FrameStore:
     def camera(self, fid: int) -> Cameras:
         return self._cameras[fid]
 
+    def camera_if_live(self, fid: int) -> Cameras | None:
+        """Camera of frame ``fid``, or None when it was evicted: another thread may add frames (and so evict one)
+        between a caller's listing of the ids and its reading of a camera."""
+        with self._lock:
+            return self._cameras.get(fid)
+
     def stamp(self, fid: int) -> float | None:
         """Capture time (seconds) of frame ``fid``, or None when it was added without one."""
         return self._stamps.get(fid)

@@ -169,7 +169,10 @@ class Trainer:
             return
         ids = [f for f in self.frames.frame_ids() if f not in self._visible_marked]
         for fid in ids:
-            self.grid.mark_visible(self.frames.camera(fid), self.scene.far)
+            cam = self.frames.camera_if_live(fid)
+            if cam is None:  # evicted by the keyframe thread since it was listed (a full store): nothing to mark
+                continue
+            self.grid.mark_visible(cam, self.scene.far)
             self._visible_marked.add(fid)
 
     def lr_factor(self) -> float:
