@@ -168,7 +168,7 @@ class Trainer:
         if not self.grid.cfg.visibility:
             return
         ids = [f for f in self.frames.frame_ids() if f not in self._visible_marked]
-        for fid in ids:
+        for fid in ids[:max(1, self.grid.cfg.visibility_frames_per_step)]:
             cam = self.frames.camera_if_live(fid)
             if cam is None:  # evicted by the keyframe thread since it was listed (a full store): nothing to mark
                 continue
