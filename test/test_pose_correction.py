@@ -95,6 +95,21 @@ def test_gradient_at_identity_is_finite(mode):
     assert torch.isfinite(pc.params.grad).all()
 
 
+def test_frames_without_parameters_yet_keep_their_input_pose():
+    """A keyframe that arrived after the last training step's sync has no parameters yet: an export or a text query
+    in that window reads its pose through the correction and must get the input pose, not an index error (seen in
+    the demo: ExportMesh failed with 'index 815 is out of bounds for dimension 0 with size 815')."""
+    pc = PoseCorrection(PoseCorrectionConfig(mode="so3xr3", gauge="none"), num_frames=2)
+    with torch.no_grad():
+        pc.params.add_(0.01)
+    c2w = _random_rigid(4, seed=5).float()
+    ids = torch.tensor([0, 1, 2, 3])
+    out = pc(c2w, ids)
+    assert not torch.allclose(out[:2], c2w[:2], atol=1e-4)  # trained frames are corrected
+    assert torch.allclose(out[2:], c2w[2:], atol=1e-6)  # the two new ones keep their input pose
+    assert torch.allclose(pc.refined(c2w, ids), out)
+
+
 def test_gradients_reach_poses_through_the_field():
     """Pose parameters get a gradient through ray origins/directions and the (native or torch) hash encoding."""
     from nerf_mapping.cameras import rays_from_c2w

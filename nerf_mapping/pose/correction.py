@@ -529,8 +529,14 @@ class PoseCorrection(TrainerExtension):
         return apply_deltas(compose(invert_rigid(A), compose(L, A)), d64).to(d.dtype)
 
     def deltas(self, frame_ids: torch.Tensor) -> torch.Tensor:
-        """[R] -> [R,3,4] camera-frame corrections."""
-        return self.all_deltas()[frame_ids]
+        """[R] -> [R,3,4] camera-frame corrections. A frame added since the last training step's :meth:`sync` has
+        no parameters yet (the trainer never saw it) and keeps its input pose: the identity (an export or a query
+        between a keyframe's arrival and the next step reads it)."""
+        d = self.all_deltas()
+        n = int(frame_ids.max()) + 1 if frame_ids.numel() else 0
+        if n > d.shape[0]:
+            d = torch.cat([d, torch.eye(3, 4, dtype=d.dtype).expand(n - d.shape[0], 3, 4)])
+        return d[frame_ids]
 
     def regularizer(self, frame_ids: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
@@ -557,9 +563,4 @@ class PoseCorrection(TrainerExtension):
             frame_ids = torch.arange(c2w.shape[0])
         if not self.enabled:
             return c2w.clone()
-        d = self.all_deltas()
-        n = int(frame_ids.max()) + 1 if frame_ids.numel() else 0
-        if n > d.shape[0]:  # frames the trainer never saw keep their input pose (identity correction)
-            eye = torch.eye(3, 4, dtype=d.dtype).expand(n - d.shape[0], 3, 4)
-            d = torch.cat([d, eye])
-        return apply_deltas(c2w, d[frame_ids].to(c2w.dtype))
+        return apply_deltas(c2w, self.deltas(frame_ids).to(c2w.dtype))

@@ -41,7 +41,7 @@ class OccupancyGridConfig:
     each new frame). An untrained field has a density of ~1 everywhere, and only cells that training rays cross
     learn otherwise: in a large or contracted volume most cells are never crossed and would stay occupied, so every
     ray (and every novel view) would march through them. Unseen space holds nothing the map can know about."""
-    visibility_frames_per_step: int = 4
+    visibility_frames_per_step: int = 2
     """New frames a training step marks at most (the rest wait for the next steps): marking costs ~30 ms a frame
     on 2 cores, and a burst of keyframes (a looping bag adds 20 at once) made single steps hold the trainer for
     seconds, which a RenderView or SaveMap then waited for."""

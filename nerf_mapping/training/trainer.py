@@ -167,13 +167,16 @@ class Trainer:
         extent). Evicted frames keep what they marked: the map still holds what they saw."""
         if not self.grid.cfg.visibility:
             return
-        ids = [f for f in self.frames.frame_ids() if f not in self._visible_marked]
-        for fid in ids[:max(1, self.grid.cfg.visibility_frames_per_step)]:
+        budget = max(1, self.grid.cfg.visibility_frames_per_step)  # frames marked per step; the rest wait
+        for fid in (f for f in self.frames.frame_ids() if f not in self._visible_marked):
             cam = self.frames.camera_if_live(fid)
             if cam is None:  # evicted by the keyframe thread since it was listed (a full store): nothing to mark
                 continue
             self.grid.mark_visible(cam, self.scene.far)
             self._visible_marked.add(fid)
+            budget -= 1
+            if budget == 0:
+                break
 
     def lr_factor(self) -> float:
         oc = self.cfg.optim
