@@ -224,8 +224,13 @@ def mapper(scene, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("mapper_run")
     env = ros_env(tmp)
     out_dir = tmp / "maps"
+    # The demo room's box, not the default automatic extent: this test checks every service at fixed points of a
+    # short run (a text query at ~120 steps), and with the automatic extent the language field is not reliably there
+    # yet at that step (one fresh-clone CI run: 'couch' matched 0 of 87k surface points; the demo, later in its
+    # run, answers it). The automatic extent is covered by the other node tests and test_extent.py.
     proc, log = _start_node(tmp, env, out_dir, "render_period_s:=2.0", "semantics.teacher:=labels",
-                            f"semantics.class_names:={scene / 'labels.json'}")
+                            f"semantics.class_names:={scene / 'labels.json'}",
+                            "scene_box:=[-3.0, -2.5, -0.2, 3.0, 2.5, 3.0]")
     saved = {k: os.environ.get(k) for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID", "ROS_LOG_DIR")}
     os.environ.update({k: env[k] for k in saved})
     h = None
