@@ -67,23 +67,30 @@ def test_metric_and_normalised_units_give_the_same_map_up_to_scale():
     assert keyframe_translation(0.05, a) == pytest.approx(max(0.05, 0.02 * a.scale))
 
 
-def test_walking_rig_without_focus_maps_ahead_and_contracts_what_lies_beyond():
+def test_walking_rig_without_focus_maps_far_ahead_at_full_resolution_and_contracts_what_lies_beyond():
     c, axes = corridor_walk([2.0, -1.0, 1.2], 0.3)
+    cfg = ExtentConfig()
     e = auto_extent(c, axes, fx=250.0)
     assert not e.focus and e.scale == pytest.approx(1.0)  # min_radius: a 0.3 m walk says little about the scale
     import torch
 
     scene = auto_extent_scene(e, near=0.05)
     box = torch.tensor(scene.scene_box)
-    # 3 m ahead is inside the field's box: the uncontracted middle half of the encoding cube, full resolution
-    u = to_unit_cube(torch.tensor([[5.0, -1.0, 1.2]]), box, True)
-    assert ((u > 0.25) & (u < 0.75)).all()
-    # 30 m down the corridor and the distant background are contracted into the cube's outer shell, never outside
-    for far in ([[32.0, -1.0, 1.2]], [[1e5, -1e5, 3e4]]):
+    # the rig walks on: 25 m ahead (a corridor, a floor of a building) is inside the field's box, the uncontracted
+    # middle half of the encoding cube, at full resolution
+    assert e.field_half == pytest.approx(e.inner_half * 2 ** cfg.walk_field_level)
+    for ahead in ([[5.0, -1.0, 1.2]], [[27.0, -1.0, 1.2]]):
+        u = to_unit_cube(torch.tensor(ahead), box, True)
+        assert ((u > 0.25) & (u < 0.75)).all()
+    # 100 m down the road and the distant background are contracted into the cube's outer shell, never outside
+    for far in ([[102.0, -1.0, 1.2]], [[1e5, -1e5, 3e4]]):
         u = to_unit_cube(torch.tensor(far), box, True)
         assert ((u >= 0.0) & (u <= 1.0)).all() and (u.max() > 0.75 or u.min() < 0.25)
-    # the occupancy cascades reach beyond the field's box, into the contracted region
-    assert e.inner_half * 2 ** (e.cascades - 1) > e.field_half
+    # the occupancy cascades cover the whole field's box (so rays there are marched), at the same metric resolution
+    # as a focused capture's (the finest hash cell is the pixel footprint either way)
+    assert e.inner_half * 2 ** (e.cascades - 1) >= e.field_half
+    cell = 4.0 * e.field_half / e.max_resolution
+    assert 0.5 <= cell / (e.scale / 250.0) <= 2.0
 
 
 def test_auto_extent_rejects_bad_input():
@@ -91,6 +98,8 @@ def test_auto_extent_rejects_bad_input():
         auto_extent(np.zeros((0, 3)), np.zeros((0, 3)), 100.0)
     with pytest.raises(ValueError, match="focal length"):
         auto_extent(np.zeros((1, 3)), np.array([[0.0, 0.0, 1.0]]), 0.0)
+    with pytest.raises(ValueError, match="cascades"):
+        auto_extent(np.zeros((1, 3)), np.array([[0.0, 0.0, 1.0]]), 100.0, ExtentConfig(walk_cascades=0))
 
 
 def test_trainer_config_follows_the_extent():

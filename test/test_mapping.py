@@ -101,6 +101,12 @@ def test_mapper_ingests_trains_refines_and_round_trips_its_map(tiny_scene, tmp_p
     assert full["rendered_size"] == (96, 72)
     # the upsampled picture is the same scene: close to the full render (a young map is smooth)
     assert np.abs(small["rgb"].astype(float) - full["rgb"].astype(float)).mean() < 12
+    # a view far costlier than predicted stops at its deadline after the coarsest complete lattice (every 4th pixel
+    # of every 4th row: 24x18 here) and is upsampled from it, instead of running late
+    mapper.cfg.render_budget_s, mapper._render_cost.seconds_per_ray = 0.01, 1e-9
+    late = mapper.render_view(pose, 96, 72)
+    assert late["rendered_size"] == (24, 18) and late["rgb"].shape == (72, 96, 3)
+    assert np.abs(late["rgb"].astype(float) - full["rgb"].astype(float)).mean() < 15
     with pytest.raises(ValueError, match="within 8"):
         mapper.render_view(np.eye(4), 4, 4)
 

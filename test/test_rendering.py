@@ -1,6 +1,7 @@
 """Packed volume rendering vs a per-ray reference loop; contraction; SH basis; occupancy-grid behaviour."""
 import math
 
+import pytest
 import torch
 
 from nerf_mapping.fields.contraction import contract, to_unit_cube
@@ -108,16 +109,46 @@ def test_render_camera_outputs_and_feature_heads():
     out2 = render_camera(field, grid, cams2, 0, cfg, torch.ones(3), 0.1, 10.0, feature_heads=["feat"])
     assert float(out2["opacity"].max()) == 0.0 and torch.allclose(out2["rgb"], torch.ones(12, 16, 3))
     assert out2["feat"].shape == (12, 16, 5)
+    # coarse-to-fine pixel order: the same image; past its deadline it stops at a chunk end after min_pixels
+    from nerf_mapping.rendering.budget import lattice_order
+
+    order, (n4, n2) = lattice_order(16, 12)
+    out3 = render_camera(field, grid, cams, 0, cfg, torch.ones(3), 0.1, 10.0, feature_heads=["feat"],
+                         pixel_order=order, chunk=50)
+    assert int(out3["rendered_pixels"]) == 192
+    for k in ("rgb", "depth", "opacity", "feat"):
+        assert torch.allclose(out3[k], out[k], atol=1e-5), k
+    late = render_camera(field, grid, cams, 0, cfg, torch.ones(3), 0.1, 10.0, pixel_order=order, chunk=10,
+                         deadline=0.0, min_pixels=n4)
+    assert int(late["rendered_pixels"]) == 20 and n4 <= 20 < n2
+    assert torch.allclose(late["rgb"][::4, ::4], out["rgb"][::4, ::4], atol=1e-5)
+
+
+def test_lattice_order_renders_coarse_to_fine_and_a_stopped_render_keeps_its_finest_complete_lattice():
+    from nerf_mapping.rendering.budget import lattice_image, lattice_order
+
+    order, (n4, n2) = lattice_order(10, 7)
+    assert sorted(order.tolist()) == list(range(70))  # a permutation: every pixel once
+    y, x = order // 10, order % 10
+    assert ((x[:n4] % 4 == 0) & (y[:n4] % 4 == 0)).all() and n4 == 3 * 2
+    assert ((x[:n2] % 2 == 0) & (y[:n2] % 2 == 0)).all() and n2 == 5 * 4
+    img = torch.arange(70.0).reshape(7, 10, 1)
+    out = {"rgb": img, "n": torch.tensor(3)}
+    assert lattice_image(out, 70, (n4, n2))["rgb"] is img  # complete: the image itself
+    assert torch.equal(lattice_image(out, n2, (n4, n2))["rgb"], img[::2, ::2])
+    assert torch.equal(lattice_image(out, n2 - 1, (n4, n2))["rgb"], img[::4, ::4])
+    with pytest.raises(ValueError, match="coarsest lattice"):
+        lattice_image(out, n4 - 1, (n4, n2))
 
 
 def test_render_budget_picks_the_largest_size_that_fits_and_upsamples_exactly_sized_images():
     from nerf_mapping.rendering.budget import RenderCost, budget_size, upsample_render
 
     cost = RenderCost()
-    assert cost.predict(100) is None and budget_size(320, 240, None, 1.0) == (320, 240)  # nothing measured
+    assert cost.seconds_per_ray is None and budget_size(320, 240, None, 1.0) == (320, 240)  # nothing measured
     cost.update(2.0, 1000)
     cost.update(4.0, 1000)  # the newest render weighs half
-    assert math.isclose(cost.seconds_per_ray, 3e-3) and math.isclose(cost.predict(10), 0.03)
+    assert math.isclose(cost.seconds_per_ray, 3e-3)
     cost.update(float("nan"), 10)  # a broken timing is ignored
     assert math.isclose(cost.seconds_per_ray, 3e-3)
     assert budget_size(320, 240, 1e-6, 1.0) == (320, 240)  # fits: full size

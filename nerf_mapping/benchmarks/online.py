@@ -187,7 +187,7 @@ def score_map(map_path: Path, cfg, held_out, odom, T_base_cam: np.ndarray, intri
         cam.height[:] = small.shape[0]
         with torch.no_grad():
             out = m.trainer.render(cam, 0, chunk=RENDER_CHUNK)
-        gt = torch.from_numpy(np.ascontiguousarray(small)).float() / 255.0
+        gt = torch.from_numpy(np.array(small, order="C")).float() / 255.0
         vals.append(psnr(out["rgb"].clamp(0, 1), gt))
     return {"psnr_db": float(np.mean(vals)) if vals else float("nan"), "views": len(vals),
             "steps": int(m.trainer.step_count), "keyframes": len(m.trainer.frames)}

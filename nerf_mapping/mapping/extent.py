@@ -15,16 +15,24 @@ mapping; the training thread starts right after):
   so a capture in metres and one in normalised units need no parameter change.
 - *Inner box*: a cube about the focus (or the centre of the cameras) holding the cameras and the focus with a
   margin; it is occupancy level 0.
-- *Growth*: the field's box is the inner box scaled by ``2^field_level`` (4x by default) at one resolution (finest
-  hash cell ~ the pixel footprint at distance ``s``, coarsest ~ 1/8 of the inner box); beyond it space is contracted
+- *Growth*: the field's box is the inner box scaled by ``2^field_level`` at one metric resolution (finest hash
+  cell ~ the pixel footprint at distance ``s``, coarsest ~ 1/8 of the inner box); beyond it space is contracted
   (mip-NeRF 360, :mod:`nerf_mapping.fields.contraction`), so far walls, a background or the sky need no box. The
-  occupancy grid has ``cascades`` levels, each twice the previous, centred on the inner box, the outermost reaching
-  into the contracted region. Nothing is re-anchored as the rig moves, so nothing trained is invalidated: new places
-  inside the field's box are mapped at full resolution, places beyond it at the contraction's coarser one. A larger
-  ``field_level`` keeps full resolution further out (hash grids are sparse: only cells holding surfaces take table
-  entries), at the price of longer rays through the cascades: on 2 cores a 64x box trained 2-4x fewer steps per
-  second (docs/results/online.md), so the default stays small and a 30 m corridor is not yet mapped at full
-  resolution (that needs re-anchoring or a sliding window).
+  occupancy grid has ``cascades`` levels, each twice the previous, centred on the inner box. Nothing is ever
+  re-anchored or rescaled, so nothing trained is invalidated: the map "grows" by the rig reaching places that the
+  fixed field already holds at full resolution, whose occupancy cells are marked seen by the keyframes that see
+  them (*Visibility* below) and carved by training. Hash grids are sparse by nature (only cells near surfaces take
+  table entries and gradients), so a large box costs table collisions, not memory or time per sample; the
+  occupancy grid keeps the rays short whatever the box. How large depends on the capture:
+
+  - with a focus (an object or a scene the cameras face): the scene is where they look, ``field_level`` 2 (4x the
+    inner box, the cameras inside) and ``cascades`` 4, the outermost reaching into the contracted region;
+  - without one (a robot or a handheld rig looking along its path: it walks on, and where to is unknown):
+    ``walk_field_level`` 5 and ``walk_cascades`` 6, full resolution up to 32 inner half-sides from the start
+    (32 m with the default ``min_radius`` of 1 m: a corridor, a floor of a building), contracted beyond. The
+    generated 30 m corridor went from 12.4 dB (4x box, the far end contracted and beyond the cascades) to 25.8 dB
+    held out after 150 s (docs/results/online.md). A rig walking further than that maps at the contraction's
+    coarser resolution; nvblox-style re-anchoring (block-sparse occupancy following the rig) is what would lift it.
 - *Visibility*: only cells that a keyframe sees can be occupied (``OccupancyGridConfig.visibility``): the rest of the
   large, contracted volume would otherwise keep an untrained field's density and be marched by every ray.
 - *Marching*: cone marching at the pixel footprint (``cone_angle`` ~ ``1 / fx`` of the training images, the step
@@ -59,9 +67,15 @@ class ExtentConfig:
     focus_fraction: float = 0.5
     """With a focus, the inner box's half side is this fraction of the viewing distance."""
     field_level: int = 2
-    """The field's (uncontracted) box is the inner box scaled by 2^field_level."""
+    """With a focus: the field's (uncontracted) box is the inner box scaled by 2^field_level."""
     cascades: int = 4
-    """Occupancy levels (each twice the previous): ``field_level + 2`` reaches into the contracted region."""
+    """With a focus: occupancy levels (each twice the previous); ``field_level + 2`` reaches into the contracted
+    region (a background behind the object)."""
+    walk_field_level: int = 5
+    """Without a focus (a rig walking or looking along its path): the field's box is the inner box scaled by
+    2^walk_field_level, at the same metric resolution (32 m half-side from the start in metres)."""
+    walk_cascades: int = 6
+    """Without a focus: occupancy levels; ``walk_field_level + 1`` covers the field's box."""
     coarsest_cells: float = 8.0
     """Cells of the coarsest hash level across the inner box (the levels are spent where the cameras look, not on
     cells larger than a room)."""
@@ -183,7 +197,11 @@ def auto_extent(centres: np.ndarray, axes: np.ndarray, fx: float, cfg: ExtentCon
         scale = max(cfg.min_radius, spread)
         centre = 0.5 * (lo + hi)
         inner = max(cfg.min_radius, spread * cfg.margin)
-    field_half = inner * 2.0 ** cfg.field_level
+    field_level, cascades = (cfg.field_level, cfg.cascades) if p is not None else (cfg.walk_field_level,
+                                                                                     cfg.walk_cascades)
+    if field_level < 0 or cascades < 1:
+        raise ValueError(f"extent: field levels must be >= 0 and cascades >= 1, got {field_level}, {cascades}")
+    field_half = inner * 2.0 ** field_level
     footprint = scale / fx  # one pixel at distance s
     cell = footprint / cfg.footprint_oversample
     # the contraction maps the field's box to the middle half of the encoding's unit cube: twice the cells
@@ -193,9 +211,9 @@ def auto_extent(centres: np.ndarray, axes: np.ndarray, fx: float, cfg: ExtentCon
     max_res = int(min(max(max_res, 2 * base_res), 1 << 17))
     cone = cfg.step_footprints / fx
     step = cone * scale
-    far = inner * 2.0 ** (cfg.cascades - 1) * math.sqrt(3.0) * 2.0
+    far = inner * 2.0 ** (cascades - 1) * math.sqrt(3.0) * 2.0
     return Extent(centre=centre, inner_half=inner, scale=scale, focus=p is not None, field_half=field_half,
-                  cascades=int(cfg.cascades), base_resolution=base_res, max_resolution=max_res, step_size=step, cone_angle=cone, far=far)
+                  cascades=int(cascades), base_resolution=base_res, max_resolution=max_res, step_size=step, cone_angle=cone, far=far)
 
 
 def keyframe_translation(min_translation: float, extent: Extent, fraction: float = 0.02) -> float:

@@ -51,11 +51,12 @@ from nerf_mapping.mapping.semantics import OnlineSemantics, SemanticsConfig
 from nerf_mapping.mapping.sync import AFTER_BUFFER, EMPTY, OdometryBuffer
 from nerf_mapping.pose import drift
 from nerf_mapping.pose.correction import apply_deltas
-from nerf_mapping.rendering.budget import RenderCost, budget_size, upsample_render
+from nerf_mapping.rendering.budget import RenderCost, budget_size, lattice_image, lattice_order, upsample_render
 from nerf_mapping.training.frame_store import FrameStore
 from nerf_mapping.training.trainer import Trainer
 
 RENDER_CHUNK = 1 << 12  # rays per render chunk: the trainer lock is taken per chunk (and memory is bounded by it)
+DEADLINE_CHUNK = 1 << 10  # RenderView's chunks: its deadline is checked per chunk (~0.1 s of rays on an early map)
 HISTORY = 20000  # keyframes kept for the odometry / refined paths (evicted keyframes stay on the path)
 
 
@@ -552,7 +553,8 @@ class OnlineMapper:
             cam.height[:] = small.shape[0]
             # no trainer lock: a step samples before it sizes the pose parameters, so a frame added meanwhile is
             # sized but not trained until the next step (Trainer.step)
-            fid = tr.frames.add(torch.from_numpy(np.ascontiguousarray(small)), cam, stamp=stamp_ns * 1e-9)
+            fid = tr.frames.add(torch.from_numpy(np.array(small, order="C")), cam,  # a writable copy
+                                 stamp=stamp_ns * 1e-9)
             live = set(tr.frames.frame_ids())
             kf = Keyframe(int(stamp_ns), np.asarray(T_odom_base, dtype=np.float64),
                           np.asarray(T_odom_cam, dtype=np.float64), T_map_odom)
@@ -655,9 +657,7 @@ class OnlineMapper:
         if view is None:
             return None
         tr, cams, c2w, stamp_ns = view
-        t0 = time.monotonic()
-        out = tr.render(cams, 0, c2w=c2w, chunk=RENDER_CHUNK)
-        self._render_cost.update(time.monotonic() - t0, int(cams.width[0] * cams.height[0]))
+        out = self._timed_render(tr, cams, c2w=c2w, exclusive=False)
         return (out["rgb"].clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).numpy(), stamp_ns
 
     def _view_camera(self, c2w: np.ndarray, w: int, h: int) -> Cameras:
@@ -670,11 +670,14 @@ class OnlineMapper:
         f = 0.5 * w / math.tan(math.radians(30.0))
         return Cameras.create(c2w, f, f, w / 2, h / 2, w, h)
 
-    def _timed_render(self, tr: Trainer, cam: Cameras) -> dict[str, torch.Tensor]:
-        """Render with the trainer lock held (training paused), timed for the cost model. Call with the lock held."""
+    def _timed_render(self, tr: Trainer, cam: Cameras, c2w: torch.Tensor | None = None,
+                      exclusive: bool = True, **kw) -> dict[str, torch.Tensor]:
+        """Render, timed for the cost model (:class:`RenderCost`). ``exclusive`` (RenderView): the trainer lock is
+        held for the whole render, training paused; otherwise (the periodic render) it interleaves with training
+        per chunk of rays. ``kw``: :func:`render_camera`'s (``pixel_order``, ``deadline``)."""
         t0 = time.monotonic()
-        out = tr.render(cam, 0, chunk=RENDER_CHUNK, exclusive=True)
-        self._render_cost.update(time.monotonic() - t0, int(cam.width[0] * cam.height[0]))
+        out = tr.render(cam, 0, c2w=c2w, chunk=kw.pop("chunk", RENDER_CHUNK), exclusive=exclusive, **kw)
+        self._render_cost.update(time.monotonic() - t0, int(out["rendered_pixels"]))
         return out
 
     def render_view(self, T_map_optical: np.ndarray, width: int = 0, height: int = 0,
@@ -702,7 +705,14 @@ class OnlineMapper:
                     self._timed_render(tr, self._view_camera(c2w, 80, max(1, round(80 * h / w))))
                 left = max(budget - (time.monotonic() - t_call), 0.25 * budget)
                 rw, rh = budget_size(w, h, self._render_cost.seconds_per_ray, left)
-                out = self._timed_render(tr, self._view_camera(c2w, rw, rh))
+                # coarse to fine against the deadline: a view costlier than predicted stops after its last
+                # complete lattice (a half or a quarter of rw x rh) instead of running late (budget.py)
+                order, counts = lattice_order(rw, rh)
+                out = self._timed_render(tr, self._view_camera(c2w, rw, rh), pixel_order=order,
+                                         deadline=t_call + 0.9 * budget, min_pixels=counts[0],
+                                         chunk=DEADLINE_CHUNK)
+                out = lattice_image({"rgb": out["rgb"], "depth": out["depth"]}, int(out["rendered_pixels"]), counts)
+                rh, rw = out["rgb"].shape[:2]
             if (rw, rh) != (w, h):
                 out = upsample_render({"rgb": out["rgb"], "depth": out["depth"]}, h, w)
         return {"rgb": (out["rgb"].clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).numpy(),

@@ -134,10 +134,11 @@ def early_stop_samples(
     k = cfg.samples_per_round
     kept_r, kept_a, kept_b = [], [], []
     evaluated = 0
-    coarse = torch.zeros(n, dtype=torch.long)  # rounds since the ray used its fine samples: step x 2^coarse
+    # rounds since the ray used its fine samples (step x 2^coarse); None without train_fine_samples
+    coarse = torch.zeros(n, dtype=torch.long) if cfg.train_fine_samples is not None else None
     while alive.numel() > 0:
-        ri, a, b = _march_levels(grid, origins[alive], directions[alive], t_cur[alive], t_far[alive], coarse[alive],
-                                 cfg, k)
+        ri, a, b = _march_levels(grid, origins[alive], directions[alive], t_cur[alive], t_far[alive],
+                                 None if coarse is None else coarse[alive], cfg, k)
         if ri.numel() == 0:
             break
         evaluated += ri.numel()
@@ -150,7 +151,7 @@ def early_stop_samples(
         kept_a.append(a[keep])
         kept_b.append(b[keep])
         alive = _advance(alive, ri, a, b, sig, trans, t_cur, n_eval, k, cfg)
-        if cfg.train_fine_samples is not None:
+        if coarse is not None:
             coarse[alive] += (n_eval[alive] >= cfg.train_fine_samples).long()
     if not kept_r:
         e = torch.zeros(0)
@@ -222,10 +223,13 @@ def render_rays(
     return out
 
 
-def _march_levels(grid: OccupancyGrid, origins, directions, t_min, t_max, level: torch.Tensor, cfg: RenderConfig,
-                  k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _march_levels(grid: OccupancyGrid, origins, directions, t_min, t_max, level: torch.Tensor | None,
+                  cfg: RenderConfig, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One inference round: up to ``k`` occupied samples per ray, ray ``i`` marching with the step
-    ``cfg.step_size * 2**level[i]`` (one marcher call per distinct level). Packed output, sorted by ray then t."""
+    ``cfg.step_size * 2**level[i]`` (one marcher call per distinct level; ``level`` None: all at level 0). Packed
+    output, sorted by ray then t."""
+    if level is None:
+        return grid.sampling(origins, directions, t_min, t_max, cfg.step_size, cfg.cone_angle, k)
     levels = torch.unique(level)
     if levels.numel() == 1:
         return grid.sampling(origins, directions, t_min, t_max, cfg.step_size * 2.0 ** int(levels[0]),
@@ -361,11 +365,19 @@ def render_camera(
     appearance: torch.Tensor | None = None,
     reference: bool = False,
     chunk_guard=None,
+    pixel_order: torch.Tensor | None = None,
+    deadline: float | None = None,
+    min_pixels: int = 0,
 ) -> dict[str, torch.Tensor]:
     """Render camera ``index`` of ``cameras`` (optionally at pose ``c2w`` [3,4], with the shared appearance embedding
     ``appearance`` [A]). Returns [H,W,*] images. ``reference``: render with the training path (:func:`render_rays`)
     instead of the inference path, for comparisons (``benchmark render``). ``chunk_guard``: a lock held while each
-    chunk renders (e.g. the trainer's, so that training steps interleave with a long render)."""
+    chunk renders (e.g. the trainer's, so that training steps interleave with a long render).
+
+    ``pixel_order`` (row-major pixel indices, e.g. :func:`nerf_mapping.rendering.budget.lattice_order`): render the
+    pixels in that order; with ``deadline`` (``time.monotonic()`` seconds) stop after the first chunk that ends past
+    it, once ``min_pixels`` are rendered. ``rendered_pixels`` in the result says how many of the order were; the
+    images are zero elsewhere."""
     render = render_rays if reference else render_rays_inference
     guard = chunk_guard if chunk_guard is not None else contextlib.nullcontext()
     w, h = int(cameras.width[index]), int(cameras.height[index])
@@ -376,9 +388,11 @@ def render_camera(
     origins, dirs = rays_from_c2w(pose.expand(dirs_cam.shape[0], 3, 4), dirs_cam)
     valid = torch.isfinite(dirs).all(-1)
     dirs = torch.where(valid[:, None], dirs, torch.tensor([0.0, 0.0, -1.0]))
+    if pixel_order is not None:
+        origins, dirs = origins[pixel_order], dirs[pixel_order]
     keys = ["rgb", "depth", "opacity", *(feature_heads or [])]
     parts: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
-    n_samples = 0
+    n_samples, done = 0, 0
     for s in range(0, origins.shape[0], chunk):
         with guard:
             out = render(field, grid, origins[s:s + chunk], dirs[s:s + chunk], near, far, cfg, background,
@@ -388,7 +402,17 @@ def render_camera(
         n_samples += int(out.get("n_marched", out["n_samples"]))
         for k in keys:
             parts[k].append(out[k])
-    res = {k: torch.cat(v).reshape(h, w, *v[0].shape[1:]) for k, v in parts.items()}
+        done = min(s + chunk, origins.shape[0])
+        if deadline is not None and done >= min_pixels and time.monotonic() > deadline:
+            break
+    flat = {k: torch.cat(v) for k, v in parts.items()}
+    if pixel_order is not None:
+        for k, v in flat.items():
+            full = v.new_zeros((h * w, *v.shape[1:]))
+            full[pixel_order[:done]] = v
+            flat[k] = full
+    res = {k: v.reshape(h, w, *v.shape[1:]) for k, v in flat.items()}
     res["rgb"] = res["rgb"].clamp(0, 1)
     res["n_samples"] = torch.tensor(n_samples)  # field evaluations (the reference's pruning pass included)
+    res["rendered_pixels"] = torch.tensor(done)
     return res

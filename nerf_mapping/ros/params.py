@@ -68,6 +68,13 @@ PARAMETERS: list[tuple[str, object, str]] = [
     ("extent.bootstrap_timeout_s", _X.bootstrap_timeout_s, "scene_box auto: fix the extent this long after the "
      "first keyframe even with fewer (s)"),
     ("extent.min_radius", _X.min_radius, "scene_box auto: smallest half side of the inner box (map units)"),
+    ("extent.field_level", _X.field_level, "scene_box auto, cameras facing a focus: the field's full-resolution "
+     "box is the inner box x 2^field_level (contracted beyond)"),
+    ("extent.cascades", _X.cascades, "scene_box auto, cameras facing a focus: occupancy levels, each twice the "
+     "previous"),
+    ("extent.walk_field_level", _X.walk_field_level, "scene_box auto, a rig looking along its path: the field's "
+     "full-resolution box is the inner box x 2^walk_field_level"),
+    ("extent.walk_cascades", _X.walk_cascades, "scene_box auto, a rig looking along its path: occupancy levels"),
     ("training.enabled", _T.enabled, "run the background optimisation"),
     ("training.target_samples_per_step", _T.target_samples_per_step, "samples per optimisation step (rays adapt)"),
     ("training.threads", _T.threads, "torch intra-op threads (0 = torch default)"),
@@ -172,7 +179,10 @@ def mapper_config(get: Callable[[str], object] | None = None) -> MapperConfig:
     box = parse_scene_box(get("scene_box"))
     extent = ExtentConfig(bootstrap_keyframes=int(get("extent.bootstrap_keyframes")),
                           bootstrap_timeout_s=float(get("extent.bootstrap_timeout_s")),
-                          min_radius=float(get("extent.min_radius")))
+                          min_radius=float(get("extent.min_radius")),
+                          field_level=int(get("extent.field_level")), cascades=int(get("extent.cascades")),
+                          walk_field_level=int(get("extent.walk_field_level")),
+                          walk_cascades=int(get("extent.walk_cascades")))
     return MapperConfig(
         scene_box="auto" if box is None else box, extent=extent, unbounded=bool(get("unbounded")),
         near=float(get("near")),
