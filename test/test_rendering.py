@@ -191,3 +191,34 @@ def test_training_rays_through_haze_reach_further_with_step_doubling():
     assert math.isclose(reach[None][0], 128 * 0.01, rel_tol=1e-4)  # the cap at a fixed step: 1.28 units
     assert reach[32][0] > 3.5 * reach[None][0]  # (32 + 32x2 + 32x4 + 32x8) x 0.01 = 4.8 units for the same 128
     assert torch.equal(reach[None][1], reach[32][1])  # the fine samples are the same
+
+
+def test_visibility_marks_what_a_camera_sees_per_block_a_tight_superset_of_the_per_cell_test():
+    from nerf_mapping.cameras import Cameras, project
+    from nerf_mapping.rendering.occupancy_grid import OccupancyGrid, OccupancyGridConfig
+
+    grid = OccupancyGrid(OccupancyGridConfig(resolution=32, visibility=True), torch.tensor([-1.0, -1, -1, 1, 1, 1]),
+                         levels=2)
+    # a camera at x=-0.5 looking along +x (OpenGL: it looks down its -z axis)
+    c2w = torch.tensor([[[0.0, 0, -1, -0.5], [-1, 0, 0, 0], [0, 1, 0, 0]]])
+    cams = Cameras.create(c2w, 40.0, 40.0, 32.0, 24.0, 64, 48)
+    assert not grid.occupied.any()
+    n = grid.mark_visible(cams, far=10.0)
+    assert n == int(grid.seen.sum()) > 0 and torch.equal(grid.seen, grid.occupied)
+    # the per-cell reference: a cell is seen when its centre projects into the image (margin: the cell's radius)
+    g = 32
+    idx = torch.arange(g**3)
+    ref = []
+    for lvl in range(2):
+        pts = grid.cell_centers(lvl, idx, jitter=False)
+        rad = float(((grid.level_boxes()[lvl, 1] - grid.level_boxes()[lvl, 0]) / g).norm()) * 0.5
+        p = (pts - c2w[0, :, 3]) @ c2w[0, :, :3]
+        depth = -p[:, 2]
+        u, v = project(cams, 0, p)
+        m = 40.0 * rad / depth.clamp_min(1e-6)
+        inside = (u > -m) & (u < 64 + m) & (v > -m) & (v < 48 + m) & (depth - rad < 10.0)
+        ref.append((((depth > 0) & inside) | (p.norm(dim=-1) <= rad)).view(g, g, g))
+    ref = torch.stack(ref)
+    assert (grid.seen | ~ref).all()  # everything the cells show is marked
+    assert int(grid.seen.sum()) <= 1.3 * int(ref.sum())  # and little more (the frustum's edge)
+    assert not grid.seen[0, :6].any()  # behind the camera (x < -0.5, beyond its own block) nothing is seen

@@ -160,6 +160,24 @@ def test_optical_to_model_convention():
 def test_path_cloud_marker():
     P = conv.path_msg([np.eye(4), np.eye(4)], [10, 20], "map")
     assert P.header.frame_id == "map" and len(P.poses) == 2 and P.poses[1].header.stamp.nanosec == 20
+    # a long path: poses and quaternions exact, the newest half kept, the older ones thinned evenly
+    from nerf_mapping.geometry.rigid import matrix_from_quat_xyzw
+
+    rng = np.random.default_rng(0)
+    poses = []
+    for i in range(50):
+        T = np.eye(4)
+        q = rng.normal(size=4)
+        T[:3, :3], T[:3, 3] = matrix_from_quat_xyzw(q / np.linalg.norm(q)), [i, 2.0 * i, 0.5]
+        poses.append(T)
+    P = conv.path_msg(poses, range(1, 51), "odom", max_poses=20)
+    got = [p.header.stamp.nanosec for p in P.poses]
+    assert len(got) == 20 and got[0] == 1 and got[-10:] == list(range(41, 51)) and got == sorted(got)
+    for p in P.poses:
+        T = poses[p.header.stamp.nanosec - 1]
+        o = p.pose.orientation
+        assert np.allclose(conv.pose_msg_to_matrix(p.pose), T, atol=1e-9) and o.w >= 0
+    assert len(conv.path_msg(poses, range(1, 51), "odom").poses) == 50 and conv.path_msg([], [], "map").poses == []
     pts = np.array([[0, 0, 0], [1, 2, 3]], np.float32)
     cloud = conv.pointcloud2_xyzrgb(pts, np.array([[255, 0, 0], [0, 0, 255]], np.uint8), {"relevancy": [0.1, 0.9]})
     assert [f.name for f in cloud.fields] == ["x", "y", "z", "rgb", "relevancy"] and cloud.width == 2

@@ -58,7 +58,7 @@ class SemanticsConfig:
     """Rays cast over the keyframes for the query candidates."""
     candidates_max_age_s: float = 30.0
     """A query finding older candidates refreshes them in the background (it answers with the old ones)."""
-    warm_after_steps: int = 200
+    warm_after_steps: int = 100
     """Compute the candidates in the background once the map has trained this many steps, so that the first query
     answers at once (0: only when a query asks)."""
 
@@ -82,6 +82,7 @@ class OnlineSemantics:
         self._cands_lock = threading.Lock()
         self._refreshing = threading.Event()
         self._thread: threading.Thread | None = None
+        self._refresh_thread: threading.Thread | None = None
         self.maps_built = 0
 
     @property
@@ -95,9 +96,13 @@ class OnlineSemantics:
             self._thread.start()
 
     def join(self, timeout: float) -> None:
-        """Wait for the worker to end (after the mapper's stop)."""
-        if self._thread is not None and self._thread.is_alive():
-            self._thread.join(timeout=timeout)
+        """Wait for the worker and a running candidates refresh to end (after the mapper's stop): a thread still
+        inside torch when the interpreter exits can abort the process ("terminate called without an active
+        exception", the demo's node exited with -6 after its last queries)."""
+        t_end = time.monotonic() + timeout
+        for th in (self._thread, self._refresh_thread):
+            if th is not None and th.is_alive():
+                th.join(timeout=max(0.0, t_end - time.monotonic()))
 
     def wake(self) -> None:
         with self._cv:
@@ -277,8 +282,12 @@ class OnlineSemantics:
         from nerf_mapping.export.mesh import snapshot
         from nerf_mapping.semantics.query import candidate_points
 
+        def stop_check(done: int, total: int) -> None:  # per view: a stopping mapper does not wait for the rest
+            if self.mapper.stopping:
+                raise InterruptedError("the mapper is stopping")
+
         snap = snapshot(trainer)
-        c = candidate_points(snap, num_points)
+        c = candidate_points(snap, num_points, progress=stop_check)
         return c._replace(step=int(trainer.step_count))
 
     def _refresh_async(self, trainer) -> None:
@@ -294,12 +303,15 @@ class OnlineSemantics:
                 with self._cands_lock:
                     if self.mapper.trainer is trainer:
                         self._cands = (trainer, c, time.monotonic())
+            except InterruptedError:
+                pass
             except Exception as exc:  # noqa: BLE001 - the next query computes them itself
                 self.mapper._warn("semantics_candidates", f"candidate points failed: {exc!r}")
             finally:
                 self._refreshing.clear()
 
-        threading.Thread(target=refresh, name="nerf_mapper_candidates", daemon=True).start()
+        self._refresh_thread = threading.Thread(target=refresh, name="nerf_mapper_candidates", daemon=True)
+        self._refresh_thread.start()
 
     def warm_up(self) -> None:
         """Candidates before the first query: once the map has trained ``warm_after_steps`` steps with a language

@@ -138,28 +138,39 @@ class OccupancyGrid(nn.Module):
     def mark_visible(self, cameras, far: float) -> int:
         """Mark the cells whose centre one of ``cameras`` (a ``Cameras``, OpenGL c2w) sees within ``far`` as seen
         (and, before any density says otherwise, occupied); a margin of one cell's radius keeps cells that straddle
-        the image border. Returns how many cells became seen. No-op without ``cfg.visibility``."""
+        the image border. Returns how many cells became seen. No-op without ``cfg.visibility``.
+
+        Tested per block of 2x2x2 cells (the block's centre and radius): 8x fewer projections, a conservative
+        superset of the per-cell test (at most one cell more at the frustum's edge). Per cell it cost ~50 ms a frame
+        on 2 cores with 4 cascades and took a fifth of the demo's CPU, whose looping bag adds ~5 keyframes a second."""
         if not self.cfg.visibility:
             return 0
         g = self.cfg.resolution
+        b = g // 2 if g % 2 == 0 else g  # blocks per axis (odd resolutions: one cell a block)
+        f = g // b
         if self._centres is None:
-            idx = torch.arange(g**3)
-            self._centres = torch.cat([self.cell_centers(lvl, idx, jitter=False) for lvl in range(self.levels)])
+            idx = torch.arange(b**3)
+            ix, iy, iz = idx // (b * b), (idx // b) % b, idx % b
+            ijk = torch.stack([ix, iy, iz], -1).float()
+            boxes = self.level_boxes()
+            self._centres = torch.cat([boxes[lvl, 0] + (ijk + 0.5) / b * (boxes[lvl, 1] - boxes[lvl, 0])
+                                       for lvl in range(self.levels)])
         boxes = self.level_boxes()
-        radius = ((boxes[:, 1] - boxes[:, 0]) / g).norm(dim=-1) * 0.5  # [L] cell half-diagonal per level
-        rad = radius.repeat_interleave(g**3)
-        vis = torch.zeros(self.levels * g**3, dtype=torch.bool)
+        radius = ((boxes[:, 1] - boxes[:, 0]) / b).norm(dim=-1) * 0.5  # [L] block half-diagonal per level
+        rad = radius.repeat_interleave(b**3)
+        vis = torch.zeros(self.levels * b**3, dtype=torch.bool)
         for i in range(len(cameras)):
             c2w = cameras.c2w[i].float()
             p = (self._centres - c2w[:, 3]) @ c2w[:, :3]  # camera frame (OpenGL: x right, y up, z back)
             depth = -p[:, 2]
             dist = p.norm(dim=-1)
             u, v = project(cameras, i, p)  # the camera's own model (distortion included)
-            m = float(cameras.fx[i]) * rad / depth.clamp_min(1e-6)  # the cell's radius in pixels
+            m = float(cameras.fx[i]) * rad / depth.clamp_min(1e-6)  # the block's radius in pixels
             w, h = float(cameras.width[i]), float(cameras.height[i])
             inside = (u > -m) & (u < w + m) & (v > -m) & (v < h + m) & (depth - rad < far)
-            vis |= ((depth > 0) & inside) | (dist <= rad)  # in view, or the camera's own cell
-        vis = vis.view(self.levels, g, g, g)
+            vis |= ((depth > 0) & inside) | (dist <= rad)  # in view, or the camera's own block
+        vis = vis.view(self.levels, b, 1, b, 1, b, 1).expand(self.levels, b, f, b, f, b, f).reshape(
+            self.levels, g, g, g)
         new = vis & ~self.seen
         self.seen |= vis
         self.occupied |= new

@@ -281,14 +281,36 @@ def pose_stamped_to_matrix(msg) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------------------- outputs
-def path_msg(poses, stamps, frame_id: str, stamp=None):
-    """List of 4x4 poses (+ per-pose stamps in ns) -> nav_msgs/Path in ``frame_id`` (header stamp = last pose's)."""
-    from geometry_msgs.msg import PoseStamped
+PATH_MAX_POSES = 2000
+"""Poses a published path holds at most: the newest half of them all, the older ones evenly thinned (a looping bag
+or an hour of mapping keeps thousands of keyframes; building a message per pose each second cost the node's
+executor thread a fifth of a core at 20 000)."""
+
+
+def path_msg(poses, stamps, frame_id: str, stamp=None, max_poses: int = PATH_MAX_POSES):
+    """List of 4x4 poses (+ per-pose stamps in ns) -> nav_msgs/Path in ``frame_id`` (header stamp = last pose's);
+    beyond ``max_poses`` the older half is thinned evenly (the first pose and the newest ones are always kept)."""
+    from geometry_msgs.msg import Point, Pose, PoseStamped, Quaternion
     from nav_msgs.msg import Path
 
-    stamps = list(stamps)
+    stamps = [int(s) for s in stamps]
+    poses = list(poses)
     msg = Path(header=_header(stamp if stamp is not None else (stamps[-1] if stamps else 0), frame_id))
-    msg.poses = [PoseStamped(header=_header(int(s), frame_id), pose=matrix_to_pose_msg(T)) for T, s in zip(poses, stamps)]
+    n = len(poses)
+    if n > max_poses > 1:
+        keep_new = max_poses // 2
+        old = np.linspace(0, n - keep_new - 1, max_poses - keep_new).round().astype(int)
+        idx = np.unique(np.concatenate([old, np.arange(n - keep_new, n)]))
+        poses, stamps = [poses[i] for i in idx], [stamps[i] for i in idx]
+    if not poses:
+        return msg
+    T = np.asarray(poses, dtype=np.float64).reshape(-1, 4, 4)
+    q = quat_xyzw_from_matrix(T[:, :3, :3])  # one batched conversion
+    msg.poses = [PoseStamped(header=_header(s, frame_id),
+                             pose=Pose(position=Point(x=float(t[0, 3]), y=float(t[1, 3]), z=float(t[2, 3])),
+                                       orientation=Quaternion(x=float(a[0]), y=float(a[1]), z=float(a[2]),
+                                                              w=float(a[3]))))
+                 for t, a, s in zip(T, q, stamps)]
     return msg
 
 
