@@ -467,9 +467,9 @@ def main(argv: list[str] | None = None) -> int:
         executor.shutdown()
         if rclpy.ok():
             rclpy.try_shutdown()
-        # a thread still running native code at interpreter exit can abort the process: name it for the report
-        busy = [t.name for t in threading.enumerate() if t is not threading.main_thread() and t.is_alive()
-                and t.name.startswith("nerf_mapper")]
+        # a daemon thread still running native code at interpreter exit can abort the process (non-daemon ones, the
+        # service pools' workers, are joined by the interpreter): name it for the report
+        busy = [t.name for t in threading.enumerate() if t.daemon and t.is_alive() and t.name.startswith("nerf_mapper")]
         if busy:
             print(f"nerf_mapper: threads still running at exit: {', '.join(busy)}", file=sys.stderr, flush=True)
     return 0
