@@ -709,7 +709,7 @@ class OnlineMapper:
                 # complete lattice (a half or a quarter of rw x rh) instead of running late (budget.py)
                 order, counts = lattice_order(rw, rh)
                 out = self._timed_render(tr, self._view_camera(c2w, rw, rh), pixel_order=order,
-                                         deadline=time.monotonic() + 0.95 * left, min_pixels=counts[0],
+                                         deadline=time.monotonic() + 0.85 * left, min_pixels=counts[0],
                                          chunk=DEADLINE_CHUNK)
                 out = lattice_image({"rgb": out["rgb"], "depth": out["depth"]}, int(out["rendered_pixels"]), counts)
                 rh, rw = out["rgb"].shape[:2]
