@@ -44,9 +44,13 @@ class RenderCost:
 
 
 def budget_size(width: int, height: int, seconds_per_ray: float | None, budget_s: float,
-                min_width: int = 32, safety: float = 0.8) -> tuple[int, int]:
+                min_width: int = 32, safety: float = 0.7) -> tuple[int, int]:
     """The largest size (same aspect ratio, at most ``width`` x ``height``, at least ``min_width`` wide) whose
-    predicted time fits ``safety * budget_s``. The full size when the budget is off (<= 0) or nothing is known."""
+    predicted time fits ``safety * budget_s``. The full size when the budget is off (<= 0) or nothing is known.
+
+    ``safety`` 0.7: the call's own overheads (the wait for the running training step, the upsampling) come on top, and
+    with 0.8 half of a corridor run's views overran the prediction by more than the deadline's margin (85 %) and
+    were cut to their half-resolution lattice (docs/results/online.md)."""
     if budget_s <= 0 or seconds_per_ray is None or seconds_per_ray <= 0:
         return width, height
     max_rays = safety * budget_s / seconds_per_ray
