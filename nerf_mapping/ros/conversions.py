@@ -238,11 +238,12 @@ def pose_msg_to_matrix(pose) -> np.ndarray:
     return T
 
 
-def matrix_to_pose_msg(T):
+def matrix_to_pose_msg(T, q_xyzw=None):
+    """4x4 -> geometry_msgs/Pose; ``q_xyzw``: its rotation's quaternion when the caller converted many at once."""
     from geometry_msgs.msg import Point, Pose, Quaternion
 
     T = np.asarray(T, dtype=np.float64)
-    x, y, z, w = _matrix_to_quat_xyzw(T[:3, :3])
+    x, y, z, w = _matrix_to_quat_xyzw(T[:3, :3]) if q_xyzw is None else (float(v) for v in q_xyzw)
     return Pose(position=Point(x=float(T[0, 3]), y=float(T[1, 3]), z=float(T[2, 3])),
                 orientation=Quaternion(x=x, y=y, z=z, w=w))
 
@@ -290,7 +291,7 @@ executor thread a fifth of a core at 20 000)."""
 def path_msg(poses, stamps, frame_id: str, stamp=None, max_poses: int = PATH_MAX_POSES):
     """List of 4x4 poses (+ per-pose stamps in ns) -> nav_msgs/Path in ``frame_id`` (header stamp = last pose's);
     beyond ``max_poses`` the older half is thinned evenly (the first pose and the newest ones are always kept)."""
-    from geometry_msgs.msg import Point, Pose, PoseStamped, Quaternion
+    from geometry_msgs.msg import PoseStamped
     from nav_msgs.msg import Path
 
     stamps = [int(s) for s in stamps]
@@ -306,11 +307,7 @@ def path_msg(poses, stamps, frame_id: str, stamp=None, max_poses: int = PATH_MAX
         return msg
     T = np.asarray(poses, dtype=np.float64).reshape(-1, 4, 4)
     q = quat_xyzw_from_matrix(T[:, :3, :3])  # one batched conversion
-    msg.poses = [PoseStamped(header=_header(s, frame_id),
-                             pose=Pose(position=Point(x=float(t[0, 3]), y=float(t[1, 3]), z=float(t[2, 3])),
-                                       orientation=Quaternion(x=float(a[0]), y=float(a[1]), z=float(a[2]),
-                                                              w=float(a[3]))))
-                 for t, a, s in zip(T, q, stamps)]
+    msg.poses = [PoseStamped(header=_header(s, frame_id), pose=matrix_to_pose_msg(t, a)) for t, a, s in zip(T, q, stamps)]
     return msg
 
 
