@@ -330,3 +330,48 @@ def test_build_lock_clears_the_baton_of_a_killed_build(tmp_path):
     (tmp_path / "lock").write_text("")
     with _build_lock(tmp_path):
         assert not (tmp_path / "lock").exists()
+
+
+@needs_native
+@pytest.mark.parametrize("unbounded", [False, True])
+def test_native_render_loop_equals_the_torch_loop(unbounded):
+    """``render_rays_inference`` runs its whole marching loop in one native call (``render_inference``) when it can;
+    the torch loop is the reference. Same samples, same early stops, same colour skipping: images equal within float
+    tolerance, on a field with structure (random weights), a partly empty grid (empty-space skipping), coarse-to-fine
+    level weights, a shared appearance embedding, alpha_thre and rays that double their step."""
+    from dataclasses import replace
+
+    from nerf_mapping.fields.ngp_field import FieldConfig, NGPField
+    from nerf_mapping.rendering.occupancy_grid import OccupancyGrid, OccupancyGridConfig
+    from nerf_mapping.rendering.renderer import RenderConfig, render_rays_inference
+
+    torch.manual_seed(1)
+    box = torch.tensor([[-1.5, -1.5, -1.5], [1.5, 1.5, 1.5]])
+    field = NGPField(FieldConfig(encoding=HashEncodingConfig(n_levels=8, log2_hashmap_size=14), appearance_dim=4),
+                     box, unbounded)
+    with torch.no_grad():
+        field.encoding.table.normal_(0, 0.5)
+        for p in list(field.density_mlp.parameters()) + list(field.color_mlp.parameters()):
+            p.normal_(0, 0.3)
+    field.encoding.set_level_weights(torch.linspace(1.0, 0.3, 8))
+    grid = OccupancyGrid(OccupancyGridConfig(resolution=32), box.reshape(6), levels=2 if unbounded else 1)
+    grid.occupied.copy_(torch.rand(grid.occupied.shape) < 0.6)
+    cfg = RenderConfig(max_samples_per_ray=200, inference_fine_samples=24,
+                       alpha_thre=0.01 if unbounded else 0.0).resolved(box, unbounded)
+    o = torch.tensor([0.0, 0.0, 4.0]) + torch.randn(3000, 3) * 0.1
+    d = torch.nn.functional.normalize(torch.randn(3000, 3) * 0.3 + torch.tensor([0.0, 0.0, -1.0]), dim=-1)
+    app = torch.randn(4)
+    bg = torch.tensor([0.2, 0.5, 0.9])
+    assert field.native_render_args(app) is not None  # so the default impl runs the native loop
+    for c in (cfg, replace(cfg, early_stop_eps=1e-2, inference_samples_per_round=7)):
+        nat = render_rays_inference(field, grid, o, d, 0.5, 8.0, c, bg, appearance=app)
+        ref = render_rays_inference(field, grid, o, d, 0.5, 8.0, c, bg, appearance=app, impl="torch")
+        assert int(ref["n_samples"]) > 20 * 3000  # the rays do march through the field
+        assert abs(int(nat["n_samples"]) - int(ref["n_samples"])) <= 0.002 * int(ref["n_samples"])
+        assert float((nat["rgb"] - ref["rgb"]).abs().max()) < 2e-3
+        assert float((nat["rgb"] - ref["rgb"]).abs().mean()) < 1e-5
+        assert float((nat["opacity"] - ref["opacity"]).abs().max()) < 2e-3
+        hit = ref["opacity"] > 0.5
+        assert float(((nat["depth"] - ref["depth"]).abs()[hit]).median()) < 1e-4
+    field.encoding.impl = "torch"  # no fused kernels: the native loop does not apply and the torch loop runs
+    assert field.native_render_args(app) is None

@@ -5,14 +5,15 @@
 
 For each dataset the benchmark trains its own checkpoint first, exactly as ``benchmark lego|dtu|fox`` does (same
 data settings, same config) for ``--time-budget`` seconds, saved as ``<output>/<name>/checkpoint.pt`` (``--reuse``
-loads it instead when present). It then renders ``--views`` held-out views twice, interleaved, with the previous
-renderer (``render_camera(reference=True)``: a density-only pruning pass then the full field on the kept samples,
-native hash encoding + torch MLPs) and with the inference path (``render_rays_inference``: one pass, fused native
-field kernel, colour only where it shows), and reports per path: seconds per view, rays/s, field samples/s, PSNR
-(masked PSNR for DTU), and the PSNR difference. A last check renders a 200x200 view of an *untrained* lego field
-(step 0, every cell occupied): seconds and extra memory, the worst case a node meets early in a run. The machine
-load (1-minute load average) is recorded before and after; both renderers run in the same process, alternating, so
-their ratio is fair even on a loaded machine. Measured results: docs/results/render.md.
+loads it instead when present). It then renders ``--views`` held-out views three times, interleaved: with the
+previous renderer (``render_camera(reference=True)``: a density-only pruning pass then the full field on the kept
+samples, native hash encoding + torch MLPs), with the inference path's torch-driven loop (``render_rays_inference``
+with ``impl="torch"``: one pass, fused native field kernel, colour only where it shows), and with the inference path
+as it runs by default (the same loop in one native call), and reports per path: seconds per view, rays/s, field
+samples/s, PSNR (masked PSNR for DTU), and the PSNR difference. A last check renders a 200x200 view of an
+*untrained* lego field (step 0, every cell occupied): seconds and extra memory, the worst case a node meets early in
+a run. The machine load (1-minute load average) is recorded before and after; the renderers run in the same
+process, alternating, so their ratios are fair even on a loaded machine. Measured results: docs/results/render.md.
 """
 from __future__ import annotations
 
@@ -69,13 +70,18 @@ def _trainer(name: str, args, out_dir: Path):
     return trainer, test, {"train_seconds": summary["train_seconds"], "steps": summary["steps"]}
 
 
-def _render_views(trainer, test, indices, reference: bool) -> dict:
+RENDERERS = {"reference": {"reference": True}, "torch_loop": {"impl": "torch"}, "inference": {}}
+"""The renderers compared, as ``Trainer.render`` options: the training path; the inference path with its marching
+loop driven from torch; the inference path as it runs by default (the whole loop in one native call)."""
+
+
+def _render_views(trainer, test, indices, renderer: str) -> dict:
     from nerf_mapping.evaluation import evaluate
 
     samples = []
 
     def render_fn(cameras, i):
-        out = trainer.render(cameras, i, reference=reference)
+        out = trainer.render(cameras, i, **RENDERERS[renderer])
         samples.append(int(out["n_samples"]))
         return out
 
@@ -106,16 +112,15 @@ def run(args) -> dict:
         w, h = int(test.cameras.width[0]), int(test.cameras.height[0])
         with trainer.fast_inference():
             trainer.render(test.cameras, indices[0])  # warm-up: allocator, lazy kernel load
-            ref = {"psnr": [], "seconds": [], "samples": []}
-            new = {"psnr": [], "seconds": [], "samples": []}
-            for i in indices:  # alternate so that both see the same machine load
-                for acc, reference in ((ref, True), (new, False)):
-                    r = _render_views(trainer, test, [i], reference)
+            accs = {k: {"psnr": [], "seconds": [], "samples": []} for k in RENDERERS}
+            for i in indices:  # alternate so that all see the same machine load
+                for key, acc in accs.items():
+                    r = _render_views(trainer, test, [i], key)
                     acc["psnr"].append(r["psnr"])
                     acc["seconds"] += r["seconds"]
                     acc["samples"] += r["samples"]
         row = {"resolution": [w, h], "views": indices, **info, "occupancy": trainer.grid.occupancy_fraction()}
-        for key, acc in (("reference", ref), ("inference", new)):
+        for key, acc in accs.items():
             sec = sum(acc["seconds"]) / len(acc["seconds"])
             row[key] = {
                 "seconds_per_view": sec,
@@ -126,10 +131,12 @@ def run(args) -> dict:
             }
         row["speedup"] = row["reference"]["seconds_per_view"] / row["inference"]["seconds_per_view"]
         row["psnr_difference_db"] = row["inference"]["psnr"] - row["reference"]["psnr"]
+        row["native_loop_speedup"] = row["torch_loop"]["seconds_per_view"] / row["inference"]["seconds_per_view"]
         result["datasets"][name] = row
         print(f"{name} {w}x{h}: reference {row['reference']['seconds_per_view']:.2f} s/view "
-              f"{row['reference']['psnr']:.2f} dB | inference {row['inference']['seconds_per_view']:.2f} s/view "
-              f"{row['inference']['psnr']:.2f} dB | x{row['speedup']:.1f}", flush=True)
+              f"{row['reference']['psnr']:.2f} dB | torch loop {row['torch_loop']['seconds_per_view']:.2f} s/view | "
+              f"inference {row['inference']['seconds_per_view']:.2f} s/view {row['inference']['psnr']:.2f} dB | "
+              f"x{row['speedup']:.1f} (native loop x{row['native_loop_speedup']:.2f})", flush=True)
         del trainer
     result["load_after"] = os.getloadavg()[0]
     return result
@@ -161,7 +168,8 @@ def cmd_benchmark_render(args) -> int:
     from nerf_mapping.cli.common import exit_on_error
 
     res = exit_on_error(run, args)
-    print(json.dumps({k: ({n: {"speedup": r["speedup"], "inference_s": r["inference"]["seconds_per_view"],
+    print(json.dumps({k: ({n: {"speedup": r["speedup"], "native_loop_speedup": r["native_loop_speedup"],
+                                "inference_s": r["inference"]["seconds_per_view"],
                                 "psnr_difference_db": r["psnr_difference_db"]} for n, r in v.items()}
                           if k == "datasets" else v) for k, v in res.items()}, indent=2))
     if args.json:

@@ -125,12 +125,7 @@ class NGPField(nn.Module):
             rgb = self.color(geo, directions, appearance) if directions is not None else None
             return sigma, rgb, (geo if want_geo else None)
         enc = self.encoding
-        dens = [m for m in self.density_mlp if isinstance(m, nn.Linear)]
-        w0 = dens[0].weight
-        if enc.level_weights is not None:  # coarse-to-fine level weights scale the first layer's inputs
-            w0 = w0 * enc.level_weights.repeat_interleave(enc.cfg.n_features_per_level)[None, :]
-        dw = [w0.t().contiguous()] + [m.weight.t().contiguous() for m in dens[1:]]
-        db = [m.bias.contiguous() for m in dens]
+        dw, db = self._density_layers()
         cw, cb = self._color_layers(appearance) if directions is not None else ([], [])
         dirs = directions.float() if directions is not None else x.new_zeros(0, 3)
         sigma, rgb, geo = fused.field_inference(
@@ -148,6 +143,30 @@ class NGPField(nn.Module):
             return self.color(geo, directions, appearance)
         cw, cb = self._color_layers(appearance)
         return fused.color_inference(geo.float(), directions.float(), cw, cb, self.cfg.sh_degree)
+
+    def _density_layers(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Density MLP weights for the native kernels, transposed to [in, out]; coarse-to-fine level weights are
+        folded into the first layer (they scale its inputs)."""
+        enc = self.encoding
+        dens = [m for m in self.density_mlp if isinstance(m, nn.Linear)]
+        w0 = dens[0].weight
+        if enc.level_weights is not None:
+            w0 = w0 * enc.level_weights.repeat_interleave(enc.cfg.n_features_per_level)[None, :]
+        weights = [w0.t().contiguous()] + [m.weight.t().contiguous() for m in dens[1:]]
+        return weights, [m.bias.contiguous() for m in dens]
+
+    def native_render_args(self, appearance: torch.Tensor | None = None) -> dict | None:
+        """The field's part of the native inference renderer's arguments (``native.render_inference``), or None
+        when the fused kernels do not apply (see :meth:`_fused_module`)."""
+        fused = self._fused_module(appearance)
+        if fused is None or not hasattr(fused, "render_inference"):
+            return None
+        enc = self.encoding
+        dw, db = self._density_layers()
+        cw, cb = self._color_layers(appearance)
+        return dict(box=self.scene_box.reshape(6), unbounded=self.unbounded, table=enc.table.detach(),
+                    resolutions=enc.resolutions, dense_mask=enc.dense_mask, density_w=dw, density_b=db,
+                    color_w=cw, color_b=cb, sh_degree=self.cfg.sh_degree)
 
     def _color_layers(self, appearance: torch.Tensor | None) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Colour MLP weights for the native kernels: transposed to [in, out]; the first layer keeps its geo + SH

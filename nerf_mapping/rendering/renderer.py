@@ -258,6 +258,7 @@ def render_rays_inference(
     feature_heads: list[str] | None = None,
     appearance: torch.Tensor | None = None,
     return_samples: bool = False,
+    impl: str = "auto",
 ) -> dict[str, torch.Tensor]:
     """Render rays without gradients (see the module docstring); same outputs as :func:`render_rays`.
 
@@ -265,7 +266,16 @@ def render_rays_inference(
     ``ray_indices``, ``t_starts``, ``t_ends``, ``positions``, sorted by ray then t), for callers that composite their
     own quantities (median depth, language features).
     ``appearance``: a shared embedding [A] (per-ray embeddings fall back to the unfused field evaluation).
+    ``impl``: ``auto`` runs the whole loop in the native kernel (``native.render_inference``, one call per batch)
+    when the field's fused kernels and the native marcher apply and neither feature heads nor the packed samples are
+    asked for; ``torch`` always runs the loop below (the reference the native loop is tested against).
     """
+    if impl not in ("auto", "torch"):
+        raise ValueError(f"impl must be 'auto' or 'torch', got {impl!r}")
+    if impl == "auto" and not feature_heads and not return_samples:
+        out = _render_native(field, grid, origins, directions, near, far, cfg, background, appearance)
+        if out is not None:
+            return out
     n = origins.shape[0]
     dtype = origins.dtype
     t_cur = torch.as_tensor(near, dtype=dtype).expand(n).clone()
@@ -349,6 +359,32 @@ def render_rays_inference(
     return out
 
 
+def _render_native(field, grid, origins, directions, near, far, cfg, background, appearance):
+    """:func:`render_rays_inference` in one native call, or None where it does not apply (no native build, the torch
+    marcher asked for, per-ray appearance, a float64 batch)."""
+    if grid.cfg.impl == "torch" or origins.dtype != torch.float32 or origins.shape[0] == 0:
+        return None
+    args = field.native_render_args(appearance)
+    if args is None:
+        return None
+    from nerf_mapping import native
+
+    n = origins.shape[0]
+    rgb, depth, opacity, evaluated = native.load().render_inference(
+        origins, directions, torch.as_tensor(near, dtype=origins.dtype).expand(n).contiguous(),
+        torch.as_tensor(far, dtype=origins.dtype).expand(n).contiguous(), grid.occupied, grid.aabb,
+        float(cfg.step_size), float(cfg.cone_angle), max(1, int(cfg.inference_samples_per_round)),
+        int(cfg.inference_fine_samples), int(cfg.max_samples_per_ray), float(cfg.early_stop_eps),
+        float(cfg.alpha_thre), float(cfg.color_weight_thre), float(cfg.color_skip_budget), **args)
+    return {
+        "rgb": rgb + (1.0 - opacity)[:, None] * background.to(rgb),
+        "depth": depth / opacity.clamp_min(1e-6),
+        "opacity": opacity,
+        "n_samples": torch.tensor(evaluated),
+        "n_marched": torch.tensor(evaluated),
+    }
+
+
 @torch.no_grad()
 def render_camera(
     field: NGPField,
@@ -368,6 +404,7 @@ def render_camera(
     pixel_order: torch.Tensor | None = None,
     deadline: float | None = None,
     min_pixels: int = 0,
+    impl: str = "auto",
 ) -> dict[str, torch.Tensor]:
     """Render camera ``index`` of ``cameras`` (optionally at pose ``c2w`` [3,4], with the shared appearance embedding
     ``appearance`` [A]). Returns [H,W,*] images. ``reference``: render with the training path (:func:`render_rays`)
@@ -377,8 +414,12 @@ def render_camera(
     ``pixel_order`` (row-major pixel indices, e.g. :func:`nerf_mapping.rendering.budget.lattice_order`): render the
     pixels in that order; with ``deadline`` (``time.monotonic()`` seconds) stop after the first chunk that ends past
     it, once ``min_pixels`` are rendered. ``rendered_pixels`` in the result says how many of the order were; the
-    images are zero elsewhere."""
-    render = render_rays if reference else render_rays_inference
+    images are zero elsewhere. ``impl``: the inference path's loop (:func:`render_rays_inference`)."""
+    if reference:
+        render = render_rays
+    else:
+        def render(*a):
+            return render_rays_inference(*a, impl=impl)
     guard = chunk_guard if chunk_guard is not None else contextlib.nullcontext()
     w, h = int(cameras.width[index]), int(cameras.height[index])
     px, py = pixel_centers(w, h)
