@@ -375,3 +375,31 @@ def test_native_render_loop_equals_the_torch_loop(unbounded):
         assert float(((nat["depth"] - ref["depth"]).abs()[hit]).median()) < 1e-4
     field.encoding.impl = "torch"  # no fused kernels: the native loop does not apply and the torch loop runs
     assert field.native_render_args(app) is None
+
+
+@needs_native
+def test_native_render_releases_the_gil():
+    """A native render of a batch of rays takes up to a second; the node's executor thread (message callbacks,
+    status) must keep running meanwhile, so the kernel runs without the GIL."""
+    import threading
+
+    from nerf_mapping.fields.ngp_field import FieldConfig, NGPField
+    from nerf_mapping.rendering.occupancy_grid import OccupancyGrid, OccupancyGridConfig
+    from nerf_mapping.rendering.renderer import RenderConfig, render_rays_inference
+
+    box = torch.tensor([[-1.5, -1.5, -1.5], [1.5, 1.5, 1.5]])
+    field = NGPField(FieldConfig(encoding=HashEncodingConfig(n_levels=8, log2_hashmap_size=14)), box, False)
+    grid = OccupancyGrid(OccupancyGridConfig(resolution=32), box.reshape(6), levels=1)
+    cfg = RenderConfig(inference_fine_samples=400).resolved(box, False)  # an untrained fog: ~400 samples a ray
+    o = torch.tensor([0.0, 0.0, 4.0]).expand(6000, 3).contiguous()
+    d = torch.nn.functional.normalize(torch.randn(6000, 3) * 0.2 + torch.tensor([0.0, 0.0, -1.0]), dim=-1)
+    assert field.native_render_args(None) is not None
+    t = threading.Thread(target=render_rays_inference, args=(field, grid, o, d, 2.0, 6.0, cfg, torch.ones(3)))
+    ticks = 0
+    t.start()
+    while t.is_alive():
+        ticks += 1
+        time_ref = sum(range(50))  # pure-Python work: needs the GIL
+    t.join()
+    assert time_ref == 1225
+    assert ticks > 2000, ticks

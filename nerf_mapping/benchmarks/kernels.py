@@ -14,6 +14,12 @@ Reports M points/s (min time over --reps after one warm-up) for:
 Field inference (no autograd) of the default NGP field, M points/s: the hash grid alone, the fused native kernel
 (``NGPField.infer``) for density only and for density + colour, and the unfused path (native encoding + torch MLPs).
 The machine is shared: the minimum over repetitions is the most stable statistic.
+
+    python -m nerf_mapping.benchmarks.kernels --map MAP.pt [--width 320] [--reps 2]
+
+The inference renderer's loop driven from torch vs in one native call, on a saved map (``SaveMap`` / a snapshot of
+``benchmark online``): the newest keyframe's view at ``--width``, alternating, with seconds per view, samples per ray
+and the largest pixel difference between the two.
 """
 
 from __future__ import annotations
@@ -96,6 +102,39 @@ def bench_field(n: int, reps: int) -> dict[str, float]:
     return res
 
 
+def bench_map(path: str, width: int, reps: int) -> dict[str, float]:
+    """Seconds per view of the torch-driven and the native inference loop on a saved map (module docstring)."""
+    from nerf_mapping.cameras import camera_directions, pixel_centers, rays_from_c2w
+    from nerf_mapping.mapping.map_io import load_map
+    from nerf_mapping.rendering.renderer import render_rays_inference
+
+    tr, keyframes = load_map(path)
+    cam = tr.frames.camera(max(keyframes))
+    cam = cam.scaled(width / int(cam.width[0]))
+    w, h = int(cam.width[0]), int(cam.height[0])
+    px, py = pixel_centers(w, h)
+    dirs = camera_directions(cam, torch.zeros_like(px, dtype=torch.long), px, py)
+    o, d = rays_from_c2w(cam.c2w[0].expand(dirs.shape[0], 3, 4), dirs)
+    app = None
+    for ext in tr.extensions:
+        app = ext.eval_render_inputs().get("appearance", app)
+    tr.field.eval()
+    times: dict[str, list[float]] = {"torch": [], "auto": []}
+    imgs, samples = {}, {}
+    for _ in range(reps):
+        for impl in times:
+            t = time.perf_counter()
+            parts = [render_rays_inference(tr.field, tr.grid, o[s:s + 16384], d[s:s + 16384], tr.scene.near,
+                                           tr.scene.far, tr.render_cfg, tr.background, appearance=app, impl=impl)
+                     for s in range(0, o.shape[0], 16384)]
+            times[impl].append(time.perf_counter() - t)
+            imgs[impl] = torch.cat([p["rgb"] for p in parts])
+            samples[impl] = sum(int(p["n_samples"]) for p in parts) / o.shape[0]
+    return {"resolution": f"{w}x{h}", "torch loop s": min(times["torch"]), "native loop s": min(times["auto"]),
+            "samples/ray": samples["auto"], "samples/ray (torch loop)": samples["torch"],
+            "max pixel difference": float((imgs["torch"] - imgs["auto"]).abs().max())}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=1 << 16, help="points per step")
@@ -103,7 +142,14 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--impls", nargs="+", default=["torch", "native"])
     ap.add_argument("--field", action="store_true", help="field inference paths instead of the encoding")
+    ap.add_argument("--map", default=None, help="a saved map: torch-driven vs native inference loop")
+    ap.add_argument("--width", type=int, default=320, help="--map: width of the rendered view")
     args = ap.parse_args()
+    if args.map:
+        print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, map {args.map}")
+        for k, v in bench_map(args.map, args.width, args.reps).items():
+            print(f"{k:>26} {v}", flush=True)
+        return
     if args.field:
         print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, N = {args.n} points")
         for k, v in bench_field(args.n, args.reps).items():

@@ -60,5 +60,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("max_samples"), py::arg("early_stop_eps"), py::arg("alpha_thre"), py::arg("color_weight_thre"),
         py::arg("color_skip_budget"), py::arg("box"), py::arg("unbounded"), py::arg("table"), py::arg("resolutions"),
         py::arg("dense_mask"), py::arg("density_w"), py::arg("density_b"), py::arg("color_w"), py::arg("color_b"),
-        py::arg("sh_degree"));
+        py::arg("sh_degree"),
+        // a batch of rays takes up to a second: other Python threads (the node's executor) must not wait for it
+        py::call_guard<py::gil_scoped_release>());
 }
