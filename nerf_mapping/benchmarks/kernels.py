@@ -104,35 +104,23 @@ def bench_field(n: int, reps: int) -> dict[str, float]:
 
 def bench_map(path: str, width: int, reps: int) -> dict[str, float]:
     """Seconds per view of the torch-driven and the native inference loop on a saved map (module docstring)."""
-    from nerf_mapping.cameras import camera_directions, pixel_centers, rays_from_c2w
     from nerf_mapping.mapping.map_io import load_map
-    from nerf_mapping.rendering.renderer import render_rays_inference
 
     tr, keyframes = load_map(path)
     cam = tr.frames.camera(max(keyframes))
     cam = cam.scaled(width / int(cam.width[0]))
-    w, h = int(cam.width[0]), int(cam.height[0])
-    px, py = pixel_centers(w, h)
-    dirs = camera_directions(cam, torch.zeros_like(px, dtype=torch.long), px, py)
-    o, d = rays_from_c2w(cam.c2w[0].expand(dirs.shape[0], 3, 4), dirs)
-    app = None
-    for ext in tr.extensions:
-        app = ext.eval_render_inputs().get("appearance", app)
-    tr.field.eval()
     times: dict[str, list[float]] = {"torch": [], "auto": []}
-    imgs, samples = {}, {}
+    outs = {}
     for _ in range(reps):
         for impl in times:
             t = time.perf_counter()
-            parts = [render_rays_inference(tr.field, tr.grid, o[s:s + 16384], d[s:s + 16384], tr.scene.near,
-                                           tr.scene.far, tr.render_cfg, tr.background, appearance=app, impl=impl)
-                     for s in range(0, o.shape[0], 16384)]
+            outs[impl] = tr.render(cam, 0, impl=impl)
             times[impl].append(time.perf_counter() - t)
-            imgs[impl] = torch.cat([p["rgb"] for p in parts])
-            samples[impl] = sum(int(p["n_samples"]) for p in parts) / o.shape[0]
-    return {"resolution": f"{w}x{h}", "torch loop s": min(times["torch"]), "native loop s": min(times["auto"]),
-            "samples/ray": samples["auto"], "samples/ray (torch loop)": samples["torch"],
-            "max pixel difference": float((imgs["torch"] - imgs["auto"]).abs().max())}
+    rays = int(cam.width[0]) * int(cam.height[0])
+    return {"resolution": f"{int(cam.width[0])}x{int(cam.height[0])}", "torch loop s": min(times["torch"]),
+            "native loop s": min(times["auto"]), "samples/ray": int(outs["auto"]["n_samples"]) / rays,
+            "samples/ray (torch loop)": int(outs["torch"]["n_samples"]) / rays,
+            "max pixel difference": float((outs["torch"]["rgb"] - outs["auto"]["rgb"]).abs().max())}
 
 
 def main() -> None:

@@ -124,13 +124,10 @@ class NGPField(nn.Module):
             sigma, geo = self.density(x)
             rgb = self.color(geo, directions, appearance) if directions is not None else None
             return sigma, rgb, (geo if want_geo else None)
-        enc = self.encoding
-        dw, db = self._density_layers()
-        cw, cb = self._color_layers(appearance) if directions is not None else ([], [])
         dirs = directions.float() if directions is not None else x.new_zeros(0, 3)
         sigma, rgb, geo = fused.field_inference(
-            x.float().contiguous(), dirs, self.scene_box.reshape(6), self.unbounded, enc.table.detach(),
-            enc.resolutions, enc.dense_mask, dw, db, cw, cb, self.cfg.sh_degree, directions is not None, want_geo)
+            x.float().contiguous(), dirs, **self._native_field_args(appearance, color=directions is not None),
+            want_color=directions is not None, want_geo=want_geo)
         return sigma, (rgb if directions is not None else None), (geo if want_geo else None)
 
     @torch.no_grad()
@@ -161,9 +158,14 @@ class NGPField(nn.Module):
         fused = self._fused_module(appearance)
         if fused is None or not hasattr(fused, "render_inference"):
             return None
+        return self._native_field_args(appearance)
+
+    def _native_field_args(self, appearance: torch.Tensor | None, color: bool = True) -> dict:
+        """The field as the native kernels take it (``field_inference``, ``render_inference``): box, contraction,
+        hash grid and both MLPs (the colour MLP's layers empty when ``color`` is False)."""
         enc = self.encoding
         dw, db = self._density_layers()
-        cw, cb = self._color_layers(appearance)
+        cw, cb = self._color_layers(appearance) if color else ([], [])
         return dict(box=self.scene_box.reshape(6), unbounded=self.unbounded, table=enc.table.detach(),
                     resolutions=enc.resolutions, dense_mask=enc.dense_mask, density_w=dw, density_b=db,
                     color_w=cw, color_b=cb, sh_degree=self.cfg.sh_degree)

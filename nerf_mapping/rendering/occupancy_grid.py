@@ -71,8 +71,11 @@ class OccupancyGrid(nn.Module):
         s = 2.0 ** torch.arange(self.levels, dtype=torch.float32)[:, None]
         return torch.stack([c - h * s, c + h * s], dim=1)
 
-    def cell_centers(self, level: int, flat_idx: torch.Tensor, jitter: bool = True) -> torch.Tensor:
-        g = self.cfg.resolution
+    def cell_centers(self, level: int, flat_idx: torch.Tensor, jitter: bool = True,
+                     resolution: int | None = None) -> torch.Tensor:
+        """World points in the cells ``flat_idx`` of ``level`` (random within each cell, or the centres without
+        ``jitter``); ``resolution``: of a coarser lattice over the same box (cells per axis; default the grid's)."""
+        g = resolution or self.cfg.resolution
         ix, iy, iz = flat_idx // (g * g), (flat_idx // g) % g, flat_idx % g
         ijk = torch.stack([ix, iy, iz], -1).float()
         off = torch.rand(ijk.shape, generator=self._gen) if jitter else torch.full_like(ijk, 0.5)
@@ -150,10 +153,7 @@ class OccupancyGrid(nn.Module):
         f = g // b
         if self._centres is None:
             idx = torch.arange(b**3)
-            ix, iy, iz = idx // (b * b), (idx // b) % b, idx % b
-            ijk = torch.stack([ix, iy, iz], -1).float()
-            boxes = self.level_boxes()
-            self._centres = torch.cat([boxes[lvl, 0] + (ijk + 0.5) / b * (boxes[lvl, 1] - boxes[lvl, 0])
+            self._centres = torch.cat([self.cell_centers(lvl, idx, jitter=False, resolution=b)
                                        for lvl in range(self.levels)])
         boxes = self.level_boxes()
         radius = ((boxes[:, 1] - boxes[:, 0]) / b).norm(dim=-1) * 0.5  # [L] block half-diagonal per level
