@@ -94,6 +94,22 @@ def test_redundancy_victim_keeps_first_and_newest():
     assert redundancy_victim([0, 1], {0: at(0), 1: at(1)}) == 1
 
 
+def test_redundancy_victim_scores_each_frame_by_its_two_neighbour_distances():
+    """The vectorised choice against the definition, on a random trajectory with rotations and sparse ids."""
+    rng = np.random.default_rng(0)
+    ids = sorted(rng.choice(1000, size=60, replace=False).tolist())
+    poses = {i: at(float(rng.uniform(0, 3)), float(rng.uniform(0, 90))) for i in ids}
+
+    def dist(a, b):
+        t, r = pose_distance(poses[a], poses[b])
+        return t / 0.1 + r / 10.0
+
+    for protect in (1, 3):
+        scores = {ids[k]: (dist(ids[k - 1], ids[k]) if k > 0 else dist(ids[k], ids[k + 1])) + dist(ids[k], ids[k + 1])
+                  for k in range(protect, len(ids) - 1)}
+        assert redundancy_victim(ids, poses, protect=protect) == min(scores, key=scores.get)
+
+
 def _cam(x: float) -> Cameras:
     c2w = np.eye(4)[:3]
     c2w[0, 3] = x
