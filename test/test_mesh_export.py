@@ -13,7 +13,8 @@ import torch
 
 from nerf_mapping.evaluation.mesh import mesh_scores, sample_surface, visible_mask
 from nerf_mapping.export.mesh import MeshExportConfig, grid_size
-from nerf_mapping.rendering.compositing import distortion_loss
+from nerf_mapping.rendering.compositing import distortion_loss, marching_coordinate
+from nerf_mapping.rendering.marching import march_rays
 
 
 # ------------------------------------------------------------------------------------------------ pure functions
@@ -38,6 +39,22 @@ def test_distortion_loss_matches_the_double_sum():
     spread = distortion_loss(torch.full((4,), 0.2), torch.tensor([0.5, 1.5, 2.5, 3.5]),
                              torch.tensor([0.51, 1.51, 2.51, 3.51]), idx, 1)
     assert float(spread) > 50 * float(tight)
+
+
+def test_marching_coordinate_counts_the_marchers_steps():
+    """Each sample of a cone-marched ray (steps growing with distance) is one unit long in the coordinate, near and
+    far alike, so the distortion loss over it does not favour the camera's side; constant steps are t / step."""
+    occ = torch.ones(4, 8, 8, 8, dtype=torch.bool)  # everything occupied: every step is a sample
+    aabb = torch.tensor([-2.0, -2, -2, 2, 2, 2])
+    o, d = torch.tensor([[-15.9, 0.1, 0.2]]), torch.tensor([[1.0, 0.0, 0.0]])
+    step, cone = 0.01, 1.0 / 64
+    _, t0, t1 = march_rays(o, d, torch.full((1,), 0.05), torch.full((1,), 30.0), occ, aabb, step, cone, 100000)
+    assert len(t0) > 100 and float(t0[-1]) > 20 * step / cone  # both regimes, up to 20x the turning point
+    length = marching_coordinate(t1[:-1].double(), step, cone) - marching_coordinate(t0[:-1].double(), step, cone)
+    assert torch.allclose(length, torch.ones_like(length), atol=0.02), (float(length.min()), float(length.max()))
+    assert float((t1 - t0)[-2] / (t1 - t0)[0]) > 10  # the metric steps, by contrast, grew
+    t = torch.tensor([0.5, 1.0])
+    assert torch.allclose(marching_coordinate(t, 0.25, 0.0), t / 0.25)
 
 
 def test_config_validation():

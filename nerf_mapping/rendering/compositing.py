@@ -78,6 +78,20 @@ def median_sample(weights: torch.Tensor, ray_indices: torch.Tensor, n_rays: int,
     return first.scatter_reduce_(0, ray_indices[sel], sel, "amin", include_self=True)
 
 
+def marching_coordinate(t: torch.Tensor, step_size: float, cone_angle: float) -> torch.Tensor:
+    """Distance ``t`` along a ray as the marcher's step count from the camera: ``t / step_size`` up to
+    ``t* = step_size / cone_angle``, then ``(1 + ln(t / t*)) / cone_angle`` where the step grows as ``cone_angle * t``
+    (:mod:`nerf_mapping.rendering.marching`). Every marching step has length ~1 in it, so a loss over intervals in
+    this coordinate weighs near and far samples alike; in metres, the cone-marched far samples are long intervals and
+    the distortion loss's self term would pull weight towards the camera (mip-NeRF 360 uses its normalised s-space
+    for the same reason)."""
+    if cone_angle <= 0:
+        return t / step_size
+    t_star = step_size / cone_angle
+    far = (1.0 + torch.log(t.clamp_min(t_star) / t_star)) / cone_angle
+    return torch.where(t <= t_star, t / step_size, far)
+
+
 def distortion_loss(weights: torch.Tensor, t_starts: torch.Tensor, t_ends: torch.Tensor, ray_indices: torch.Tensor,
                     n_rays: int) -> torch.Tensor:
     """[n_rays] mip-NeRF 360's distortion loss sum_ij w_i w_j |m_i - m_j| + 1/3 sum_i w_i^2 (t1_i - t0_i) (m: sample

@@ -22,7 +22,7 @@ import torch
 from nerf_mapping.cameras import Cameras, camera_directions, rays_from_c2w
 from nerf_mapping.config import from_dict, to_dict
 from nerf_mapping.fields.ngp_field import FieldConfig, NGPField
-from nerf_mapping.rendering.compositing import distortion_loss
+from nerf_mapping.rendering.compositing import distortion_loss, marching_coordinate
 from nerf_mapping.rendering.occupancy_grid import OccupancyGrid, OccupancyGridConfig
 from nerf_mapping.evaluation import psnr_from_mse
 from nerf_mapping.rendering.renderer import RenderConfig, render_camera, render_rays
@@ -72,7 +72,8 @@ class TrainerConfig:
     background: tuple[float, float, float] = (1.0, 1.0, 1.0)
     """Colour composited behind the field (the datasets' background: white for NeRF-synthetic, black for DTU)."""
     distortion_loss_mult: float = 0.0
-    """Weight of mip-NeRF 360's distortion loss (per ray, distances in scene units; see
+    """Weight of mip-NeRF 360's distortion loss (per ray, over the marching coordinate normalised to [0, 1] from near to
+    far, :func:`nerf_mapping.rendering.compositing.marching_coordinate`; see
     :func:`nerf_mapping.rendering.compositing.distortion_loss`): pulls each ray's weight into one interval, so the
     free space of a room stays empty instead of holding a haze. 0 = off: on the demo room it did not move surfaces to
     their true depth and lowered the mesh scores (docs/results/mesh.md)."""
@@ -195,6 +196,16 @@ class Trainer:
             return torch.where(mask[:, None], rgb, self.background.to(rgb))
         return rgb
 
+    def _distortion(self, out: dict, n_rays: int) -> torch.Tensor:
+        """Mean distortion loss of a training render, over intervals in the marching coordinate normalised to
+        [0, 1] between the scene's near and far (``distortion_loss_mult``)."""
+        rc = self.render_cfg
+        k0, k1 = (float(marching_coordinate(torch.tensor(v, dtype=torch.float64), rc.step_size, rc.cone_angle))
+                  for v in (self.scene.near, self.scene.far))
+        s0, s1 = ((marching_coordinate(out[k], rc.step_size, rc.cone_angle) - k0) / max(k1 - k0, 1e-9)
+                  for k in ("t_starts", "t_ends"))
+        return distortion_loss(out["weights"], s0, s1, out["ray_indices"], n_rays).mean()
+
     def step(self) -> dict[str, float]:
         """One optimisation step. Returns stats (loss, psnr, n_rays, n_samples)."""
         with self.lock:
@@ -223,8 +234,7 @@ class Trainer:
             err = (out["rgb"] - target) ** 2
             loss = err.mean()
             if self.cfg.distortion_loss_mult > 0 and n_samples > 0:
-                loss = loss + self.cfg.distortion_loss_mult * distortion_loss(
-                    out["weights"], out["t_starts"], out["t_ends"], out["ray_indices"], target.shape[0]).mean()
+                loss = loss + self.cfg.distortion_loss_mult * self._distortion(out, target.shape[0])
             for ext in self.extensions:
                 extra = ext.loss(batch.frame_ids, out, batch)
                 if extra is not None:
