@@ -28,6 +28,11 @@ import numpy as np
 from nerf_mapping.geometry import model_c2w_to_optical_pose
 
 
+PSNR_MILESTONES = (20.0, 25.0)
+"""PSNR levels (dB against ground truth) whose first periodic render is timed in ``summary.json`` (seconds from the
+first frame; the renders come about once a second or less often, so the times are as coarse as the render period)."""
+
+
 def _gt_frames(scene: Path) -> tuple[list[int], list[Path], list[np.ndarray]]:
     d = json.loads((scene / "transforms.json").read_text())
     stamps = [int(f["timestamp_ns"]) for f in d["frames"]]
@@ -159,7 +164,7 @@ def run(args) -> int:
     node = rclpy.create_node("nerf_mapping_demo")
     lock = threading.Lock()
     state = {"status": None, "best_psnr": -1.0, "renders": [], "paths": {}, "t_first_frame": None,
-             "t_psnr_bar": None}
+             "t_psnr_bar": None, "t_psnr": {b: None for b in PSNR_MILESTONES}}
     status_log = open(out / "status.jsonl", "w")
     t_start = time.monotonic()
 
@@ -193,6 +198,9 @@ def run(args) -> int:
                 state["best_psnr"] = p
             if p >= args.psnr_bar and state["t_psnr_bar"] is None:
                 state["t_psnr_bar"] = time.monotonic()
+            for b, t in state["t_psnr"].items():
+                if p >= b and t is None:
+                    state["t_psnr"][b] = time.monotonic()
         iio.imwrite(out / "renders" / f"live_{k:03d}_frame{i:04d}_gt_vs_render.png", np.concatenate([gt, img], 1))
 
     def on_path(name):
@@ -247,6 +255,9 @@ def run(args) -> int:
                 "reached_bar": state["t_psnr_bar"] is not None,
                 "seconds_first_frame_to_bar": (state["t_psnr_bar"] - state["t_first_frame"])
                 if state["t_psnr_bar"] and state["t_first_frame"] else None,
+                "seconds_first_frame_to_psnr": {
+                    f"{b:g}": (t - state["t_first_frame"]) if t and state["t_first_frame"] else None
+                    for b, t in state["t_psnr"].items()},
                 "best_render_psnr_db": state["best_psnr"], "last_status": state["status"],
                 "ate": ate, "n_renders": len(state["renders"]), "renders": state["renders"], "services": services,
             }
@@ -263,7 +274,9 @@ def run(args) -> int:
         rclpy.try_shutdown()
     print(f"\nmap quality bar ({args.psnr_bar:.0f} dB vs ground truth) "
           f"{'reached after %.0f s' % summary['seconds_first_frame_to_bar'] if summary['reached_bar'] else 'NOT reached'}"
-          f"; best render PSNR {summary['best_render_psnr_db']:.1f} dB")
+          f"; best render PSNR {summary['best_render_psnr_db']:.1f} dB; "
+          + ", ".join(f"{b} dB " + ("after %.0f s" % t if t is not None else "not reached")
+                      for b, t in summary["seconds_first_frame_to_psnr"].items()))
     print(_fmt_ate(ate) if "error" not in ate else f"ATE failed: {ate['error']}")
     for k, v in services.items():
         print(f"  service {k}: {v.get('message', '')} ({v.get('seconds', 0):.2f} s)")
