@@ -389,13 +389,22 @@ def _python_ticks_while(fn) -> tuple[float, float]:
             sum(range(50))  # pure-Python work: needs the GIL
         return n
 
+    errors = []
+
+    def run():
+        try:
+            fn()
+        except Exception as exc:  # noqa: BLE001 - reported below: a kernel that fails at once proves nothing
+            errors.append(exc)
+
     t_end = time.perf_counter() + 0.2
     alone = spin(lambda: time.perf_counter() < t_end) / 0.2
-    t = threading.Thread(target=fn)
+    t = threading.Thread(target=run)
     t0 = time.perf_counter()
     t.start()
     n = spin(t.is_alive)
     t.join()
+    assert not errors, errors
     return n / (time.perf_counter() - t0), alone
 
 
