@@ -343,6 +343,7 @@ def test_native_render_loop_equals_the_torch_loop(unbounded):
 
     from nerf_mapping.fields.ngp_field import FieldConfig, NGPField
     from nerf_mapping.rendering.occupancy_grid import OccupancyGrid, OccupancyGridConfig
+    from nerf_mapping.rendering.compositing import median_sample
     from nerf_mapping.rendering.renderer import RenderConfig, render_rays_inference
 
     torch.manual_seed(1)
@@ -364,8 +365,9 @@ def test_native_render_loop_equals_the_torch_loop(unbounded):
     bg = torch.tensor([0.2, 0.5, 0.9])
     assert field.native_render_args(app) is not None  # so the default impl runs the native loop
     for c in (cfg, replace(cfg, early_stop_eps=1e-2, inference_samples_per_round=7)):
-        nat = render_rays_inference(field, grid, o, d, 0.5, 8.0, c, bg, appearance=app)
-        ref = render_rays_inference(field, grid, o, d, 0.5, 8.0, c, bg, appearance=app, impl="torch")
+        nat = render_rays_inference(field, grid, o, d, 0.5, 8.0, c, bg, appearance=app, return_median=True)
+        ref = render_rays_inference(field, grid, o, d, 0.5, 8.0, c, bg, appearance=app, impl="torch",
+                                    return_median=True)
         assert int(ref["n_samples"]) > 20 * 3000  # the rays do march through the field
         assert abs(int(nat["n_samples"]) - int(ref["n_samples"])) <= 0.002 * int(ref["n_samples"])
         assert float((nat["rgb"] - ref["rgb"]).abs().max()) < 2e-3
@@ -373,6 +375,17 @@ def test_native_render_loop_equals_the_torch_loop(unbounded):
         assert float((nat["opacity"] - ref["opacity"]).abs().max()) < 2e-3
         hit = ref["opacity"] > 0.5
         assert float(((nat["depth"] - ref["depth"]).abs()[hit]).median()) < 1e-4
+        # the median termination distance (mesh export, query candidates): the same sample on nearly every ray (a
+        # cumulative weight at exactly half may round the other way)
+        same = (nat["median_depth"] - ref["median_depth"]).abs() < 1e-5
+        assert float(same.float().mean()) > 0.99 and bool((ref["median_depth"][hit] > 0).all())
+        # the torch loop's median is the one of its packed samples (compositing.median_sample)
+        smp = render_rays_inference(field, grid, o, d, 0.5, 8.0, c, bg, appearance=app, impl="torch",
+                                    return_samples=True)
+        w, ri = smp["weights"], smp["ray_indices"]
+        first = median_sample(w, ri, len(o))
+        i = int(torch.nonzero(hit)[0])
+        assert float(ref["median_depth"][i]) == pytest.approx(float((smp["t_starts"] + smp["t_ends"])[first[i]] / 2))
     field.encoding.impl = "torch"  # no fused kernels: the native loop does not apply and the torch loop runs
     assert field.native_render_args(app) is None
 

@@ -5,7 +5,7 @@ An Instant-NGP map has no normals (nerfstudio's ``ns-export poisson`` therefore 
     snapshot(trainer)          copy of the field, occupancy grid and refined training-view poses, taken under the
                                trainer lock in well under a second: the export then runs beside a training thread
     surface_points(snap)       one ray per pixel of a coarse grid over every training view (coarser grid = fewer
-                               points): density-only early-stop marching (the renderer's pruning pass), median
+                               points): the inference renderer (its whole loop in one native call), median
                                termination depth where the accumulated opacity is high, colour composited along the
                                ray, normal from the depth map's neighbours (the cross product of the back-projected
                                points left/right and up/down), oriented towards the camera
@@ -39,7 +39,6 @@ import numpy as np
 import torch
 
 from nerf_mapping.cameras import Cameras, generate_rays, pixel_centers
-from nerf_mapping.rendering.compositing import accumulate_along_rays, median_sample
 from nerf_mapping.rendering.renderer import RenderConfig, render_rays_inference
 
 
@@ -172,20 +171,13 @@ def grid_size(width: int, height: int, rays: int) -> tuple[int, int]:
 
 @torch.no_grad()
 def _render_surface(snap: MapSnapshot, origins: torch.Tensor, dirs: torch.Tensor):
-    """Per ray: median termination distance, opacity, composited colour (the inference renderer's packed samples)."""
-    n = origins.shape[0]
+    """Per ray: median termination distance, opacity, composited colour (the inference renderer, in one native call
+    where it applies)."""
     out = render_rays_inference(snap.field, snap.grid, origins, dirs, snap.near, snap.far, snap.render_cfg,
-                                torch.zeros(3), appearance=snap.render_inputs.get("appearance"), return_samples=True)
-    depth = torch.zeros(n)
+                                torch.zeros(3), appearance=snap.render_inputs.get("appearance"), return_median=True)
     opacity = out["opacity"]
     rgb = out["rgb"] / opacity.clamp_min(1e-6)[:, None]  # black background: the surface's own colour
-    w, ray_idx = out["weights"], out["ray_indices"]
-    if ray_idx.numel() == 0:
-        return depth, opacity, rgb
-    first = median_sample(w, ray_idx, n, accumulate_along_rays(w, ray_idx, n)[:, 0])  # median depth (median_sample)
-    hit = first < len(ray_idx)
-    depth[hit] = ((out["t_starts"] + out["t_ends"]) * 0.5)[first[hit]]
-    return depth, opacity, rgb
+    return out["median_depth"], opacity, rgb
 
 
 def surface_points(snap: MapSnapshot, cfg: MeshExportConfig,

@@ -12,7 +12,8 @@ Two paths compute the same image:
   Its time and memory are bounded whatever the training state: beyond ``inference_fine_samples`` per ray the
   step doubles each round, and ``max_samples_per_ray`` caps each ray. Where neither feature heads nor the packed
   samples are asked for, the whole loop runs in one native call per batch (``native.render_inference``, 1.3-1.6x
-  faster: no per-round tensor bookkeeping); the torch-driven loop is its tested reference.
+  faster: no per-round tensor bookkeeping; it also gives each ray's median termination distance, for mesh export
+  and the query candidates); the torch-driven loop is its tested reference.
 
 ``render_camera`` renders a whole image of any camera (rgb, depth, opacity, feature heads) with the inference path.
 """
@@ -26,7 +27,8 @@ import torch
 
 from nerf_mapping.cameras import Cameras, camera_directions, pixel_centers, rays_from_c2w
 from nerf_mapping.fields.ngp_field import NGPField
-from nerf_mapping.rendering.compositing import accumulate_along_rays, exclusive_cumsum, render_transmittance
+from nerf_mapping.rendering.compositing import (accumulate_along_rays, exclusive_cumsum, median_sample,
+                                               render_transmittance)
 from nerf_mapping.rendering.occupancy_grid import OccupancyGrid
 
 
@@ -261,12 +263,16 @@ def render_rays_inference(
     appearance: torch.Tensor | None = None,
     return_samples: bool = False,
     impl: str = "auto",
+    return_median: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Render rays without gradients (see the module docstring); same outputs as :func:`render_rays`.
 
     ``return_samples``: also the packed samples in front of each ray's early-stop point (``weights``,
     ``ray_indices``, ``t_starts``, ``t_ends``, ``positions``, sorted by ray then t), for callers that composite their
-    own quantities (median depth, language features).
+    own quantities (language features).
+    ``return_median``: also ``median_depth`` [R], each ray's median termination distance over those samples (the
+    midpoint of the first whose cumulative weight reaches half of theirs; 0 for a ray without samples): sharper than
+    the expected depth at a foreground edge (mesh export, query candidates).
     ``appearance``: a shared embedding [A] (per-ray embeddings fall back to the unfused field evaluation).
     ``impl``: ``auto`` runs the whole loop in the native kernel (``native.render_inference``, one call per batch)
     when the field's fused kernels and the native marcher apply and neither feature heads nor the packed samples are
@@ -275,7 +281,7 @@ def render_rays_inference(
     if impl not in ("auto", "torch"):
         raise ValueError(f"impl must be 'auto' or 'torch', got {impl!r}")
     if impl == "auto" and not feature_heads and not return_samples:
-        out = _render_native(field, grid, origins, directions, near, far, cfg, background, appearance)
+        out = _render_native(field, grid, origins, directions, near, far, cfg, background, appearance, return_median)
         if out is not None:
             return out
     n = origins.shape[0]
@@ -329,7 +335,7 @@ def render_rays_inference(
         if feature_heads:
             for name, v in field.features(pos, geo, feature_heads).items():
                 feats[name].index_add_(0, glob, w[:, None] * v)
-        if return_samples:
+        if return_samples or return_median:
             keep = t_glob > cfg.early_stop_eps
             for key, v in (("ray_indices", glob), ("t_starts", a), ("t_ends", b), ("weights", w)):
                 kept[key].append(v[keep])
@@ -347,7 +353,7 @@ def render_rays_inference(
     }
     for name, v in feats.items():
         out[name] = v / opacity.clamp_min(1e-6)[:, None]
-    if return_samples:
+    if return_samples or return_median:
         if kept["ray_indices"]:
             packed = {key: torch.cat(v) for key, v in kept.items()}
             order = torch.argsort(packed["ray_indices"], stable=True)  # rounds append in t order per ray
@@ -355,36 +361,49 @@ def render_rays_inference(
         else:
             packed = {"ray_indices": torch.zeros(0, dtype=torch.long), "t_starts": torch.zeros(0),
                       "t_ends": torch.zeros(0), "weights": torch.zeros(0)}
-        packed["positions"] = _positions(origins, directions, packed["ray_indices"], packed["t_starts"],
-                                         packed["t_ends"])
-        out.update(packed)
+        if return_median:
+            w, ri = packed["weights"], packed["ray_indices"]
+            first = median_sample(w, ri, n, accumulate_along_rays(w, ri, n)[:, 0])
+            hit = first < len(ri)
+            med = torch.zeros(n, dtype=dtype)
+            med[hit] = ((packed["t_starts"] + packed["t_ends"]) * 0.5)[first[hit]]
+            out["median_depth"] = med
+        if return_samples:
+            packed["positions"] = _positions(origins, directions, packed["ray_indices"], packed["t_starts"],
+                                             packed["t_ends"])
+            out.update(packed)
     return out
 
 
-def _render_native(field, grid, origins, directions, near, far, cfg, background, appearance):
+def _render_native(field, grid, origins, directions, near, far, cfg, background, appearance, median=False):
     """:func:`render_rays_inference` in one native call, or None where it does not apply (no native build, the torch
-    marcher asked for, per-ray appearance, a float64 batch)."""
+    marcher asked for, per-ray appearance, a float64 batch, a field that is not an :class:`NGPField`)."""
     if grid.cfg.impl == "torch" or origins.dtype != torch.float32 or origins.shape[0] == 0:
         return None
-    args = field.native_render_args(appearance)
+    native_args = getattr(field, "native_render_args", None)  # fields of other kinds (analytic test fields): torch
+    args = native_args(appearance) if native_args is not None else None
     if args is None:
         return None
     from nerf_mapping import native
 
     n = origins.shape[0]
-    rgb, depth, opacity, evaluated = native.load().render_inference(
+    rgb, depth, opacity, med, evaluated = native.load().render_inference(
         origins, directions, torch.as_tensor(near, dtype=origins.dtype).expand(n).contiguous(),
         torch.as_tensor(far, dtype=origins.dtype).expand(n).contiguous(), grid.occupied, grid.aabb,
         float(cfg.step_size), float(cfg.cone_angle), max(1, int(cfg.inference_samples_per_round)),
         int(cfg.inference_fine_samples), int(cfg.max_samples_per_ray), float(cfg.early_stop_eps),
-        float(cfg.alpha_thre), float(cfg.color_weight_thre), float(cfg.color_skip_budget), **args)
-    return {
+        float(cfg.alpha_thre), float(cfg.color_weight_thre), float(cfg.color_skip_budget), **args,
+        want_median=bool(median))
+    out = {
         "rgb": rgb + (1.0 - opacity)[:, None] * background.to(rgb),
         "depth": depth / opacity.clamp_min(1e-6),
         "opacity": opacity,
         "n_samples": torch.tensor(evaluated),
         "n_marched": torch.tensor(evaluated),
     }
+    if median:
+        out["median_depth"] = med
+    return out
 
 
 @torch.no_grad()

@@ -23,14 +23,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> field_inference(
     const std::vector<at::Tensor>& color_b, int64_t sh_degree, bool want_color, bool want_geo);
 at::Tensor color_inference(const at::Tensor& geo, const at::Tensor& dirs, const std::vector<at::Tensor>& color_w,
                            const std::vector<at::Tensor>& color_b, int64_t sh_degree);
-std::tuple<at::Tensor, at::Tensor, at::Tensor, int64_t> render_inference(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, int64_t> render_inference(
     const at::Tensor& origins, const at::Tensor& dirs, const at::Tensor& t_min, const at::Tensor& t_max,
     const at::Tensor& occupied, const at::Tensor& aabb, double step_size, double cone_angle,
     int64_t samples_per_round, int64_t fine_samples, int64_t max_samples, double early_stop_eps, double alpha_thre,
     double color_weight_thre, double color_skip_budget, const at::Tensor& box, bool unbounded,
     const at::Tensor& table, const at::Tensor& resolutions, const at::Tensor& dense_mask,
     const std::vector<at::Tensor>& density_w, const std::vector<at::Tensor>& density_b,
-    const std::vector<at::Tensor>& color_w, const std::vector<at::Tensor>& color_b, int64_t sh_degree);
+    const std::vector<at::Tensor>& color_w, const std::vector<at::Tensor>& color_b, int64_t sh_degree,
+    bool want_median);
 }  // namespace nm
 
 // Every compute kernel runs without the GIL (arguments are converted before, results after). The node runs several
@@ -42,7 +43,7 @@ static const py::call_guard<py::gil_scoped_release> kNoGil{};
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "nerf_mapping native CPU kernels (OpenMP)";
-  m.attr("ABI_VERSION") = 3;
+  m.attr("ABI_VERSION") = 4;
   m.def("hash_encode_forward", &nm::hash_encode_forward, "hash encoding forward -> [N, L*F]",
         py::arg("x"), py::arg("table"), py::arg("resolutions"), py::arg("dense_mask"), kNoGil);
   m.def("hash_encode_backward", &nm::hash_encode_backward, "hash encoding backward -> (grad_table, grad_x)",
@@ -61,11 +62,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("geo"), py::arg("dirs"), py::arg("color_w"), py::arg("color_b"), py::arg("sh_degree"), kNoGil);
   m.def("render_inference", &nm::render_inference,
         "inference renderer (march, fused field, composite, early stop) -> (rgb [R,3] without background, "
-        "depth sum [R], opacity [R], samples evaluated)",
+        "depth sum [R], opacity [R], median termination distance [R] or empty, samples evaluated)",
         py::arg("origins"), py::arg("dirs"), py::arg("t_min"), py::arg("t_max"), py::arg("occupied"), py::arg("aabb"),
         py::arg("step_size"), py::arg("cone_angle"), py::arg("samples_per_round"), py::arg("fine_samples"),
         py::arg("max_samples"), py::arg("early_stop_eps"), py::arg("alpha_thre"), py::arg("color_weight_thre"),
         py::arg("color_skip_budget"), py::arg("box"), py::arg("unbounded"), py::arg("table"), py::arg("resolutions"),
         py::arg("dense_mask"), py::arg("density_w"), py::arg("density_b"), py::arg("color_w"), py::arg("color_b"),
-        py::arg("sh_degree"), kNoGil);
+        py::arg("sh_degree"), py::arg("want_median") = false, kNoGil);
 }

@@ -61,6 +61,7 @@ struct Scratch {
   std::vector<float> a, b, mid, u, bufa, bufb, sig, w, rgb, dirs;
   std::vector<uint8_t> inside;
   std::vector<int> vis;
+  std::vector<float> ray_mid, ray_cum;  // the ray's samples in front of its early stop: midpoint, cumulative weight
   Scratch(int k, int width)
       : ts(k), te(k), a(k), b(k), mid(k), u(size_t(k) * 3), bufa(size_t(k) * width), bufb(size_t(k) * width),
         sig(k), w(k), rgb(size_t(k) * 3), dirs(size_t(k) * 3), inside(k), vis(k) {}
@@ -85,12 +86,17 @@ inline float* density_round(const FieldParams& f, Scratch& s, int n) {
 
 void render_ray(const Grid& g, const RenderParams& p, const FieldParams& f, const float* o, const float* d,
                 float t_min, float t_max, Scratch& s, float* out_rgb, float& out_depth, float& out_opacity,
-                int64_t& evaluated) {
+                float* out_median, int64_t& evaluated) {
   const double od[3] = {o[0], o[1], o[2]};
   const double dd[3] = {d[0], d[1], d[2]};
   float t_cur = t_min, trans = 1.f, opacity = 0.f, depth = 0.f, skipped = 0.f;
   float rgb[3] = {0.f, 0.f, 0.f};
   int n_eval = 0, fine_used = 0, coarse = 0;
+  float cum = 0.f;
+  if (out_median) {
+    s.ray_mid.clear();
+    s.ray_cum.clear();
+  }
   for (;;) {
     RayMarcher rm{g, p.step * std::ldexp(1.0, coarse), p.cone, p.k};
     int n = 0;
@@ -119,8 +125,14 @@ void render_ray(const Grid& g, const RenderParams& p, const FieldParams& f, cons
       if (p.alpha_thre > 0.f && !(1.f - std::exp(-sg * delta) > p.alpha_thre)) sg = 0.f;
       const float sd = sg * delta;
       const float alpha = 1.f - std::exp(-sd);
-      const float wj = trans * std::exp(-tau) * alpha;
+      const float t_before = trans * std::exp(-tau);
+      const float wj = t_before * alpha;
       tau += sd;
+      if (out_median && t_before > p.early_eps) {  // the torch loop's packed samples: those before the early stop
+        cum += wj;
+        s.ray_mid.push_back(s.mid[j]);
+        s.ray_cum.push_back(cum);
+      }
       s.w[j] = wj;
       opacity += wj;
       depth += wj * s.mid[j];
@@ -160,20 +172,29 @@ void render_ray(const Grid& g, const RenderParams& p, const FieldParams& f, cons
   for (int c = 0; c < 3; ++c) out_rgb[c] = rgb[c];
   out_opacity = opacity;
   out_depth = depth;
+  if (out_median) {
+    // median termination distance: the first kept sample whose cumulative weight reaches half of the kept weight
+    // (compositing.median_sample); 0 for a ray without samples
+    const auto it = std::lower_bound(s.ray_cum.begin(), s.ray_cum.end(), 0.5f * cum);
+    *out_median = it == s.ray_cum.end() ? (s.ray_mid.empty() ? 0.f : s.ray_mid.back())
+                                        : s.ray_mid[size_t(it - s.ray_cum.begin())];
+  }
 }
 
 }  // namespace
 
 // Returns (rgb [R,3] composited over nothing (the caller adds (1 - opacity) * background), depth [R] (weighted
-// sum, not yet divided by the opacity), opacity [R], samples evaluated).
-std::tuple<at::Tensor, at::Tensor, at::Tensor, int64_t> render_inference(
+// sum, not yet divided by the opacity), opacity [R], median termination distance [R] (empty unless want_median),
+// samples evaluated).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, int64_t> render_inference(
     const at::Tensor& origins_in, const at::Tensor& dirs_in, const at::Tensor& t_min_in, const at::Tensor& t_max_in,
     const at::Tensor& occupied_in, const at::Tensor& aabb_in, double step_size, double cone_angle,
     int64_t samples_per_round, int64_t fine_samples, int64_t max_samples, double early_stop_eps, double alpha_thre,
     double color_weight_thre, double color_skip_budget, const at::Tensor& box_in, bool unbounded,
     const at::Tensor& table_in, const at::Tensor& resolutions, const at::Tensor& dense_mask,
     const std::vector<at::Tensor>& density_w, const std::vector<at::Tensor>& density_b,
-    const std::vector<at::Tensor>& color_w, const std::vector<at::Tensor>& color_b, int64_t sh_degree) {
+    const std::vector<at::Tensor>& color_w, const std::vector<at::Tensor>& color_b, int64_t sh_degree,
+    bool want_median) {
   TORCH_CHECK(origins_in.dim() == 2 && origins_in.size(1) == 3 && dirs_in.sizes() == origins_in.sizes(),
               "render_inference: origins and directions must be [R, 3]");
   const int64_t R = origins_in.size(0);
@@ -218,6 +239,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, int64_t> render_inference(
   auto rgb = at::zeros({R, 3}, o.options());
   auto depth = at::zeros({R}, o.options());
   auto opacity = at::zeros({R}, o.options());
+  auto median = want_median ? at::zeros({R}, o.options()) : at::empty({0}, o.options());
+  float* mp = want_median ? median.data_ptr<float>() : nullptr;
   const float* op = o.data_ptr<float>();
   const float* dp = dr.data_ptr<float>();
   const float* t0 = tmin.data_ptr<float>();
@@ -240,11 +263,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, int64_t> render_inference(
       const int64_t blk = next.fetch_add(1);
       if (blk >= n_blocks) break;
       for (int64_t r = blk * kRays; r < std::min(R, (blk + 1) * kRays); ++r)
-        render_ray(g, p, f, op + 3 * r, dp + 3 * r, t0[r], t1[r], s, rp + 3 * r, zp[r], ap[r], evaluated);
+        render_ray(g, p, f, op + 3 * r, dp + 3 * r, t0[r], t1[r], s, rp + 3 * r, zp[r], ap[r],
+                   mp ? mp + r : nullptr, evaluated);
     }
     total += evaluated;
   });
-  return {rgb, depth, opacity, total.load()};
+  return {rgb, depth, opacity, median, total.load()};
 }
 
 }  // namespace nm
