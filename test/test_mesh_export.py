@@ -123,6 +123,9 @@ class _ShellRoom(torch.nn.Module):
     def infer_color(self, geo, dirs, appearance=None):
         return self.color(geo, dirs, appearance)
 
+    def native_render_args(self, appearance=None):  # no native kernels for an analytic field: the torch loop renders
+        return None
+
 
 def _look_at(eye, target) -> np.ndarray:
     """OpenGL c2w (x right, y up, z backwards) at ``eye`` looking at ``target`` with world z up."""

@@ -20,6 +20,7 @@ Two paths compute the same image:
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from dataclasses import dataclass, replace
 
@@ -377,11 +378,10 @@ def render_rays_inference(
 
 def _render_native(field, grid, origins, directions, near, far, cfg, background, appearance, median=False):
     """:func:`render_rays_inference` in one native call, or None where it does not apply (no native build, the torch
-    marcher asked for, per-ray appearance, a float64 batch, a field that is not an :class:`NGPField`)."""
+    marcher asked for, per-ray appearance, a float64 batch)."""
     if grid.cfg.impl == "torch" or origins.dtype != torch.float32 or origins.shape[0] == 0:
         return None
-    native_args = getattr(field, "native_render_args", None)  # fields of other kinds (analytic test fields): torch
-    args = native_args(appearance) if native_args is not None else None
+    args = field.native_render_args(appearance)
     if args is None:
         return None
     from nerf_mapping import native
@@ -436,11 +436,7 @@ def render_camera(
     pixels in that order; with ``deadline`` (``time.monotonic()`` seconds) stop after the first chunk that ends past
     it, once ``min_pixels`` are rendered. ``rendered_pixels`` in the result says how many of the order were; the
     images are zero elsewhere. ``impl``: the inference path's loop (:func:`render_rays_inference`)."""
-    if reference:
-        render = render_rays
-    else:
-        def render(*a):
-            return render_rays_inference(*a, impl=impl)
+    render = render_rays if reference else functools.partial(render_rays_inference, impl=impl)
     guard = chunk_guard if chunk_guard is not None else contextlib.nullcontext()
     w, h = int(cameras.width[index]), int(cameras.height[index])
     px, py = pixel_centers(w, h)

@@ -29,8 +29,8 @@ from nerf_mapping.geometry import model_c2w_to_optical_pose
 
 
 PSNR_MILESTONES = (20.0, 25.0)
-"""PSNR levels (dB against ground truth) whose first periodic render is timed in ``summary.json`` (seconds from the
-first frame; the renders come about once a second or less often, so the times are as coarse as the render period)."""
+"""PSNR levels (dB against ground truth, with ``--psnr-bar``) whose first periodic render is timed in ``summary.json``
+(seconds from the first frame; the renders come about once a second or less often, so the times are as coarse as the render period)."""
 
 
 def _gt_frames(scene: Path) -> tuple[list[int], list[Path], list[np.ndarray]]:
@@ -164,7 +164,7 @@ def run(args) -> int:
     node = rclpy.create_node("nerf_mapping_demo")
     lock = threading.Lock()
     state = {"status": None, "best_psnr": -1.0, "renders": [], "paths": {}, "t_first_frame": None,
-             "t_psnr_bar": None, "t_psnr": {b: None for b in PSNR_MILESTONES}}
+             "t_psnr": {b: None for b in sorted({*PSNR_MILESTONES, args.psnr_bar})}}
     status_log = open(out / "status.jsonl", "w")
     t_start = time.monotonic()
 
@@ -196,8 +196,6 @@ def run(args) -> int:
             state["renders"].append({"t": round(time.monotonic() - t_start, 2), "frame": i, "psnr": p})
             if p > state["best_psnr"]:
                 state["best_psnr"] = p
-            if p >= args.psnr_bar and state["t_psnr_bar"] is None:
-                state["t_psnr_bar"] = time.monotonic()
             for b, t in state["t_psnr"].items():
                 if p >= b and t is None:
                     state["t_psnr"][b] = time.monotonic()
@@ -232,7 +230,7 @@ def run(args) -> int:
                 rc = 1
                 break
             with lock:
-                st, best, hit = state["status"], state["best_psnr"], state["t_psnr_bar"]
+                st, best, hit = state["status"], state["best_psnr"], state["t_psnr"][args.psnr_bar]
                 t_first = state["t_first_frame"]
                 paths = dict(state["paths"])
             if time.monotonic() - last_print > 10 and st:
@@ -246,18 +244,17 @@ def run(args) -> int:
         services = _call_services(node, out, gt_c2w, gt_paths, args.psnr_bar) if rc == 0 else {}
     finally:
         with lock:
+            to_level = {f"{b:g}": (t - state["t_first_frame"]) if t and state["t_first_frame"] else None
+                        for b, t in state["t_psnr"].items()}
             try:
                 ate = trajectory_errors(scene, state["paths"])
             except Exception as exc:  # noqa: BLE001 - a scoring problem must not lose the other outputs
                 ate = {"error": repr(exc)}
             summary = {
                 "scene": str(scene), "psnr_bar_db": args.psnr_bar,
-                "reached_bar": state["t_psnr_bar"] is not None,
-                "seconds_first_frame_to_bar": (state["t_psnr_bar"] - state["t_first_frame"])
-                if state["t_psnr_bar"] and state["t_first_frame"] else None,
-                "seconds_first_frame_to_psnr": {
-                    f"{b:g}": (t - state["t_first_frame"]) if t and state["t_first_frame"] else None
-                    for b, t in state["t_psnr"].items()},
+                "reached_bar": state["t_psnr"][args.psnr_bar] is not None,
+                "seconds_first_frame_to_bar": to_level[f"{args.psnr_bar:g}"],
+                "seconds_first_frame_to_psnr": to_level,
                 "best_render_psnr_db": state["best_psnr"], "last_status": state["status"],
                 "ate": ate, "n_renders": len(state["renders"]), "renders": state["renders"], "services": services,
             }

@@ -176,8 +176,7 @@ void render_ray(const Grid& g, const RenderParams& p, const FieldParams& f, cons
     // median termination distance: the first kept sample whose cumulative weight reaches half of the kept weight
     // (compositing.median_sample); 0 for a ray without samples
     const auto it = std::lower_bound(s.ray_cum.begin(), s.ray_cum.end(), 0.5f * cum);
-    *out_median = it == s.ray_cum.end() ? (s.ray_mid.empty() ? 0.f : s.ray_mid.back())
-                                        : s.ray_mid[size_t(it - s.ray_cum.begin())];
+    *out_median = it == s.ray_cum.end() ? 0.f : s.ray_mid[size_t(it - s.ray_cum.begin())];
   }
 }
 
