@@ -210,6 +210,55 @@ def test_bag_info_cli(scene):
     assert info["topics"]["/tf_static"]["qos"][0]["durability"] == "TRANSIENT_LOCAL"
 
 
+_READ_WITHOUT_ROS = """
+import importlib.abc, json, sys
+
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        top = name.split(".")[0]
+        if top in ("rclpy", "rosidl_runtime_py", "rosbag2_py", "builtin_interfaces") or top.endswith("_msgs") \\
+                or name == "nerf_mapping.ros" or name.startswith("nerf_mapping.ros."):
+            raise ImportError("blocked: " + name)
+
+sys.meta_path.insert(0, Block())
+import numpy as np
+from nerf_mapping import bags
+light = "torch" not in sys.modules
+out = {"light": light, "counts": {}, "stamps_match": True}
+with bags.open_reader(sys.argv[1] + "/metadata.yaml") as reader:
+    for conn, t, raw in reader.messages():
+        m = reader.deserialize(raw, conn.msgtype)
+        out["counts"][conn.topic] = out["counts"].get(conn.topic, 0) + 1
+        if conn.topic == "/camera/image_raw":
+            out["image"] = list(bags.image_msg_to_array(m).shape)
+            out["stamps_match"] &= bags.stamp_to_ns(m.header.stamp) == t
+        elif conn.topic == "/camera/labels":
+            out["labels"] = list(bags.label_msg_to_array(m).shape)
+        elif conn.topic == "/camera/camera_info":
+            out["intrinsics"] = bags.camera_info_to_intrinsics(m)
+        elif conn.topic == "/odom":
+            T = bags.odometry_to_matrix(m)
+            out["odom_rigid"] = bool(np.allclose(T[:3, :3] @ T[:3, :3].T, np.eye(3), atol=1e-6))
+        elif conn.topic == "/tf_static":
+            out["tf_static"] = [bags.transform_msg_to_matrix(tr.transform).tolist() for tr in m.transforms]
+print(json.dumps(out))
+"""
+
+
+def test_bags_reads_a_bag_and_its_messages_without_ros(scene, tmp_path):
+    """The core's bag reader (the benchmarks') opens a bag and converts its ``rosbags`` messages with ROS and
+    ``nerf_mapping.ros`` unimportable; importing it stays torch-free (``bag play`` starts fast)."""
+    r = subprocess.run([PY, "-c", _READ_WITHOUT_ROS, str(scene)], env=ros_env(tmp_path), capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["light"]
+    assert out["counts"]["/camera/image_raw"] == 12 and out["stamps_match"]
+    assert out["image"] == [60, 80, 3] and out["labels"] == [60, 80]
+    assert (out["intrinsics"]["width"], out["intrinsics"]["height"], out["intrinsics"]["model"]) == (80, 60, "PINHOLE")
+    assert out["odom_rigid"] and len(out["tf_static"]) == 1
+
+
 # --------------------------------------------------------------------------------------------------- msg_bridge
 def _sample_messages():
     from builtin_interfaces.msg import Time

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from nerf_mapping.config.presets import auto_extent_scene, online_config
+from nerf_mapping.mapping.config import OnlineTrainingConfig
 from nerf_mapping.fields.contraction import to_unit_cube
 from nerf_mapping.mapping.extent import ExtentConfig, auto_extent, keyframe_translation, parse_scene_box
 
@@ -106,7 +107,7 @@ def test_trainer_config_follows_the_extent():
     c, axes = orbit(4.0, [0.0, 0.0, 0.0])
     e = auto_extent(c, axes, fx=200.0)
     scene = auto_extent_scene(e, near=0.05)
-    cfg = online_config(scene, extent=e)
+    cfg = online_config(scene, OnlineTrainingConfig(), extent=e)
     assert scene.unbounded and scene.occupancy_box == e.occupancy_box()
     assert cfg.grid.levels == e.cascades and cfg.render.cone_angle == pytest.approx(e.cone_angle)
     assert (cfg.field.encoding.base_resolution, cfg.field.encoding.max_resolution) == (e.base_resolution,
@@ -154,7 +155,7 @@ def test_a_frame_evicted_while_a_step_marks_visibility_is_skipped():
     c, axes = orbit(4.0, [0.0, 0.0, 0.0], n=4)
     e = auto_extent(c, axes, fx=40.0)
     scene = auto_extent_scene(e, near=0.05)
-    cfg = online_config(scene, extent=e, target_samples_per_step=1024)
+    cfg = online_config(scene, OnlineTrainingConfig(target_samples_per_step=1024), extent=e)
     frames = FrameStore()
     for ci, ai in zip(c, axes):
         z = -ai  # OpenGL camera: looks along -z

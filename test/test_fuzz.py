@@ -17,6 +17,7 @@ from geometry_msgs.msg import Pose, PoseStamped  # noqa: E402
 from nav_msgs.msg import Odometry  # noqa: E402
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
 
+from nerf_mapping import bags  # noqa: E402
 from nerf_mapping.export.paths import safe_output_path  # noqa: E402
 from nerf_mapping.ros import conversions as conv  # noqa: E402
 
@@ -46,7 +47,7 @@ def images(draw):
 @FUZZ
 @given(images())
 def test_fuzz_images_and_labels(msg):
-    for fn in (conv.image_msg_to_array, conv.label_msg_to_array):
+    for fn in (bags.image_msg_to_array, bags.label_msg_to_array):
         try:
             out = fn(msg)
         except ValueError:
@@ -60,7 +61,7 @@ def test_fuzz_compressed_images(fmt, data):
     m = CompressedImage()
     m.format, m.data = fmt, data
     try:
-        out = conv.compressed_image_to_array(m)
+        out = bags.compressed_image_to_array(m)
     except ValueError:
         return
     assert out.dtype == np.uint8 and out.ndim == 3 and out.shape[2] == 3
@@ -75,7 +76,7 @@ def test_fuzz_camera_info(h, w, k, model, d):
     m = CameraInfo()
     m.height, m.width, m.k, m.distortion_model, m.d = h, w, k, model, d
     try:
-        intr = conv.camera_info_to_intrinsics(m)
+        intr = bags.camera_info_to_intrinsics(m)
     except ValueError:
         return
     assert intr["fx"] > 0 and intr["fy"] > 0 and math.isfinite(intr["cx"]) and intr["width"] > 0
@@ -95,7 +96,7 @@ def test_fuzz_poses(v):
     p.orientation.x, p.orientation.y, p.orientation.z, p.orientation.w = v[3:]
     odo, ps = Odometry(), PoseStamped()
     odo.pose.pose, ps.pose = p, p
-    for fn, msg in ((conv.pose_msg_to_matrix, p), (conv.odometry_to_matrix, odo), (conv.pose_stamped_to_matrix, ps)):
+    for fn, msg in ((bags.pose_msg_to_matrix, p), (bags.odometry_to_matrix, odo), (bags.pose_stamped_to_matrix, ps)):
         try:
             _check_rigid(fn(msg))
         except ValueError:
@@ -111,7 +112,7 @@ def test_fuzz_stamps(sec, nsec):
     s = Stamp()
     s.sec, s.nanosec = sec, nsec
     try:
-        ns = conv.stamp_to_ns(s)
+        ns = bags.stamp_to_ns(s)
     except ValueError:
         return
     assert ns >= 0
@@ -157,7 +158,8 @@ def test_fuzz_query_requests(text, threshold, negatives):
 
 @pytest.fixture(scope="module")
 def idle_mapper():
-    from nerf_mapping.mapping.mapper import MapperConfig, OnlineMapper, OnlineTrainingConfig
+    from nerf_mapping.mapping.config import MapperConfig, OnlineTrainingConfig
+    from nerf_mapping.mapping.mapper import OnlineMapper
 
     m = OnlineMapper(MapperConfig(training=OnlineTrainingConfig(enabled=False)))
     yield m
@@ -169,13 +171,13 @@ def idle_mapper():
                                                                                             max_size=16))
 def test_fuzz_mapper_odometry(idle_mapper, stamp, frame, values):
     """Whatever odometry arrives, the mapper accepts or counts it; it never raises."""
-    before = sum(idle_mapper.counts.values())
+    before = sum(idle_mapper.intake.counts.values())
     T = np.asarray(values).reshape(4, 4)
     try:
-        T = conv.pose_msg_to_matrix(conv.matrix_to_pose_msg(T))
+        T = bags.pose_msg_to_matrix(conv.matrix_to_pose_msg(T))
     except (ValueError, np.linalg.LinAlgError):
         T = np.eye(4)
-    jumps = idle_mapper.counts["time_jump_back"]
-    idle_mapper.add_odometry(stamp, frame, T)
+    jumps = idle_mapper.intake.counts["time_jump_back"]
+    idle_mapper.intake.add_odometry(stamp, frame, T)
     # counted exactly once as received or dropped (a stamp far in the past also counts as a clock jump)
-    assert sum(idle_mapper.counts.values()) - (idle_mapper.counts["time_jump_back"] - jumps) == before + 1
+    assert sum(idle_mapper.intake.counts.values()) - (idle_mapper.intake.counts["time_jump_back"] - jumps) == before + 1

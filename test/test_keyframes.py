@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from nerf_mapping.cameras import Cameras
 from nerf_mapping.training.frame_store import FrameStore
-from nerf_mapping.mapping.keyframes import (BLURRY, DUPLICATE, FIRST, TOO_CLOSE, KeyframeConfig, KeyframeSelector,
-                                             downscale_factor, downscale_image, laplacian_variance, pose_distance,
-                                             redundancy_victim)
+from nerf_mapping.mapping.keyframes import (BLURRY, DUPLICATE, FIRST, TOO_CLOSE, Keyframe, KeyframeConfig,
+                                             KeyframeSelector, KeyframeSet, downscale_factor, downscale_image,
+                                             laplacian_variance, pose_distance, redundancy_victim)
 
 S = 1_000_000_000
 
@@ -116,11 +115,16 @@ def _cam(x: float) -> Cameras:
     return Cameras.create(c2w, 10.0, 10.0, 4.0, 4.0, 8, 8)
 
 
-def test_store_evicts_redundant_not_first():
-    fs = FrameStore(capacity=4)
+def test_keyframe_set_evicts_redundant_not_first():
+    """The keyframe set admits into the trainer's frame store and, when full, evicts the most redundant keyframe
+    (never the first nor the newest) from the store and from its own records alike."""
+    ks = KeyframeSet(KeyframeConfig(capacity=4))
+    fs = FrameStore()
+    rec = Keyframe(1, np.eye(4), np.eye(4), np.eye(4))
     for x in [0.0, 1.0, 1.001, 2.0]:
-        fs.add(torch.zeros(8, 8, 3, dtype=torch.uint8), _cam(x))
-    fid = fs.add(torch.zeros(8, 8, 3, dtype=torch.uint8), _cam(3.0))
+        ks.admit(fs, np.zeros((8, 8, 3), np.uint8), _cam(x), rec)
+    fid = ks.admit(fs, np.zeros((8, 8, 3), np.uint8), _cam(3.0), rec)
     ids = fs.frame_ids()
-    assert len(ids) == 4 and 0 in ids and fid in ids
+    assert len(ids) == 4 and 0 in ids and fid in ids and ks.latest == fid
     assert 1 not in ids or 2 not in ids  # one of the two near-duplicates went
+    assert sorted(ks.info) == ids and len(ks.history) == 5  # evicted keyframes stay on the paths

@@ -14,7 +14,8 @@ import torch
 
 from nerf_mapping.mapping.extent import ExtentConfig
 from nerf_mapping.mapping.keyframes import KeyframeConfig
-from nerf_mapping.mapping.mapper import MapperConfig, OnlineMapper, OnlineTrainingConfig, SyncConfig
+from nerf_mapping.mapping.config import MapperConfig, OnlineTrainingConfig, SyncConfig
+from nerf_mapping.mapping.mapper import OnlineMapper
 
 PKG = Path(__file__).resolve().parents[1] / "nerf_mapping"
 ROS_MODULES = ("rclpy", "rosidl", "rosbag2_py", "launch", "launch_ros", "launch_testing", "tf2_ros", "cv_bridge",
@@ -29,15 +30,15 @@ def _feed(mapper: OnlineMapper, scene: Path, n_images: int | None = None) -> int
     data = load_dataset(scene, "all", 1)
     d = np.load(scene / "odometry.npz")
     cam = data.cameras
-    mapper.set_intrinsics({"fx": float(cam.fx[0]), "fy": float(cam.fy[0]), "cx": float(cam.cx[0]),
-                           "cy": float(cam.cy[0]), "width": int(cam.width[0]), "height": int(cam.height[0]),
-                           "distortion": [0.0] * 6, "model": 0}, "camera_optical")
-    mapper.add_static_transform("base_link", "camera_optical", d["extrinsic_base_to_camera_optical"])
+    mapper.intake.set_intrinsics({"fx": float(cam.fx[0]), "fy": float(cam.fy[0]), "cx": float(cam.cx[0]),
+                                  "cy": float(cam.cy[0]), "width": int(cam.width[0]), "height": int(cam.height[0]),
+                                  "distortion": [0.0] * 6, "model": 0}, "camera_optical")
+    mapper.intake.add_static_transform("base_link", "camera_optical", d["extrinsic_base_to_camera_optical"])
     for s, T in zip(d["odom_stamps_ns"], d["odom_noisy"]):
-        assert mapper.add_odometry(int(s), "odom", T)
+        assert mapper.intake.add_odometry(int(s), "odom", T)
     stamps = d["image_stamps_ns"][:n_images]
     for s, img in zip(stamps, data.images):
-        assert mapper.submit_image(int(s), "camera_optical", img.numpy(), lambda a: a)
+        assert mapper.intake.submit_image(int(s), "camera_optical", img.numpy(), lambda a: a)
     return len(stamps)
 
 
@@ -61,7 +62,7 @@ def test_mapper_ingests_trains_refines_and_round_trips_its_map(tiny_scene, tmp_p
     mapper.start()
     try:
         n = _feed(mapper, tiny_scene)
-        _wait(lambda: mapper.queue_length == 0 and mapper.trainer.step_count >= 60)
+        _wait(lambda: mapper.intake.queue_length == 0 and mapper.trainer.step_count >= 60)
     finally:
         mapper.stop()
     stats = mapper.input_stats()
@@ -70,7 +71,7 @@ def test_mapper_ingests_trains_refines_and_round_trips_its_map(tiny_scene, tmp_p
     ext = mapper.extent
     assert mapper.extent_ready and ext is not None and mapper.trainer.scene.unbounded
     lo, hi = np.array(mapper.trainer.scene.scene_box)
-    centres = np.stack([k.T_odom_cam[:3, 3] for k in mapper.kf_info.values()])
+    centres = np.stack([k.T_odom_cam[:3, 3] for k in mapper.keyframes.info.values()])
     assert ((centres > lo) & (centres < hi)).all()
     assert stats["images_received"] == n and 5 <= kf <= n
     assert stats["images_dropped"] == 0  # every image had odometry around it
@@ -85,38 +86,38 @@ def test_mapper_ingests_trains_refines_and_round_trips_its_map(tiny_scene, tmp_p
     assert np.linalg.norm(T_map_odom[:3, 3]) < 0.5
     assert np.allclose(mapper.drift_estimate(), T_map_odom)
     assert renders and renders[-1][0][1] == 96  # the periodic render: 160 px wide, at most the keyframe width
-    view = mapper.render_view(refined_path[-1][1] @ np.load(tiny_scene / "odometry.npz")[
+    view = mapper.views.render_view(refined_path[-1][1] @ np.load(tiny_scene / "odometry.npz")[
         "extrinsic_base_to_camera_optical"], 48, 36)
     assert view["rgb"].shape == (36, 48, 3) and view["rgb"].dtype == np.uint8 and view["depth"].shape == (36, 48)
-    assert mapper._render_cost.seconds_per_ray > 0  # the periodic renders and this one were timed
+    assert mapper.views.render_cost.seconds_per_ray > 0  # the periodic renders and this one were timed
     # a map that renders slowly (say 0.5 ms a ray) answers a 1 s budget at a smaller size, upsampled to the request
     pose = refined_path[-1][1] @ np.load(tiny_scene / "odometry.npz")["extrinsic_base_to_camera_optical"]
-    mapper._render_cost.seconds_per_ray = 5e-4
-    small = mapper.render_view(pose, 96, 72)
+    mapper.views.render_cost.seconds_per_ray = 5e-4
+    small = mapper.views.render_view(pose, 96, 72)
     rw, rh = small["rendered_size"]
     assert 32 <= rw < 96 and rw * rh <= 0.7 * mapper.cfg.render_budget_s / 5e-4 and abs(rw / rh - 96 / 72) < 0.1
     assert small["rgb"].shape == (72, 96, 3) and small["depth"].shape == (72, 96)
     mapper.cfg.render_budget_s = 0.0  # budget off: the full size
-    full = mapper.render_view(pose, 96, 72)
+    full = mapper.views.render_view(pose, 96, 72)
     assert full["rendered_size"] == (96, 72)
     # the upsampled picture is the same scene: close to the full render (a young map is smooth)
     assert np.abs(small["rgb"].astype(float) - full["rgb"].astype(float)).mean() < 12
     # a view far costlier than predicted stops at its deadline after the coarsest complete lattice (every 4th pixel
     # of every 4th row: 24x18 here) and is upsampled from it, instead of running late
-    mapper.cfg.render_budget_s, mapper._render_cost.seconds_per_ray = 0.01, 1e-9
-    late = mapper.render_view(pose, 96, 72)
+    mapper.cfg.render_budget_s, mapper.views.render_cost.seconds_per_ray = 0.01, 1e-9
+    late = mapper.views.render_view(pose, 96, 72)
     assert late["rendered_size"] == (24, 18) and late["rgb"].shape == (72, 96, 3)
     assert np.abs(late["rgb"].astype(float) - full["rgb"].astype(float)).mean() < 15
     with pytest.raises(ValueError, match="within 8"):
-        mapper.render_view(np.eye(4), 4, 4)
+        mapper.views.render_view(np.eye(4), 4, 4)
 
     # map round trip: a new mapper loads keyframes, poses and the field, and renders the same image
     path = mapper.save(tmp_path / "map.pt")
     assert path == {"keyframes": kf, "steps": 60}
     other = OnlineMapper(_config())
     assert other.load(tmp_path / "map.pt") == {"keyframes": kf, "steps": 60}
-    assert len(other.kf_history) == kf and other.trainer.step_count == 60
-    a, b = mapper.render_latest_keyframe(), other.render_latest_keyframe()
+    assert len(other.keyframes.history) == kf and other.trainer.step_count == 60
+    a, b = mapper.views.render_latest_keyframe(), other.views.render_latest_keyframe()
     assert a[1] == b[1] and np.abs(a[0].astype(int) - b[0].astype(int)).max() <= 1
     _, refined_b, T_b = other.pose_state()
     assert np.allclose(T_b, T_map_odom, atol=1e-5)
@@ -138,19 +139,19 @@ def test_mapper_ingests_trains_refines_and_round_trips_its_map(tiny_scene, tmp_p
 def test_mapper_counts_and_drops_bad_inputs(tiny_scene):
     mapper = OnlineMapper(_config(enabled=False))
     img = np.zeros((72, 96, 3), np.uint8)
-    assert not mapper.add_odometry(10, "elsewhere", np.eye(4))  # another frame
-    assert mapper.add_odometry(100, "odom", np.eye(4))
-    assert not mapper.add_odometry(50, "odom", np.eye(4))  # stamp backwards
-    assert mapper.submit_image(1_000, "cam", img, lambda a: a)
-    assert not mapper.submit_image(1_000, "cam", img, lambda a: a)  # not newer than the previous image
-    mapper.reject_image("invalid", "bad encoding")
+    assert not mapper.intake.add_odometry(10, "elsewhere", np.eye(4))  # another frame
+    assert mapper.intake.add_odometry(100, "odom", np.eye(4))
+    assert not mapper.intake.add_odometry(50, "odom", np.eye(4))  # stamp backwards
+    assert mapper.intake.submit_image(1_000, "cam", img, lambda a: a)
+    assert not mapper.intake.submit_image(1_000, "cam", img, lambda a: a)  # not newer than the previous image
+    mapper.intake.reject_image("invalid", "bad encoding")
     c = mapper.input_stats()
     assert c["odom_wrong_frame"] == 1 and c["odom_stamp_backwards"] == 1 and c["odom_received"] == 1
     assert c["image_stamp_backwards"] == 1 and c["image_invalid"] == 1
     assert c["images_received"] == 3 and c["images_dropped"] == 2
     # no camera info: the queued image waits sync.wait_s, then is dropped with its reason
     item = (1_000, "cam", img, lambda a: a, time.monotonic() - 1.0)
-    assert mapper.process_image(*item) and mapper.input_stats()["image_no_camera_info"] == 1
+    assert mapper.process_image(item) and mapper.input_stats()["image_no_camera_info"] == 1
     with pytest.raises(ValueError, match="capacity"):
         OnlineMapper(MapperConfig(keyframe=KeyframeConfig(capacity=1)))
     with pytest.raises(ValueError, match="scene_box"):
@@ -173,10 +174,10 @@ def test_mapper_starts_intake_afresh_when_the_player_loops(tiny_scene):
 
     try:
         n = _feed(mapper, tiny_scene)
-        _wait(lambda: mapper.queue_length == 0 and decided() == n)
+        _wait(lambda: mapper.intake.queue_length == 0 and decided() == n)
         kf_first = mapper.input_stats()["keyframes"]
         _feed(mapper, tiny_scene)  # the bag again
-        _wait(lambda: mapper.queue_length == 0 and decided() == 2 * n)
+        _wait(lambda: mapper.intake.queue_length == 0 and decided() == 2 * n)
     finally:
         mapper.stop()
     stats = mapper.input_stats()
@@ -186,42 +187,102 @@ def test_mapper_starts_intake_afresh_when_the_player_loops(tiny_scene):
     assert stats["keyframes"] >= kf_first > 0
 
 
-def test_node_and_benchmark_share_the_mapper_defaults():
-    """``benchmark drift`` and the node build the mapper from one table of defaults (``ros.params``), which mirrors
-    ``MapperConfig``: the YAML shipped with the node, the parameter table and the dataclass agree."""
+def _dotted_fields(cfg, prefix=""):
+    """Dotted names of every parameter field of a config dataclass, walked here independently of config.params."""
+    import dataclasses
+
+    for f in dataclasses.fields(cfg):
+        if not f.metadata.get("param", True):
+            continue
+        v = getattr(cfg, f.name)
+        yield from (_dotted_fields(v, f"{prefix}{f.name}.") if dataclasses.is_dataclass(v) else [prefix + f.name])
+
+
+def test_ros_parameters_are_the_config_dataclass_fields():
+    """The node declares exactly the fields of ``NodeConfig`` and ``MapperConfig`` (dotted paths), each with the
+    field's docstring as its description, and its mapper config built from the declared defaults is
+    ``MapperConfig()`` (the node adds only the autosave directory)."""
+    import dataclasses
+
+    from nerf_mapping.ros.params import NodeConfig, defaults, mapper_config, node_config, parameters
+
+    params = parameters()
+    names = [p.name for p in params]
+    assert len(names) == len(set(names))
+    assert set(names) == set(_dotted_fields(NodeConfig())) | set(_dotted_fields(MapperConfig()))
+    assert "sync.wait_s" in names and "keyframe.capacity" in names and "autosave_dir" not in names
+    undocumented = [p.name for p in params if len(p.description) < 10]
+    assert not undocumented, undocumented
+    cfg = mapper_config()
+    assert cfg.autosave_dir == str((Path(defaults()["output_dir"]).resolve() / "autosave"))  # the node's choice
+    assert dataclasses.replace(cfg, autosave_dir="") == MapperConfig()
+    assert node_config(defaults().__getitem__) == NodeConfig()
+
+
+def test_shipped_parameter_file_is_generated_from_the_dataclasses():
+    """``config/mapper.yaml`` is the generated file (regenerate: ``nerf-mapping node --write-params
+    config/mapper.yaml``): same text, and read back as ROS would it gives the defaults."""
     import dataclasses
 
     import yaml
 
-    from nerf_mapping.ros.params import defaults, mapper_config
+    from nerf_mapping.ros.params import defaults, mapper_config, parameters_yaml
 
-    cfg = mapper_config()
-    assert cfg.autosave_dir == str((Path(defaults()["output_dir"]).resolve() / "autosave"))  # the node's choice
-    assert dataclasses.replace(cfg, autosave_dir="") == MapperConfig()
-    shipped = yaml.safe_load((PKG.parent / "config" / "mapper.yaml").read_text())["nerf_mapper"]["ros__parameters"]
+    path = PKG.parent / "config" / "mapper.yaml"
+    assert path.read_text() == parameters_yaml(), "config/mapper.yaml is stale: nerf-mapping node --write-params"
+    shipped = yaml.safe_load(path.read_text())["nerf_mapper"]["ros__parameters"]
 
     def flat(d, prefix=""):
         for k, v in d.items():
             yield from (flat(v, f"{prefix}{k}.") if isinstance(v, dict) else [(prefix + k, v)])
 
     shipped = dict(flat(shipped))
-    assert set(shipped) == set(defaults())
+    assert shipped == defaults()
+    assert all(type(v) is type(defaults()[k]) for k, v in shipped.items())  # 1.0 stays a float for ROS
     assert dataclasses.replace(mapper_config(shipped.__getitem__), autosave_dir="") == MapperConfig()
 
 
+def test_parameter_overrides_convert_and_refuse():
+    """``--set`` (benchmark online) and the node reach the same fields by the same names, values converted to the
+    field's type; unknown names and wrong types are refused with the name."""
+    from nerf_mapping.config.params import apply_sets
+
+    cfg = MapperConfig()
+    apply_sets(cfg, ["scene_box=[-3,-2.5,-0.2,3,2.5,3]", "sync.wait_s=2", "keyframe.capacity=50",
+                     "training.overrides=[field.appearance_dim=16]", "semantics.negatives=[a, b]",
+                     "training.pose_refinement=off"])
+    assert cfg.scene_box == (-3.0, -2.5, -0.2, 3.0, 2.5, 3.0) and cfg.sync.wait_s == 2.0
+    assert isinstance(cfg.sync.wait_s, float) and cfg.keyframe.capacity == 50
+    assert cfg.training.overrides == ("field.appearance_dim=16",) and cfg.semantics.negatives == ("a", "b")
+    v = cfg.validated()
+    assert v.training.pose_refinement == "off" and v.scene_box == cfg.scene_box
+    assert MapperConfig(scene_box="auto").validated().scene_box == "auto"
+    for bad, match in (("sync.nope=1", "unknown parameter 'sync.nope'"), ("odom_buffer_s=3", "unknown"),
+                       ("keyframe=1", "unknown"), ("keyframe.capacity=1.5", "keyframe.capacity: expected int"),
+                       ("near=fast", "near: expected float"), ("autosave_dir=/tmp", "unknown")):
+        with pytest.raises(ValueError, match=match):
+            apply_sets(MapperConfig(), [bad])
+
+
 def test_core_imports_no_ros():
-    """Only ``nerf_mapping/ros/`` may import rclpy or message packages; the mapper imports without them."""
+    """Only ``nerf_mapping/ros/`` may import rclpy or message packages, and only ``ros/`` and ``cli/`` (the layers
+    on top) may import ``nerf_mapping.ros``; the mapper and the benchmarks import without ROS."""
     offenders = []
     for f in PKG.rglob("*.py"):
-        if "ros" in f.relative_to(PKG).parts[:1]:
+        top_dir = f.relative_to(PKG).parts[0]
+        if top_dir == "ros":
             continue
         for node in ast.walk(ast.parse(f.read_text())):
             names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
                      [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            if isinstance(node, ast.ImportFrom) and node.module == "nerf_mapping":
+                names += [f"nerf_mapping.{a.name}" for a in node.names]
             for name in names:
                 top = name.split(".")[0]
                 if top in ROS_MODULES or top.endswith("_msgs") or top.endswith("_srvs"):
                     offenders.append(f"{f.relative_to(PKG)}: {name}")
+                if top_dir != "cli" and (name == "nerf_mapping.ros" or name.startswith("nerf_mapping.ros.")):
+                    offenders.append(f"{f.relative_to(PKG)}: {name} (only ros/ and cli/ may)")
     assert not offenders, offenders
     block = ("import sys, importlib.abc\n"
              "class Block(importlib.abc.MetaPathFinder):\n"
@@ -230,6 +291,7 @@ def test_core_imports_no_ros():
              "            raise ImportError('blocked: ' + name)\n"
              "sys.meta_path.insert(0, Block())\n"
              "import nerf_mapping.mapping, nerf_mapping.mapping.mapper, nerf_mapping.benchmarks.drift\n"
+             "import nerf_mapping.benchmarks.online\n"
              "import nerf_mapping.ros.params\n"
              "print('ok')\n")
     r = subprocess.run([sys.executable, "-c", block], capture_output=True, text=True, timeout=120)
@@ -241,7 +303,7 @@ def test_trainer_extension_point_trains_an_extra_parameter_group(tiny_scene):
     state is saved and loaded under its name."""
     from nerf_mapping.config.presets import offline_config
     from nerf_mapping.data import load_dataset
-    from nerf_mapping.training.extension import TrainerExtension
+    from nerf_mapping.extension import TrainerExtension
     from nerf_mapping.training.offline import build_trainer
     from nerf_mapping.training.trainer import Trainer
 
@@ -317,10 +379,10 @@ def test_mapper_semantics_learn_from_label_images_and_survive_a_map_file(tiny_sc
             if s != missing:
                 mapper.semantics.add_labels(s, lab)
         _feed(mapper, tiny_scene)
-        _wait(lambda: mapper.trainer.step_count >= 200 and not mapper.queue_length, 300)
-        _wait(lambda: mapper.semantics.maps_built + mapper.counts["semantics_no_labels"] >= len(mapper.trainer.frames))
+        _wait(lambda: mapper.trainer.step_count >= 200 and not mapper.intake.queue_length, 300)
+        _wait(lambda: mapper.semantics.maps_built + mapper.intake.counts["semantics_no_labels"] >= len(mapper.trainer.frames))
         assert mapper.semantics.error is None
-        assert mapper.counts["semantics_no_labels"] <= 1  # the frame without labels (if it became a keyframe)
+        assert mapper.intake.counts["semantics_no_labels"] <= 1  # the frame without labels (if it became a keyframe)
         assert mapper.semantics.maps_built >= len(mapper.trainer.frames) - 1
         for bad in ("", "x" * 2000):
             with pytest.raises(ValueError):
@@ -334,7 +396,7 @@ def test_mapper_semantics_learn_from_label_images_and_survive_a_map_file(tiny_sc
         # a keyframe's rendered relevancy to "floor" is high on its floor pixels
         tr = mapper.trainer
         fid = tr.frames.frame_ids()[len(tr.frames) // 2]
-        stamp = mapper.kf_info[fid].stamp_ns
+        stamp = mapper.keyframes.info[fid].stamp_ns
         views = training_views(tr)
         j = tr.frames.frame_ids().index(fid)
         from nerf_mapping.semantics.query import language_snapshot
@@ -381,14 +443,14 @@ def test_mapper_autosaves_and_resumes_skipping_torn_saves(tiny_scene, tmp_path):
     try:
         _feed(mapper, tiny_scene)
         _wait(lambda: mapper.trainer.step_count >= 60, 300)
-        _wait(lambda: mapper.last_autosave is not None and mapper.last_autosave[1] >= 60, 60)
+        _wait(lambda: mapper.autosaver.last is not None and mapper.autosaver.last[1] >= 60, 60)
     finally:
         mapper.stop()
     files = autosave.saves(tmp_path / "autosave")
     assert 1 <= len(files) <= 2 and all(autosave.check(p) is None for p in files)
     newest = files[0]
     saved = (len(mapper.trainer.frames), int(mapper.trainer.step_count))
-    ref = mapper.render_latest_keyframe(48)[0]
+    ref = mapper.views.render_latest_keyframe(48)[0]
 
     def resumed(log=None):
         c = _config(enabled=False)
@@ -400,7 +462,7 @@ def test_mapper_autosaves_and_resumes_skipping_torn_saves(tiny_scene, tmp_path):
 
     m = resumed()
     assert (len(m.trainer.frames), int(m.trainer.step_count)) == saved
-    assert np.array_equal(m.render_latest_keyframe(48)[0], ref)
+    assert np.array_equal(m.views.render_latest_keyframe(48)[0], ref)
 
     # a newer save torn mid-write (digest of the full file, bytes cut) and one whose digest never came: both skipped
     data = newest.read_bytes()
@@ -429,7 +491,7 @@ def test_mapper_autosaves_and_resumes_skipping_torn_saves(tiny_scene, tmp_path):
     bad.start()
     try:
         _feed(bad, tiny_scene, n_images=8)
-        _wait(lambda: bad.counts["autosave_failed"] >= 1, 120)
+        _wait(lambda: bad.intake.counts["autosave_failed"] >= 1, 120)
         _wait(lambda: bad.trainer.step_count >= 20, 120)
     finally:
         bad.stop()
@@ -462,6 +524,6 @@ def test_mapper_extent_given_box_or_fixed_after_the_bootstrap_timeout(tiny_scene
         _wait(lambda: auto.extent_ready, timeout=10.0)
     finally:
         auto.stop()
-    assert len(auto.trainer.frames) == 2 and sorted(auto.kf_info) == [0, 1]  # both entered, in order
+    assert len(auto.trainer.frames) == 2 and sorted(auto.keyframes.info) == [0, 1]  # both entered, in order
     assert auto.extent.inner_half == pytest.approx(ExtentConfig().min_radius)  # 0.2 m of motion: the minimum
     assert auto.step() is not None and auto.trainer.step_count == 1

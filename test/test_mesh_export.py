@@ -274,9 +274,10 @@ def test_export_refuses_bad_input(room, tmp_path):
 
 
 def test_mapper_export_without_keyframes_is_refused(tmp_path):
-    from nerf_mapping.mapping.mapper import MapperConfig, OnlineMapper
+    from nerf_mapping.mapping.config import MapperConfig
+    from nerf_mapping.mapping.mapper import OnlineMapper
 
     m = OnlineMapper(MapperConfig())
     with pytest.raises(ValueError, match="no keyframes"):
-        m.export_mesh(tmp_path / "m.ply")
+        m.views.export_mesh(tmp_path / "m.ply")
     assert not (tmp_path / "m.ply").exists()

@@ -191,7 +191,7 @@ def test_lr_schedule_and_c2f_weights():
         def set_level_weights(self, w):
             self.w = w
 
-    from nerf_mapping.training.extension import StepContext
+    from nerf_mapping.extension import StepContext
 
     field = type("F", (), {})()
     field.encoding = _Enc()

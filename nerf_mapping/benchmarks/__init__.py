@@ -27,14 +27,8 @@ def add_demo_scene_args(q: argparse.ArgumentParser, outputs: str) -> None:
 def run_and_report(run, args, keys: tuple[str, ...]) -> int:
     """``run(args)`` (library errors become one-line exits), print ``keys`` of its result, write the whole result
     to ``--json`` when given."""
-    import json
-
-    from nerf_mapping.cli.common import exit_on_error
+    from nerf_mapping.cli.common import exit_on_error, print_and_write_json
 
     res = exit_on_error(run, args)
-    print(json.dumps({k: res[k] for k in keys}, indent=2))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(res, indent=2))
-        print(f"results: {args.json}")
+    print_and_write_json(res, args.json, {k: res[k] for k in keys})
     return 0

@@ -4,7 +4,7 @@
 
 The demo scene (:mod:`nerf_mapping.scene`: 150 frames, seed 0, drifting odometry; generated into ``--scene`` unless
 it is there already) is fed to the node's mapper (:class:`nerf_mapping.mapping.mapper.OnlineMapper` with the node's
-defaults, :func:`nerf_mapping.ros.params.mapper_config`, then ``--set`` overrides): frame i enters at step ``--steps-per-frame`` * i with its noisy odometry camera
+defaults, :class:`nerf_mapping.mapping.config.MapperConfig`, then ``--set`` overrides): frame i enters at step ``--steps-per-frame`` * i with its noisy odometry camera
 pose (interpolated at the image stamp, as the node does) and its stamp, and training goes on ``--extra-steps`` after
 the last frame (``--steps-per-frame 0``: every frame at once, then ``--extra-steps`` steps). As in the node without a
 time budget the field's learning rate never decays. Every ``--report-every`` steps, and at the end, the camera
@@ -19,7 +19,6 @@ spline of :mod:`nerf_mapping.pose.correction`. Measured results: docs/results/dr
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -83,14 +82,14 @@ def run_drift(data, stamps_s, odom, steps_per_frame: int = 4, extra_steps: int =
     from nerf_mapping.evaluation.trajectory import ate
     from nerf_mapping.geometry import model_c2w_to_optical_pose
     from nerf_mapping.mapping.mapper import OnlineMapper
-    from nerf_mapping.ros.params import mapper_config
+    from nerf_mapping.mapping.config import MapperConfig
 
     n = len(data)
     if n == 0:
         raise ValueError("the sequence has no frames")
     if steps_per_frame < 0 or extra_steps < 0:
         raise ValueError("steps_per_frame and extra_steps must be >= 0")
-    cfg = mapper_config()  # the node's defaults
+    cfg = MapperConfig()  # the node's defaults
     cfg.training = dataclasses.replace(cfg.training, seed=seed, threads=threads or 0,
                                        overrides=tuple(cfg.training.overrides) + tuple(overrides))
     cfg.keyframe = dataclasses.replace(cfg.keyframe, capacity=max(cfg.keyframe.capacity, n))  # every frame stays
@@ -152,7 +151,7 @@ def _run(args) -> dict:
 
 
 def cmd_benchmark_drift(args) -> int:
-    from nerf_mapping.cli.common import exit_on_error
+    from nerf_mapping.cli.common import exit_on_error, print_and_write_json
 
     res = exit_on_error(_run, args)
     o, r = res["odometry"], res["refined"]
@@ -160,8 +159,5 @@ def cmd_benchmark_drift(args) -> int:
           f"odometry {o['rmse'] * 100:.2f} cm -> refined {r['rmse'] * 100:.2f} cm RMS "
           f"(rigidly fitted {o['rmse_aligned'] * 100:.2f} -> {r['rmse_aligned'] * 100:.2f}; "
           f"last frame {o['final'] * 100:.2f} -> {r['final'] * 100:.2f})")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(res, indent=2))
-        print(f"results: {args.json}")
+    print_and_write_json(res, args.json)
     return 0

@@ -25,7 +25,6 @@ offline trainer's loop, with its learning-rate decay) on the same mapper config,
 """
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import threading
@@ -59,26 +58,15 @@ def add_cli(bs) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------- the bag
-def _parse_value(text: str):
-    import yaml
-
-    return yaml.safe_load(text)
-
-
 def mapper_config_from(overrides: list[str], threads: int = 0):
-    """The node's defaults (the shipped ``config/mapper.yaml`` values are the parameter table's) with ``--set``
-    overrides (node parameter names); autosave off (the benchmark saves snapshots itself)."""
-    from nerf_mapping.ros.params import defaults, mapper_config
+    """The node's mapping defaults (``MapperConfig``'s, which the shipped ``config/mapper.yaml`` holds) with
+    ``--set`` overrides (dotted parameter names, values parsed as YAML); autosave off (the benchmark saves snapshots
+    itself)."""
+    from nerf_mapping.config.params import apply_sets
+    from nerf_mapping.mapping.config import MapperConfig
 
-    values = defaults()
-    for it in overrides:
-        if "=" not in it:
-            raise ValueError(f"--set expects KEY=VALUE, got {it!r}")
-        k, v = (s.strip() for s in it.split("=", 1))
-        if k not in values:
-            raise ValueError(f"--set {it}: unknown parameter {k!r}")
-        values[k] = _parse_value(v)
-    cfg = mapper_config(values.__getitem__)
+    cfg = MapperConfig()
+    apply_sets(cfg, overrides)
     cfg.autosave_dir, cfg.autosave_period_s = "", 0.0
     if threads:
         cfg.training = replace(cfg.training, threads=threads)
@@ -90,7 +78,7 @@ class BagFeed:
     kept aside (stamp, uint8 image) instead. Odometry is recorded for scoring."""
 
     def __init__(self, bag: Path, holdout_every: int):
-        from nerf_mapping.ros.bag_player import open_reader
+        from nerf_mapping.bags import open_reader
 
         self.bag = Path(bag)
         self.holdout_every = int(holdout_every)
@@ -124,28 +112,28 @@ class BagFeed:
                 yield conn.topic, conn.msgtype, t_ns, reader.deserialize(raw, conn.msgtype)
 
     def dispatch(self, mapper, topic: str, msgtype: str, msg, hold_out: bool = True) -> None:
-        from nerf_mapping.ros import conversions as conv
+        from nerf_mapping import bags
 
         if topic == self.image_topic:
-            decode = conv.compressed_image_to_array if msgtype.endswith("CompressedImage") else conv.image_msg_to_array
-            stamp = conv.stamp_to_ns(msg.header.stamp)
+            decode = bags.compressed_image_to_array if msgtype.endswith("CompressedImage") else bags.image_msg_to_array
+            stamp = bags.stamp_to_ns(msg.header.stamp)
             self.images += 1
             if self.images % self.holdout_every == 0:
                 if hold_out:
                     self.held_out.append((stamp, decode(msg)))
                 return
-            mapper.submit_image(stamp, msg.header.frame_id, msg, decode)
+            mapper.intake.submit_image(stamp, msg.header.frame_id, msg, decode)
         elif topic == DEFAULT_TOPICS["camera_info"]:
-            mapper.set_intrinsics(conv.camera_info_to_intrinsics(msg), msg.header.frame_id)
+            mapper.intake.set_intrinsics(bags.camera_info_to_intrinsics(msg), msg.header.frame_id)
         elif topic == DEFAULT_TOPICS["odom"]:
-            stamp = conv.stamp_to_ns(msg.header.stamp)
-            T = conv.pose_msg_to_matrix(msg.pose.pose)
+            stamp = bags.stamp_to_ns(msg.header.stamp)
+            T = bags.pose_msg_to_matrix(msg.pose.pose)
             self.odom.append((stamp, msg.header.frame_id, T))
-            mapper.add_odometry(stamp, msg.header.frame_id, T)
+            mapper.intake.add_odometry(stamp, msg.header.frame_id, T)
         elif topic == DEFAULT_TOPICS["tf_static"]:
             for t in msg.transforms:
-                mapper.add_static_transform(t.header.frame_id, t.child_frame_id,
-                                            conv.transform_msg_to_matrix(t.transform))
+                mapper.intake.add_static_transform(t.header.frame_id, t.child_frame_id,
+                                                   bags.transform_msg_to_matrix(t.transform))
 
 
 # -------------------------------------------------------------------------------------------------------- scoring
@@ -165,11 +153,12 @@ def score_map(map_path: Path, cfg, held_out, odom, T_base_cam: np.ndarray, intri
     from nerf_mapping.evaluation.images import psnr
     from nerf_mapping.geometry import optical_pose_to_model_c2w
     from nerf_mapping.mapping.keyframes import downscale_factor, downscale_image
-    from nerf_mapping.mapping.mapper import RENDER_CHUNK, OnlineMapper
+    from nerf_mapping.mapping.mapper import OnlineMapper
+    from nerf_mapping.mapping.views import RENDER_CHUNK
     from nerf_mapping.mapping.sync import OdometryBuffer
 
     m = OnlineMapper(replace(cfg, training=replace(cfg.training, enabled=False)))
-    m.intrinsics = intrinsics
+    m.intake.intrinsics = intrinsics
     m.load(map_path)
     buf = OdometryBuffer(max_age_s=1e9, max_gap_s=1.0, tolerance_s=0.05)
     for stamp, _, T in odom:
@@ -182,7 +171,7 @@ def score_map(map_path: Path, cfg, held_out, odom, T_base_cam: np.ndarray, intri
             continue
         k = downscale_factor(image.shape[1], cfg.keyframe.max_width)
         small = downscale_image(image, k)
-        cam = m._camera(optical_pose_to_model_c2w(T_map_odom @ T_odom_base @ T_base_cam), 1.0 / k)
+        cam = m.intake.keyframe_camera(optical_pose_to_model_c2w(T_map_odom @ T_odom_base @ T_base_cam), 1.0 / k)
         cam.width[:] = small.shape[1]
         cam.height[:] = small.shape[0]
         with torch.no_grad():
@@ -224,7 +213,7 @@ def run_online(args, cfg, out_dir: Path, log=print) -> tuple[dict, BagFeed, obje
                 try:
                     feed.dispatch(mapper, topic, msgtype, msg)
                 except ValueError as exc:  # a malformed message: the node drops it too
-                    mapper.count("benchmark_invalid", f"{topic}: {exc}")
+                    mapper.intake.count("benchmark_invalid", f"{topic}: {exc}")
         except Exception as exc:  # noqa: BLE001
             log(f"[online] bag playback failed: {exc!r}")
 
@@ -243,10 +232,10 @@ def run_online(args, cfg, out_dir: Path, log=print) -> tuple[dict, BagFeed, obje
             time.sleep(0.05)
             if now >= next_render:
                 next_render += args.render_every
-                kf = mapper.kf_info.get(mapper._latest_kf) if mapper._latest_kf is not None else None
+                kf = mapper.keyframes.info.get(mapper.keyframes.latest)
                 if kf is not None:
                     t = time.monotonic()
-                    rv = mapper.render_view(mapper.drift_estimate() @ kf.T_odom_cam, 320, 240)
+                    rv = mapper.views.render_view(mapper.drift_estimate() @ kf.T_odom_cam, 320, 240)
                     render_s.append(time.monotonic() - t)
                     render_sizes.append("x".join(map(str, rv["rendered_size"])))
             if now >= next_snap:
@@ -297,14 +286,14 @@ def run_offline(args, cfg, feed: BagFeed, out_dir: Path, log=print) -> dict:
     try:
         feed.images = 0
         for topic, msgtype, _, msg in feed.messages():
-            while m.queue_length > cfg.sync.queue_size // 2:
+            while m.intake.queue_length > cfg.sync.queue_size // 2:
                 time.sleep(0.01)
             try:
                 feed.dispatch(m, topic, msgtype, msg, hold_out=False)
             except ValueError:
                 pass
         t = time.monotonic()
-        while m.queue_length and time.monotonic() - t < 120:
+        while m.intake.queue_length and time.monotonic() - t < 120:
             time.sleep(0.05)
         time.sleep(0.5)
         m._maybe_fix_extent(force=True)
@@ -334,8 +323,8 @@ def run(args, log=print) -> dict:
     online, feed, mapper = run_online(args, cfg, out_dir, log)
     if not feed.held_out:
         raise ValueError("no held-out image: the bag has fewer images than --holdout-every")
-    T_base_cam = mapper.camera_extrinsic()
-    intr = mapper.intrinsics
+    T_base_cam = mapper.intake.camera_extrinsic()
+    intr = mapper.intake.intrinsics
     del mapper
     snaps = online.pop("_snapshots")
     series = []
@@ -361,14 +350,10 @@ def run(args, log=print) -> dict:
 
 
 def cmd_benchmark_online(args) -> int:
-    from nerf_mapping.cli.common import exit_on_error
+    from nerf_mapping.cli.common import exit_on_error, print_and_write_json
 
     res = exit_on_error(run, args)
-    text = json.dumps(res, indent=2, default=str)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(text)
     keys = ("live_psnr_db", "offline_psnr_db", "gap_db", "steps", "steps_per_second", "render_view_seconds_median",
             "render_view_seconds_max", "save_map_seconds", "rss_max_mb")
-    print(json.dumps({k: res.get(k) for k in keys}, indent=2, default=str))
+    print_and_write_json(res, args.json, {k: res.get(k) for k in keys}, label=None, default=str)
     return 0

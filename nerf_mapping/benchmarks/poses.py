@@ -107,15 +107,12 @@ def add_cli(bs) -> None:
 
 
 def cmd_benchmark_poses(args) -> int:
-    from nerf_mapping.cli.common import exit_on_error
+    from nerf_mapping.cli.common import exit_on_error, print_and_write_json
 
     res = exit_on_error(run, args)
-    print(json.dumps({k: v for k, v in res.items() if k not in ("per_view",)}, indent=2))
+    print_and_write_json(res, args.json, {k: v for k, v in res.items() if k not in ("per_view",)})
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(res, indent=2))
         Path(str(args.json) + ".partial.json").unlink(missing_ok=True)  # superseded by the complete results
-        print(f"results: {args.json}")
     return 0
 
 

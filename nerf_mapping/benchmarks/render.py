@@ -17,7 +17,6 @@ process, alternating, so their ratios are fair even on a loaded machine. Measure
 """
 from __future__ import annotations
 
-import json
 import os
 import resource
 import time
@@ -165,15 +164,12 @@ def untrained_render(args) -> dict:
 
 
 def cmd_benchmark_render(args) -> int:
-    from nerf_mapping.cli.common import exit_on_error
+    from nerf_mapping.cli.common import exit_on_error, print_and_write_json
 
     res = exit_on_error(run, args)
-    print(json.dumps({k: ({n: {"speedup": r["speedup"], "native_loop_speedup": r["native_loop_speedup"],
-                                "inference_s": r["inference"]["seconds_per_view"],
-                                "psnr_difference_db": r["psnr_difference_db"]} for n, r in v.items()}
-                          if k == "datasets" else v) for k, v in res.items()}, indent=2))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(res, indent=2))
-        print(f"results: {args.json}")
+    summary = {k: ({n: {"speedup": r["speedup"], "native_loop_speedup": r["native_loop_speedup"],
+                        "inference_s": r["inference"]["seconds_per_view"],
+                        "psnr_difference_db": r["psnr_difference_db"]} for n, r in v.items()}
+                   if k == "datasets" else v) for k, v in res.items()}
+    print_and_write_json(res, args.json, summary)
     return 0

@@ -30,6 +30,22 @@ def exit_on_error(fn, *args, **kwargs):
         raise SystemExit(f"error: {e}") from None
 
 
+def print_and_write_json(res: dict, path=None, summary: dict | None = None, label: str | None = "results",
+                         default=None) -> None:
+    """A command's result: print ``summary`` (when given) as indented JSON, then write the whole ``res`` to ``path``
+    (``--json``; parent folders created; nothing when None) and print ``<label>: <path>`` (unless ``label`` is None).
+    ``default`` is ``json.dumps``'s fallback for values JSON has no type for (``str`` for paths)."""
+    import json
+
+    if summary is not None:
+        print(json.dumps(summary, indent=2, default=default))
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(res, indent=2, default=default))
+        if label:
+            print(f"{label}: {path}")
+
+
 def configure(data, args, pose_mode: str | None = None, seed: int | None = None, preset=None, background=None):
     """:func:`nerf_mapping.config.presets.offline_config` with the command's ``--field-impl`` and ``--set``."""
     from nerf_mapping.config.presets import offline_config

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from nerf_mapping.cli.common import (add_config_arg, add_impl_arg, configure, exit_on_error, load_data,
-                                     load_trainer)
+                                     load_trainer, print_and_write_json)
 
 
 # ------------------------------------------------------------------------------------------------------------ train
@@ -69,12 +69,7 @@ def cmd_eval(args) -> int:
     out_dir = Path(args.output_dir) if args.output_dir else Path(args.checkpoint).parent / f"eval_{args.split}"
     indices = list(range(0, len(data), args.every))
     res = evaluate(trainer.render, data, indices, output_dir=out_dir)
-    summary = {k: v for k, v in res.items() if k != "per_image"}
-    print(json.dumps(summary, indent=2))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(res, indent=2))
-        print(f"metrics: {args.json}")
+    print_and_write_json(res, args.json, {k: v for k, v in res.items() if k != "per_image"}, label="metrics")
     print(f"renders: {out_dir}")
     return 0
 
@@ -125,12 +120,7 @@ def cmd_benchmark(args) -> int:
     from nerf_mapping.benchmarks import images as benchmark
 
     res = exit_on_error(benchmark.run, args.dataset, args)
-    text = json.dumps({k: v for k, v in res.items() if k not in ("curve", "per_image")}, indent=2)
-    print(text)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(res, indent=2))
-        print(f"results: {args.json}")
+    print_and_write_json(res, args.json, {k: v for k, v in res.items() if k not in ("curve", "per_image")})
     return 0
 
 

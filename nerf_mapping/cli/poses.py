@@ -130,6 +130,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_errors(args) -> int:
+    from nerf_mapping.cli.common import print_and_write_json
     from nerf_mapping.evaluation.poses import pose_errors, refined_train_poses
 
     tr = _load(args.checkpoint)
@@ -141,10 +142,7 @@ def cmd_errors(args) -> int:
     init = pose_errors(ex["train_c2w"].double().numpy(), gt, unit_to_mm=mm)
     final = pose_errors(refined_train_poses(tr, ex["train_c2w"].float()).double().numpy(), gt, unit_to_mm=mm)
     res = {"initial": init, "final": final, "pose_mode": tr.cfg.pose.mode}
-    print(json.dumps(res, indent=2))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(res, indent=2))
+    print_and_write_json(res, args.json, res, label=None)
     return 0
 
 

@@ -130,10 +130,9 @@ def parse_c2f(text: str | None) -> tuple[float, float] | None:
 
 
 def online_scene(scene_box, unbounded: bool, near: float, far: float) -> SceneSpec:
-    """The online mapper's scene from its parameters (``far`` 0: the box diagonal); ValueError on a bad box."""
+    """The online mapper's scene for a given box (six floats, validated by ``MapperConfig.validated``; ``far`` 0:
+    the box diagonal)."""
     box = [float(x) for x in scene_box]
-    if len(box) != 6 or not all(math.isfinite(x) for x in box) or not all(box[i + 3] > box[i] for i in range(3)):
-        raise ValueError("scene_box must be [xmin, ymin, zmin, xmax, ymax, zmax] with max > min")
     far = float(far) or float(math.dist(box[3:], box[:3]))
     return SceneSpec(scene_box=[box[:3], box[3:]], unbounded=bool(unbounded), near=float(near), far=far)
 
@@ -145,31 +144,31 @@ def auto_extent_scene(extent, near: float) -> SceneSpec:
                      occupancy_box=extent.occupancy_box())
 
 
-def online_config(scene: SceneSpec, *, pose_mode: str = "so3xr3", pose_lr: float = 1e-4, drift_knot_s: float = 2.0,
-                  drift_lr: float = 2e-4, target_samples_per_step: int = 1 << 15, seed: int = 0,
-                  threads: int | None = None, overrides: Iterable[str] = (), extent=None) -> TrainerConfig:
-    """The online mapper's trainer config (the node, ``benchmark drift`` and the tests train exactly this).
+def online_config(scene: SceneSpec, training, extent=None) -> TrainerConfig:
+    """The online mapper's trainer config (the node, ``benchmark drift`` and the tests train exactly this) from its
+    ``training`` settings (:class:`nerf_mapping.mapping.config.OnlineTrainingConfig`, validated: a pose-refinement
+    mode name).
 
     With an automatic ``extent`` (:mod:`nerf_mapping.mapping.extent`) the marching and the hash grid follow it
     (:func:`apply_auto_extent_preset`); with a given box, the inside-out preset unless the scene is unbounded (the
     robot is inside the mapped volume). Pose refinement with a constant, small per-keyframe rate (each keyframe gets
     ~2 rays per step, so a larger one turns gradient noise into a random walk of the poses) plus the drift spline; no
-    coarse-to-fine (an online run has no known end)."""
+    coarse-to-fine (an online run has no known end). ``training.overrides`` apply last."""
     cfg = TrainerConfig()
     if extent is not None:
         apply_auto_extent_preset(cfg, extent)
     elif not scene.unbounded:
         apply_inside_out_preset(cfg, scene.scene_box)
-    cfg.target_samples_per_step = int(target_samples_per_step)
-    cfg.seed = int(seed)
-    cfg.threads = threads
-    cfg.pose.mode = pose_mode
-    cfg.pose.lr = float(pose_lr)
+    cfg.target_samples_per_step = int(training.target_samples_per_step)
+    cfg.seed = int(training.seed)
+    cfg.threads = None
+    cfg.pose.mode = training.pose_refinement
+    cfg.pose.lr = float(training.pose_lr)
     cfg.pose.lr_final = min(cfg.pose.lr_final, cfg.pose.lr)  # decays (with a time budget), never grows
     cfg.pose.c2f = None
-    cfg.pose.drift_knot_s = float(drift_knot_s)
-    cfg.pose.drift_lr = float(drift_lr)
-    apply_overrides(cfg, overrides)
+    cfg.pose.drift_knot_s = float(training.drift_knot_s)
+    cfg.pose.drift_lr = float(training.drift_lr)
+    apply_overrides(cfg, training.overrides)
     return cfg
 
 
@@ -183,8 +182,8 @@ def apply_inside_out_preset(cfg: TrainerConfig, scene_box) -> None:
     """CPU settings for inside-out and unbounded captures (a robot or handheld rig in a room, a phone capture with a
     background; also the online node's default).
 
-    Rays cross metres of mostly empty space before the first surface, and on 2 cores a step costs ~0.1 s, so the
-    map must be cheap to march: a coarser occupancy grid refreshed often (empty space is carved within seconds),
+    Rays cross metres of mostly empty space before the first surface, and a CPU affords few samples per step, so
+    the map must be cheap to march: a coarser occupancy grid refreshed often (empty space is carved within seconds),
     a step of ~1/350 of the box diagonal growing with distance (cone marching, like the pixel footprint), a capped
     number of samples per ray for the first, still-transparent steps, and a smaller hash table (finer levels are
     not resolvable at robot camera resolutions anyway).
@@ -210,7 +209,7 @@ def apply_auto_extent_preset(cfg: TrainerConfig, extent) -> None:
     cfg.grid.levels = int(extent.cascades)
     cfg.grid.visibility = True  # a large, contracted volume: only what the keyframes see can be occupied
     # early rays cross seen-but-untrained haze between the cameras and the scene: coarser steps after the first round
-    # let them reach the scene within the sample cap (DTU at 50 s: 11.8 -> 15.5 dB held out, docs/results/online.md)
+    # let them reach the scene within the sample cap (measured in docs/results/online.md)
     cfg.render.train_fine_samples = cfg.render.samples_per_round
     cfg.render.step_size = float(extent.step_size)
     cfg.render.cone_angle = float(extent.cone_angle)

@@ -119,8 +119,8 @@ def align_poses_by_orientation(est, gt, with_scale: bool = True):
 
     A diagnostic beside :func:`align_poses`: when the cameras span a narrow arc (DTU), the centres pin down the
     rotation about the object poorly and correlated centre errors tilt the centre fit, which then adds its own
-    rotation to every camera (DTU linear init: 1.16 deg median unaligned in the shared DTU world, 1.52 deg after the
-    centre fit, 1.16 deg after this one).
+    rotation to every camera; aligning by the orientations does not (DTU's linear-init cameras:
+    docs/results/poses.md).
     """
     est = np.asarray(est, dtype=np.float64)[:, :3, :4]
     gt = np.asarray(gt, dtype=np.float64)[:, :3, :4]

@@ -143,8 +143,8 @@ def checkpoint_views(trainer) -> Cameras:
 
 
 def snapshot(trainer, views: Cameras | None = None) -> MapSnapshot:
-    """Copy what an export needs under the trainer lock (the training thread pauses only for the copy: ~0.1 s for
-    the default hash table). ``views``: cameras to cast from (default :func:`training_views`)."""
+    """Copy what an export needs under the trainer lock (the training thread pauses only for the copy of the field,
+    the grid and the views, not for the export). ``views``: cameras to cast from (default :func:`training_views`)."""
     with trainer.lock:
         if views is None:
             views = training_views(trainer)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from nerf_mapping.training.extension import StepContext, TrainerExtension
+from nerf_mapping.extension import StepContext, TrainerExtension
 
 GROW_CHUNK = 64
 

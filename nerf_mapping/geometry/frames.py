@@ -63,23 +63,54 @@ def model_c2w_to_optical_pose(c2w) -> np.ndarray:
 
 
 # ====================================================================== scene normalisation
+def _nearest_point_to_axes(o: np.ndarray, d: np.ndarray, cond_max: float) -> np.ndarray | None:
+    """Least-squares point nearest to the lines through ``o`` [N,3] along the unit directions ``d`` [N,3]: minimises
+    sum_i |(I - d_i d_i^T)(p - o_i)|^2. None when it is not fixed: fewer than two lines, or an ill-conditioned
+    (condition number above ``cond_max``, e.g. parallel axes) or non-finite system."""
+    if len(o) < 2:
+        return None
+    proj = np.eye(3)[None] - d[:, :, None] * d[:, None, :]  # [N,3,3] projectors orthogonal to each axis
+    A = proj.sum(0)
+    b = (proj @ o[:, :, None]).sum(0)[:, 0]
+    if not np.all(np.isfinite(A)) or np.linalg.cond(A) > cond_max:
+        return None
+    return np.linalg.solve(A, b)
+
+
 def focus_point(c2w, cond_max: float = 1e4) -> np.ndarray:
     """Least-squares point nearest to all camera optical axes (OpenGL: axis = -Z column through the centre).
 
     c2w: [N, 3, 4] numpy/torch. Returns a float64 [3] point. Minimises sum_i |(I - d_i d_i^T)(p - o_i)|^2; falls back
     to the mean camera centre when the system is ill-conditioned (e.g. parallel axes of a forward-facing capture,
-    or a single camera).
+    or a single camera). :func:`strict_focus_point` is the variant that says when there is no focus instead.
     """
     c = c2w.detach().cpu().double().numpy() if isinstance(c2w, Tensor) else np.asarray(c2w, dtype=np.float64)
     o = c[:, :3, 3]
     d = -c[:, :3, 2]
     d = d / np.linalg.norm(d, axis=-1, keepdims=True)
-    proj = np.eye(3)[None] - d[:, :, None] * d[:, None, :]  # [N,3,3] projectors orthogonal to each axis
-    A = proj.sum(0)
-    b = (proj @ o[:, :, None]).sum(0)[:, 0]
-    if len(c) < 2 or not np.all(np.isfinite(A)) or np.linalg.cond(A) > cond_max:
-        return o.mean(0)
-    return np.linalg.solve(A, b)
+    p = _nearest_point_to_axes(o, d, cond_max)
+    return o.mean(0) if p is None else p
+
+
+def strict_focus_point(centres, axes, min_angle_deg: float = 10.0, cond_max: float = 1e4) -> np.ndarray | None:
+    """The point closest (least squares) to every camera axis (``centres`` [N,3], viewing ``axes`` [N,3], normalised
+    here), or None when the cameras do not look at a common point: the axes are too parallel to fix it (spread of
+    directions below ``min_angle_deg``, or condition number above ``cond_max``) or it lies behind more than a quarter
+    of the cameras. The online mapper's extent test (:func:`nerf_mapping.mapping.extent.auto_extent`); the scene
+    normalisation uses :func:`focus_point`, which always returns a point."""
+    centres = np.asarray(centres, dtype=np.float64)
+    if len(centres) < 2:
+        return None
+    axes = np.asarray(axes, dtype=np.float64)
+    d = axes / np.linalg.norm(axes, axis=1, keepdims=True)
+    mean_dir = d.mean(0)
+    spread = np.degrees(np.arccos(np.clip(d @ (mean_dir / max(np.linalg.norm(mean_dir), 1e-12)), -1, 1))).max()
+    if spread < min_angle_deg:
+        return None
+    p = _nearest_point_to_axes(centres, d, cond_max)
+    if p is None or (((p - centres) * d).sum(1) < 0).mean() > 0.25:
+        return None
+    return p
 
 
 def normalize_poses(c2w, radius: float = 1.0) -> tuple[np.ndarray, float]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -112,3 +113,49 @@ def write(mapper, directory: Path, keep: int = 2) -> tuple[Path, int]:
         if time.time() - stray.stat().st_mtime > 60:
             stray.unlink(missing_ok=True)
     return path, step
+
+
+class Autosaver:
+    """The mapper's autosave thread: every ``period_s`` while the map changes (its step count moved), a new save in
+    ``directory`` (:func:`write`); on disk trouble the error is logged and counted and the next attempt comes after
+    at most 10 s; a last save when ``stop`` is set. Reads from its mapper ``trainer``, ``save`` and ``intake``
+    (counters)."""
+
+    def __init__(self, mapper, directory: Path, period_s: float, keep: int):
+        self.m = mapper
+        self.directory = Path(directory)
+        self.period_s = float(period_s)
+        self.keep = int(keep)
+        self.last: tuple | None = None
+        """(path, step, seconds) of the newest autosave."""
+
+    def save_now(self) -> Path:
+        """Write an autosave now (OSError on disk trouble, previous saves intact)."""
+        t0 = time.monotonic()
+        path, step = write(self.m, self.directory, self.keep)
+        self.last = (path, step, time.monotonic() - t0)
+        self.m.intake.count("autosave_written")
+        return path
+
+    def run(self, stop: threading.Event) -> None:
+        """The thread's body, until ``stop`` is set."""
+        saved_step = int(self.m.trainer.step_count)
+        wait = self.period_s
+        while not stop.wait(wait):
+            tr = self.m.trainer
+            if len(tr.frames) == 0 or int(tr.step_count) == saved_step:
+                wait = self.period_s
+                continue
+            try:
+                self.save_now()
+                saved_step = self.last[1]  # the step in the file (training goes on while it is written)
+                wait = self.period_s
+            except Exception as exc:  # noqa: BLE001 - disk full, unwritable: keep mapping, retry soon
+                self.m.intake.count("autosave_failed", f"autosave failed (the previous save is kept): {exc}")
+                wait = min(self.period_s, 10.0)
+        tr = self.m.trainer
+        if len(tr.frames) and int(tr.step_count) != saved_step:
+            try:
+                self.save_now()
+            except Exception as exc:  # noqa: BLE001
+                self.m.log.warning(f"final autosave failed: {exc}")

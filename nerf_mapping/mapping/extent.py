@@ -29,10 +29,11 @@ mapping; the training thread starts right after):
     inner box, the cameras inside) and ``cascades`` 4, the outermost reaching into the contracted region;
   - without one (a robot or a handheld rig looking along its path: it walks on, and where to is unknown):
     ``walk_field_level`` 5 and ``walk_cascades`` 6, full resolution up to 32 inner half-sides from the start
-    (32 m with the default ``min_radius`` of 1 m: a corridor, a floor of a building), contracted beyond. The
-    generated 30 m corridor went from 12.4 dB (4x box, the far end contracted and beyond the cascades) to 25.8 dB
-    held out after 150 s (docs/results/online.md). A rig walking further than that maps at the contraction's
-    coarser resolution; nvblox-style re-anchoring (block-sparse occupancy following the rig) is what would lift it.
+    (32 m with the default ``min_radius`` of 1 m: a corridor, a floor of a building), contracted beyond. With the
+    4x box of a focus, a corridor's far end would lie in the contracted region and beyond the cascades, mapped
+    coarsely or never sampled (the corridor runs: docs/results/online.md). A rig walking further than 32 inner
+    half-sides maps at the contraction's coarser resolution; nvblox-style re-anchoring (block-sparse occupancy
+    following the rig) is what would lift it.
 - *Visibility*: only cells that a keyframe sees can be occupied (``OccupancyGridConfig.visibility``): the rest of the
   large, contracted volume would otherwise keep an untrained field's density and be marched by every ray.
 - *Marching*: cone marching at the pixel footprint (``cone_angle`` ~ ``1 / fx`` of the training images, the step
@@ -49,6 +50,8 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from nerf_mapping.geometry.frames import strict_focus_point
 
 AUTO = "auto"
 
@@ -82,7 +85,8 @@ class ExtentConfig:
     footprint_oversample: float = 1.0
     """Finest hash cell = pixel footprint at distance ``s`` / this."""
     step_footprints: float = 2.0
-    """Marching step in pixel footprints (cone marching; CPU budget: 2 keeps most rays under ~100 samples)."""
+    """Marching step in pixel footprints (cone marching): 2 halves the samples per ray against 1, to fit a CPU
+    budget (docs/results/online.md)."""
 
 
 @dataclass
@@ -153,27 +157,6 @@ def parse_scene_box(value) -> tuple[float, ...] | None:
     return box
 
 
-def focus_point(centres: np.ndarray, axes: np.ndarray, min_angle_deg: float = 10.0) -> np.ndarray | None:
-    """The point closest (least squares) to every camera axis (``centres`` [N,3], unit viewing ``axes`` [N,3]), or
-    None when the axes are too parallel to fix it (spread of directions below ``min_angle_deg``) or it lies behind
-    more than a quarter of the cameras."""
-    if len(centres) < 2:
-        return None
-    d = axes / np.linalg.norm(axes, axis=1, keepdims=True)
-    mean_dir = d.mean(0)
-    spread = np.degrees(np.arccos(np.clip(d @ (mean_dir / max(np.linalg.norm(mean_dir), 1e-12)), -1, 1))).max()
-    if spread < min_angle_deg:
-        return None
-    proj = np.eye(3)[None] - d[:, :, None] * d[:, None, :]  # [N,3,3] projection orthogonal to each axis
-    a, b = proj.sum(0), np.einsum("nij,nj->i", proj, centres)
-    if np.linalg.cond(a) > 1e4:
-        return None
-    p = np.linalg.solve(a, b)
-    if ((p - centres) * d).sum(1).__lt__(0).mean() > 0.25:
-        return None
-    return p
-
-
 def auto_extent(centres: np.ndarray, axes: np.ndarray, fx: float, cfg: ExtentConfig | None = None) -> Extent:
     """The extent from the bootstrap keyframes' camera ``centres`` [N,3], optical ``axes`` [N,3] (map frame) and the
     training images' focal length ``fx`` (pixels). See the module docstring."""
@@ -186,7 +169,7 @@ def auto_extent(centres: np.ndarray, axes: np.ndarray, fx: float, cfg: ExtentCon
         raise ValueError(f"auto extent needs a positive focal length, got {fx}")
     lo, hi = centres.min(0), centres.max(0)
     spread = float((hi - lo).max()) * 0.5
-    p = focus_point(centres, axes)
+    p = strict_focus_point(centres, axes)
     if p is not None:
         # cameras around an object or facing a scene: the inner box is about the focus, half the viewing distance
         # across (the cameras stand in the next levels)

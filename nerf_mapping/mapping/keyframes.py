@@ -1,12 +1,17 @@
-"""Keyframe selection for online mapping (core, no ROS).
+"""The online map's keyframes, in one owner: which images become keyframes, which keyframe is evicted when the set is
+full, and how the keyframes are written to and read from a map file (core, no ROS).
 
-A frame becomes a keyframe when the camera moved enough since the last keyframe (translation or rotation) or enough
+:class:`KeyframeSet` holds them: :meth:`KeyframeSet.admit` inserts one into the trainer's frame store (evicting the
+most redundant one beyond ``capacity``, :func:`redundancy_victim`) and keeps its record (stamp, raw odometry poses,
+the drift estimate it entered with); :func:`keyframes_extra` and :func:`keyframes_from_extra` are its part of the map
+file (:mod:`.map_io`). Selection (:class:`KeyframeSelector`): a frame becomes a keyframe when the camera moved enough since the last keyframe (translation or rotation) or enough
 time passed, unless it is blurry (variance of the Laplacian far below the running median of recent frames) or a
 near-duplicate of the last keyframe (mean absolute difference of small grey thumbnails). Accepted images are
 downscaled to the training resolution (``max_width``) by area averaging, with intrinsics scaled to match.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -15,6 +20,11 @@ from typing import NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from nerf_mapping.cameras import Cameras
+from nerf_mapping.geometry import model_c2w_to_optical_pose
+from nerf_mapping.pose import drift
+from nerf_mapping.training.frame_store import FrameStore
 
 ACCEPTED = "accepted"
 FIRST = "first"
@@ -191,3 +201,109 @@ def redundancy_victim(ids: list[int], c2w: dict[int, np.ndarray], protect: int =
     # freshest view)
     score = np.concatenate([[2.0 * d[0]], d[:-1] + d[1:]])
     return ids[protect + int(np.argmin(score[protect:]))]
+
+
+HISTORY = 20000
+"""Keyframes remembered for the odometry and refined paths (evicted keyframes stay on the paths)."""
+
+
+class KeyframeSet:
+    """The mapper's keyframes: selection, admission into the trainer's frame store with eviction beyond
+    ``capacity``, and the per-keyframe records (frame id -> :class:`Keyframe`) that the paths, the drift estimate and
+    the map file need. Not locked itself: the mapper calls it under its state lock."""
+
+    def __init__(self, cfg: KeyframeConfig):
+        self.cfg = cfg
+        self.selector = KeyframeSelector(cfg)
+        self.info: dict[int, Keyframe] = {}
+        """Live keyframes: frame id -> record."""
+        self.history: deque = deque(maxlen=HISTORY)
+        """(frame id, record) of every keyframe ever taken, in order (evicted ones too: they stay on the paths)."""
+        self.latest: int | None = None
+        """Frame id of the newest keyframe."""
+
+    def consider(self, image: np.ndarray, T_odom_cam: np.ndarray, stamp_ns: int) -> tuple[bool, str]:
+        """The selection policy (:meth:`KeyframeSelector.consider`)."""
+        return self.selector.consider(image, T_odom_cam, stamp_ns)
+
+    def set_min_translation(self, metres: float) -> None:
+        """The motion that makes a keyframe, in map units (an automatic extent fixes the map's scale)."""
+        self.selector.cfg = dataclasses.replace(self.selector.cfg, min_translation=float(metres))
+
+    def restart_time(self) -> None:
+        self.selector.restart_time()
+
+    def admit(self, frames: FrameStore, image: np.ndarray, camera: Cameras, record: Keyframe) -> int:
+        """Insert ``image`` (uint8 [H,W,3] at the training resolution) seen by ``camera`` (its model c2w is where the
+        frame enters the map) into ``frames``, first evicting the most redundant keyframe when the set is full;
+        returns the new frame id."""
+        live = frames.frame_ids()
+        while len(live) >= self.cfg.capacity:
+            # the most redundant view goes (its neighbours in time are closest to it), never the first (the gauge
+            # anchor of pose refinement) nor the newest: coverage of the whole run is kept, not a sliding window
+            victim = redundancy_victim(live, {i: frames.camera(i).c2w[0].numpy() for i in live}, protect=1)
+            frames.remove(victim)
+            self.info.pop(victim, None)
+            live.remove(victim)
+        fid = frames.add(torch.from_numpy(np.array(image, order="C")), camera,  # a writable copy
+                         stamp=record.stamp_ns * 1e-9)
+        self.info[fid] = record
+        self.history.append((fid, record))
+        self.latest = fid
+        return fid
+
+    def replace(self, info: dict[int, Keyframe]) -> None:
+        """Take the records of a loaded map (its history starts with its live keyframes)."""
+        self.info = dict(info)
+        self.history = deque(sorted(info.items()), maxlen=HISTORY)
+        self.latest = max(info) if info else None
+
+
+def keyframes_extra(frames: FrameStore, info: dict[int, Keyframe]) -> dict:
+    """The keyframes' part of a map file: per live frame (in frame-store order) ``keyframe_ids`` (the frame ids at
+    save time, which index the pose parameters), ``keyframe_stamps_ns``, ``keyframe_odom_base`` /
+    ``keyframe_odom_cam`` (raw odometry body and camera poses, 4x4 float64), ``keyframe_c2w`` (model c2w in the frame
+    store: the odometry pose with the drift estimate applied at insertion), ``keyframe_intrinsics`` ([fx, fy, cx,
+    cy, width, height, model]), ``keyframe_distortion`` and ``keyframe_images`` (uint8, training resolution)."""
+    ids = frames.frame_ids()
+    if not ids:
+        return {}
+    cams = [frames.camera(i) for i in ids]
+    return {
+        "keyframe_ids": torch.tensor(ids, dtype=torch.int64),
+        "keyframe_stamps_ns": torch.tensor([info[i].stamp_ns if i in info else 0 for i in ids], dtype=torch.int64),
+        "keyframe_odom_base": torch.tensor(np.stack([info[i].T_odom_base if i in info else np.eye(4) for i in ids]),
+                                           dtype=torch.float64),
+        # raw odometry camera poses (the frame store's c2w also holds the drift correction applied at insertion)
+        "keyframe_odom_cam": torch.tensor(np.stack(
+            [info[i].T_odom_cam if i in info else model_c2w_to_optical_pose(c.c2w[0].numpy())
+             for i, c in zip(ids, cams)]), dtype=torch.float64),
+        "keyframe_c2w": torch.cat([c.c2w for c in cams]),
+        "keyframe_intrinsics": torch.stack(
+            [torch.cat([c.fx, c.fy, c.cx, c.cy, c.width.float(), c.height.float(), c.model.float()]) for c in cams]),
+        "keyframe_distortion": torch.cat([c.distortion for c in cams]),
+        "keyframe_images": [frames.image(i) for i in ids],
+    }
+
+
+def keyframes_from_extra(extra: dict) -> tuple[FrameStore, dict[int, Keyframe], list[int]]:
+    """Read :func:`keyframes_extra` back: (a new frame store holding the keyframes renumbered 0..K-1, frame id ->
+    record, the frame ids they had when saved)."""
+    frames = FrameStore()
+    old_ids: list[int] = []
+    info: dict[int, Keyframe] = {}
+    if "keyframe_ids" not in extra:
+        return frames, info, old_ids
+    for j, old in enumerate(extra["keyframe_ids"].tolist()):
+        k = extra["keyframe_intrinsics"][j]
+        cam = Cameras.create(extra["keyframe_c2w"][j], k[0], k[1], k[2], k[3], int(k[4]), int(k[5]),
+                             extra["keyframe_distortion"][j], int(k[6]))
+        stamp_ns = int(extra["keyframe_stamps_ns"][j])
+        fid = frames.add(extra["keyframe_images"][j], cam, stamp=stamp_ns * 1e-9 if stamp_ns else None)
+        old_ids.append(int(old))
+        T_map_cam = model_c2w_to_optical_pose(extra["keyframe_c2w"][j].double().numpy())
+        # maps saved before drift-corrected insertion: the stored pose is the raw odometry pose
+        T_odom_cam = extra["keyframe_odom_cam"][j].numpy() if "keyframe_odom_cam" in extra else T_map_cam
+        info[fid] = Keyframe(stamp_ns, extra["keyframe_odom_base"][j].numpy(), T_odom_cam,
+                             drift.implied_map_odom(T_map_cam, T_odom_cam))
+    return frames, info, old_ids

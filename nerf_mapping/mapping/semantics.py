@@ -54,6 +54,8 @@ class SemanticsConfig:
     negatives: tuple[str, ...] = DEFAULT_NEGATIVES
     """Default canonical negatives of queries."""
     tau: float = DEFAULT_TAU
+    """Sharpness of the relevancy: sigmoid(tau x (similarity to the query - similarity to a negative)), the worst
+    negative counting (LERF's pairwise softmax)."""
     num_points: int = 100_000
     """Rays cast over the keyframes for the query candidates."""
     candidates_max_age_s: float = 30.0
@@ -119,7 +121,7 @@ class OnlineSemantics:
                 waiting = self.process()
                 self.warm_up()
             except Exception as exc:  # noqa: BLE001 - the worker never dies; the reason is logged
-                self.mapper._warn("semantics", f"semantics worker: {exc!r}")
+                self.mapper.intake.warn("semantics", f"semantics worker: {exc!r}")
                 time.sleep(0.5)
 
     def load_teacher(self) -> None:
@@ -245,14 +247,14 @@ class OnlineSemantics:
                     if time.monotonic() - t_enq < self.cfg.label_wait_s:
                         wait.append(item)
                         continue
-                    self.mapper.count("semantics_no_labels", f"keyframe {fid}: no label image with its stamp "
+                    self.mapper.intake.count("semantics_no_labels", f"keyframe {fid}: no label image with its stamp "
                                                              f"within {self.cfg.label_wait_s} s: no language target")
                     continue
                 labels = fit_labels(labels, image.shape[1], image.shape[0])
                 self.kf_labels[fid] = labels
             ext.set_target(fid, teacher_map(self.teacher, image, labels))
             self.maps_built += 1
-            self.mapper.count("semantics_teacher_maps")
+            self.mapper.intake.count("semantics_teacher_maps")
         if wait:
             with self._cv:
                 self._pending.extendleft(reversed(wait))
@@ -306,7 +308,7 @@ class OnlineSemantics:
             except InterruptedError:
                 pass
             except Exception as exc:  # noqa: BLE001 - the next query computes them itself
-                self.mapper._warn("semantics_candidates", f"candidate points failed: {exc!r}")
+                self.mapper.intake.warn("semantics_candidates", f"candidate points failed: {exc!r}")
             finally:
                 self._refreshing.clear()
 
@@ -398,7 +400,7 @@ class OnlineSemantics:
         text = check_text(text)
         cfg = self.query_config(threshold, negatives)
         self.check_ready(self.mapper.trainer)
-        view = self.mapper.latest_keyframe_view(width)
+        view = self.mapper.views.latest_keyframe_view(width)
         if view is None:
             raise ValueError("no keyframe yet")
         trainer, cams, c2w, stamp = view

@@ -2,16 +2,17 @@
 
 An interactive caller (the node's RenderView, a viewer) wants a picture now rather than a perfect one later. The
 cost of a render is about proportional to its rays (times the samples each ray needs, which the map's state sets:
-a young, hazy map needs ~90 samples per ray in the demo room, a trained one 20-70), so the recent renders' seconds
-per ray predict the next one. When the prediction at the requested size exceeds the budget, the view is rendered
+a young, hazy map needs several times the samples of a trained one), so the recent renders' seconds per ray predict
+the next one. When the prediction at the requested size exceeds the budget, the view is rendered
 at the largest size that fits and upsampled to the requested one -- the dynamic resolution of interactive NeRF
 viewers (nerfstudio's viewer lowers the resolution while the camera moves). The picture is blurrier, never late.
 
-The prediction is an average, and one view can cost twice another (a view into a hazy, untrained corner): the
-150 s benchmarks measured maxima of 1.1-1.9 s against a 1 s budget. So the chosen size is rendered coarse to fine
-(:func:`lattice_order`: every 4th pixel of every 4th row, then every 2nd, then the rest) against a deadline: a view
-that runs late stops after its last complete lattice and is upsampled from it (a half or a quarter of the chosen
-size), which bounds the latency by the budget plus one chunk of rays instead of by the prediction's error.
+The prediction is an average, and one view can cost far more than another (a view into a hazy, untrained corner),
+so a size that fits on average can still overrun the budget (docs/results/online.md). The chosen size is therefore
+rendered coarse to fine (:func:`lattice_order`: every 4th pixel of every 4th row, then every 2nd, then the rest)
+against a deadline: a view that runs late stops after its last complete lattice and is upsampled from it (a half or
+a quarter of the chosen size), which bounds the latency by the budget plus one chunk of rays instead of by the
+prediction's error.
 """
 from __future__ import annotations
 
@@ -48,9 +49,9 @@ def budget_size(width: int, height: int, seconds_per_ray: float | None, budget_s
     """The largest size (same aspect ratio, at most ``width`` x ``height``, at least ``min_width`` wide) whose
     predicted time fits ``safety * budget_s``. The full size when the budget is off (<= 0) or nothing is known.
 
-    ``safety`` 0.7: the call's own overheads (the wait for the running training step, the upsampling) come on top, and
-    with 0.8 half of a corridor run's views overran the prediction by more than the deadline's margin (85 %) and
-    were cut to their half-resolution lattice (docs/results/online.md)."""
+    ``safety`` 0.7: the call's own overheads (the wait for the running training step, the upsampling) come on top of
+    the predicted time, so the size is planned with a margin below the deadline (85 % of the time left) that cuts a
+    late view to a coarser lattice; with a smaller margin many views ran into the deadline (docs/results/online.md)."""
     if budget_s <= 0 or seconds_per_ray is None or seconds_per_ray <= 0:
         return width, height
     max_rays = safety * budget_s / seconds_per_ray

@@ -42,9 +42,9 @@ class OccupancyGridConfig:
     learn otherwise: in a large or contracted volume most cells are never crossed and would stay occupied, so every
     ray (and every novel view) would march through them. Unseen space holds nothing the map can know about."""
     visibility_frames_per_step: int = 2
-    """New frames a training step marks at most (the rest wait for the next steps): marking costs ~30 ms a frame
-    on 2 cores, and a burst of keyframes (a looping bag adds 20 at once) made single steps hold the trainer for
-    seconds, which a RenderView or SaveMap then waited for."""
+    """New frames a training step marks at most (the rest wait for the next steps): marking costs tens of ms a frame
+    on a CPU, and a burst of keyframes (a looping bag adds many at once) would make single steps hold the trainer
+    for seconds, which a RenderView or SaveMap then waits for (measured in docs/results/online.md)."""
 
 
 class OccupancyGrid(nn.Module):
@@ -144,8 +144,9 @@ class OccupancyGrid(nn.Module):
         the image border. Returns how many cells became seen. No-op without ``cfg.visibility``.
 
         Tested per block of 2x2x2 cells (the block's centre and radius): 8x fewer projections, a conservative
-        superset of the per-cell test (at most one cell more at the frustum's edge). Per cell it cost ~50 ms a frame
-        on 2 cores with 4 cascades and took a fifth of the demo's CPU, whose looping bag adds ~5 keyframes a second."""
+        superset of the per-cell test (at most one cell more at the frustum's edge). A looping bag adds keyframes
+        several times a second, and per cell the marking took a large share of the node's CPU (the demo's profile:
+        docs/results/online.md)."""
         if not self.cfg.visibility:
             return 0
         g = self.cfg.resolution

@@ -11,9 +11,9 @@ Two paths compute the same image:
   grid or reached ``max_samples_per_ray`` retire before the next round.
   Its time and memory are bounded whatever the training state: beyond ``inference_fine_samples`` per ray the
   step doubles each round, and ``max_samples_per_ray`` caps each ray. Where neither feature heads nor the packed
-  samples are asked for, the whole loop runs in one native call per batch (``native.render_inference``, 1.3-1.6x
-  faster: no per-round tensor bookkeeping; it also gives each ray's median termination distance, for mesh export
-  and the query candidates); the torch-driven loop is its tested reference.
+  samples are asked for, the whole loop runs in one native call per batch (``native.render_inference``: no
+  per-round tensor bookkeeping, so it is faster, docs/results/render.md; it also gives each ray's median
+  termination distance, for mesh export and the query candidates); the torch-driven loop is its tested reference.
 
 ``render_camera`` renders a whole image of any camera (rgb, depth, opacity, feature heads) with the inference path.
 """
@@ -60,8 +60,8 @@ class RenderConfig:
     """Samples per live ray and round of the inference renderer: small rounds waste few evaluations behind a ray's
     surface; rays that pass through empty space are cheap anyway (the marcher skips empty cells)."""
     color_weight_thre: float = 1e-4
-    """Inference skips the colour MLP for samples whose compositing weight is at most this (about half the samples
-    of a trained field) ..."""
+    """Inference skips the colour MLP for samples whose compositing weight is at most this (many of a trained
+    field's samples: those in front of and behind its surfaces) ..."""
     color_skip_budget: float = 1e-3
     """... as long as the weight skipped on their ray stays within this budget: each pixel then differs from the
     full render by at most this much (a quarter of one 8-bit level)."""

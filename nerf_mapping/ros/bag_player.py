@@ -1,5 +1,6 @@
 """``nerf-mapping bag play``: rosbag2 playback with ``rosbags`` (reader) + rclpy (publishers), no rosbag2_py needed.
 
+- Bags are opened by :func:`nerf_mapping.bags.open_reader` (ROS-free, shared with the benchmarks).
 - Recorded timing: message ``i`` goes out at ``start + (t_i - t_0) / rate`` on the monotonic clock (absolute targets,
   so the schedule never drifts; lateness is measured and reported).
 - Recorded QoS: the offered profiles stored in the bag (reliability / durability / history); ``/tf_static`` is always
@@ -28,23 +29,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from nerf_mapping.bags import open_reader
+
 TOPIC_TF_STATIC = "/tf_static"
 _POLL_S = 0.02  # longest uninterrupted sleep: a stop request is seen within this
-
-
-def open_reader(bag: Path):
-    """An opened-able ``rosbags.highlevel.AnyReader`` over ``bag`` (a rosbag2 directory, its metadata.yaml, or a
-    ROS 1 .bag); the bag's own message definitions are used, ROS 2 Kilted definitions where the bag has none."""
-    from rosbags.highlevel import AnyReader
-
-    from .msg_bridge import default_typestore
-
-    bag = Path(bag)
-    if bag.name == "metadata.yaml":
-        bag = bag.parent
-    if not bag.exists():
-        raise FileNotFoundError(f"bag {bag} not found")
-    return AnyReader([bag], default_typestore=default_typestore())
 
 
 def describe_bag(bag: Path) -> dict:

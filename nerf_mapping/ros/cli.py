@@ -76,6 +76,16 @@ def node_argv(params: Path | None, use_sim_time: bool = False, ros_args: list[st
 def _cmd_node(args) -> int:
     import importlib
 
+    if args.write_params is not None:  # no ROS needed: the file comes from the config dataclasses
+        from .params import parameters_yaml
+
+        text = parameters_yaml()
+        if str(args.write_params) == "-":
+            sys.stdout.write(text)
+        else:
+            Path(args.write_params).write_text(text)
+            print(f"wrote {args.write_params}")
+        return 0
     if args.params is not None and not Path(args.params).is_file():
         print(f"error: parameters file {args.params} not found", file=sys.stderr)
         return 2
@@ -136,6 +146,9 @@ def add_cli(subparsers) -> None:
     p.add_argument("--use-sim-time", action="store_true", help="follow /clock (e.g. from bag play --clock)")
     p.add_argument("--resume", action="store_true",
                    help="continue from the newest complete autosave in output_dir/autosave (after a crash)")
+    p.add_argument("--write-params", type=Path, default=None, metavar="FILE",
+                   help="write every parameter with its default and description as a parameters YAML to FILE "
+                        "('-': standard output) and exit; the package's config/mapper.yaml is this file")
     _add_ros_args(p)
     p.set_defaults(func=_cmd_node)
 

@@ -33,14 +33,6 @@ PSNR_MILESTONES = (20.0, 25.0)
 (seconds from the first frame; the renders come about once a second or less often, so the times are as coarse as the render period)."""
 
 
-def _gt_frames(scene: Path) -> tuple[list[int], list[Path], list[np.ndarray]]:
-    d = json.loads((scene / "transforms.json").read_text())
-    stamps = [int(f["timestamp_ns"]) for f in d["frames"]]
-    paths = [scene / f["file_path"] for f in d["frames"]]
-    c2w = [np.asarray(f["transform_matrix"], dtype=np.float64) for f in d["frames"]]
-    return stamps, paths, c2w
-
-
 @functools.lru_cache(maxsize=4)
 def _scene_odometry(scene: Path) -> dict:
     """The scene's odometry.npz as arrays, read once (the live ATE reads it every progress line)."""
@@ -133,13 +125,13 @@ def _write_params(out: Path, scene: Path) -> Path:
 def run(args) -> int:
     import imageio.v3 as iio
 
-    from nerf_mapping.scene import ensure_default_scene
+    from nerf_mapping.scene import ensure_default_scene, ground_truth_frames
 
     out = Path(args.output).resolve()
     (out / "renders").mkdir(parents=True, exist_ok=True)
     scene = ensure_default_scene(progress=True)
     bag = scene / "bag"
-    stamps, gt_paths, gt_c2w = _gt_frames(scene)
+    stamps, gt_paths, gt_c2w = ground_truth_frames(scene)
     gt_cache: dict[int, np.ndarray] = {}
 
     env = dict(os.environ)

@@ -49,35 +49,36 @@ from visualization_msgs.msg import MarkerArray
 from nerf_mapping_interfaces.msg import MapStatus
 from nerf_mapping_interfaces.srv import ExportMesh, LoadMap, QuerySegmentation, RenderView, SaveMap
 
-from nerf_mapping.export.mesh import MeshExportConfig
 from nerf_mapping.export.paths import safe_output_path
 from nerf_mapping.mapping.map_io import MAP_SUFFIX
 from nerf_mapping.mapping.mapper import OnlineMapper
 from nerf_mapping.ros import conversions as conv
-from nerf_mapping.ros.params import PARAMETERS, mapper_config
+from nerf_mapping.ros.params import NODE_NAME, RENAMED, mapper_config, node_config, parameters
 
-NODE_NAME = "nerf_mapper"
-# YAML and `-p` parse an unquoted off as the boolean false; scene_box is "auto" or six numbers
-BOOL_OR_STRING = {"training.pose_refinement", "scene_box"}
 IMAGE_ENCODINGS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
 
 
 class MapperNode(Node):
     def __init__(self, **kwargs):
         super().__init__(NODE_NAME, **kwargs)
-        for name, default, desc in PARAMETERS:
-            self.declare_parameter(name, default, ParameterDescriptor(description=desc,
-                                                                      dynamic_typing=name in BOOL_OR_STRING))
+        # every parameter comes from the config dataclasses (ros/params.py): name, default, type, description
+        for p in parameters():
+            self.declare_parameter(p.name, p.default, ParameterDescriptor(description=p.description,
+                                                                          dynamic_typing=p.dynamic))
+        self._warn_renamed()
         g = self._p
-        self.map_frame, self.odom_frame = str(g("map_frame")), str(g("odom_frame"))
-        self.output_dir = Path(str(g("output_dir"))).expanduser().resolve()
+        self.cfg = nc = node_config(g)
+        self.map_frame = nc.map_frame
+        self.output_dir = Path(nc.output_dir).expanduser().resolve()
         self.pub_rendered = self.create_publisher(Image, "~/rendered", 2)
-        self.mapper = OnlineMapper(mapper_config(g), logger=self.get_logger(), on_render=self._publish_render)
+        self.mapper = OnlineMapper(mapper_config(g, str(self.output_dir)), logger=self.get_logger(),
+                                   on_render=self._publish_render)
+        self.odom_frame = self.mapper.cfg.odom_frame
 
         # --- QoS and callback groups
-        if str(g("sensor_qos")) not in ("sensor_data", "reliable"):
+        if nc.sensor_qos not in ("sensor_data", "reliable"):
             raise ValueError("sensor_qos must be sensor_data or reliable")
-        rel = qos_profile_sensor_data.reliability if str(g("sensor_qos")) == "sensor_data" else \
+        rel = qos_profile_sensor_data.reliability if nc.sensor_qos == "sensor_data" else \
             ReliabilityPolicy.RELIABLE
         # SensorData semantics (best effort, volatile) with deeper reader histories than its depth 5 (images: 5 s at
         # 10 Hz), so a busy executor does not lose samples (50 Hz odometry would otherwise overflow within 0.1 s)
@@ -89,7 +90,7 @@ class MapperNode(Node):
         cb_timers = MutuallyExclusiveCallbackGroup()
         cb_services = ReentrantCallbackGroup()  # a service coroutine awaiting its worker must not hold a group
 
-        transport, topic = str(g("image_transport")), str(g("image_topic"))
+        transport, topic = nc.image_transport, nc.image_topic
         if transport == "compressed":
             topic = topic if topic.endswith("/compressed") else topic.rstrip("/") + "/compressed"
             self.create_subscription(CompressedImage, topic, self._on_compressed, sensor_qos,
@@ -98,22 +99,22 @@ class MapperNode(Node):
             self.create_subscription(Image, topic, self._on_image, sensor_qos, callback_group=cb_sensors)
         else:
             raise ValueError("image_transport must be raw or compressed")
-        self.create_subscription(CameraInfo, str(g("camera_info_topic")), self._on_camera_info, sensor_qos,
+        self.create_subscription(CameraInfo, nc.camera_info_topic, self._on_camera_info, sensor_qos,
                                  callback_group=cb_sensors)
-        otype = str(g("odom_type"))
+        otype = nc.odom_type
         if otype in ("nav_msgs/Odometry", "nav_msgs/msg/Odometry", "Odometry"):
-            self.create_subscription(Odometry, str(g("odom_topic")), self._on_odometry, odom_qos,
+            self.create_subscription(Odometry, nc.odom_topic, self._on_odometry, odom_qos,
                                      callback_group=cb_odom)
         elif otype in ("geometry_msgs/PoseStamped", "geometry_msgs/msg/PoseStamped", "PoseStamped"):
-            self.create_subscription(PoseStamped, str(g("odom_topic")), self._on_pose_stamped, odom_qos,
+            self.create_subscription(PoseStamped, nc.odom_topic, self._on_pose_stamped, odom_qos,
                                      callback_group=cb_odom)
         else:
             raise ValueError("odom_type must be nav_msgs/Odometry or geometry_msgs/PoseStamped")
-        if bool(g("use_tf_static")):
-            self.create_subscription(TFMessage, str(g("tf_static_topic")), self._on_tf_static, static_qos,
+        if self.mapper.cfg.use_tf_static:
+            self.create_subscription(TFMessage, nc.tf_static_topic, self._on_tf_static, static_qos,
                                      callback_group=cb_odom)
         if self.mapper.semantics.cfg.teacher == "labels":
-            self.create_subscription(Image, str(g("semantics.label_topic")), self._on_labels, sensor_qos,
+            self.create_subscription(Image, nc.semantics.label_topic, self._on_labels, sensor_qos,
                                      callback_group=cb_sensors)
 
         # --- publishers
@@ -126,7 +127,7 @@ class MapperNode(Node):
         self.pub_mesh = self.create_publisher(MarkerArray, "~/mesh", latched)  # RViz started later still gets it
         self.pub_seg = self.create_publisher(PointCloud2, "~/segmentation", latched)  # the last query's result
         self.pub_seg_image = self.create_publisher(Image, "~/segmentation/image", latched)  # ... seen from a keyframe
-        self.pub_tf = self.create_publisher(TFMessage, "/tf", 10) if bool(g("publish_tf")) else None
+        self.pub_tf = self.create_publisher(TFMessage, "/tf", 10) if nc.publish_tf else None
 
         # --- services
         self._service_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nerf_mapper_service")
@@ -147,18 +148,26 @@ class MapperNode(Node):
                             callback_group=cb_services)
 
         # --- timers and threads
-        self.create_timer(float(g("status_period_s")), self._publish_status, callback_group=cb_timers)
+        self.create_timer(nc.status_period_s, self._publish_status, callback_group=cb_timers)
         if self.pub_tf is not None:
-            self.create_timer(float(g("tf_period_s")), self._publish_tf, callback_group=cb_timers)
+            self.create_timer(nc.tf_period_s, self._publish_tf, callback_group=cb_timers)
         self.mapper.start()
         self.get_logger().info(
-            f"nerf_mapper: image {topic} ({transport}), odom {g('odom_topic')} ({otype}), scene_box "
+            f"nerf_mapper: image {topic} ({transport}), odom {nc.odom_topic} ({otype}), scene_box "
             f"{self.mapper.cfg.scene_box}, output_dir {self.output_dir}, hash encoding "
             f"{self.mapper.trainer.field.encoding.impl}")
 
     # ------------------------------------------------------------------------------------------------ helpers
     def _p(self, name):
         return self.get_parameter(name).value
+
+    def _warn_renamed(self) -> None:
+        """A parameter file or ``-p`` that sets a name of an earlier release: ROS would ignore it silently."""
+        given = set(getattr(self, "_parameter_overrides", {}) or {})
+        for old, new in RENAMED.items():
+            if old in given:
+                self.get_logger().error(f"parameter {old!r} was renamed {new!r}: its value is ignored; "
+                                        f"set {new} instead")
 
     def _publish(self, pub, msg) -> None:
         """Publish unless the context is shutting down (the mapper's threads may outlive the executor briefly)."""
@@ -225,9 +234,9 @@ class MapperNode(Node):
                 raise ValueError(f"step/size mismatch: step {msg.step}, width {msg.width}x{c}, height {msg.height}, "
                                  f"data {len(msg.data)} bytes")
         except Exception as exc:  # noqa: BLE001 - any malformed message is dropped, never fatal
-            self.mapper.reject_image("invalid", str(exc))
+            self.mapper.intake.reject_image("invalid", str(exc))
             return
-        self.mapper.submit_image(stamp_ns, msg.header.frame_id, msg, conv.image_msg_to_array)
+        self.mapper.intake.submit_image(stamp_ns, msg.header.frame_id, msg, conv.image_msg_to_array)
 
     def _on_compressed(self, msg: CompressedImage) -> None:
         try:
@@ -235,36 +244,36 @@ class MapperNode(Node):
             if not len(msg.data):
                 raise ValueError("empty compressed image")
         except Exception as exc:  # noqa: BLE001
-            self.mapper.reject_image("invalid", str(exc))
+            self.mapper.intake.reject_image("invalid", str(exc))
             return
-        self.mapper.submit_image(stamp_ns, msg.header.frame_id, msg, conv.compressed_image_to_array)
+        self.mapper.intake.submit_image(stamp_ns, msg.header.frame_id, msg, conv.compressed_image_to_array)
 
     def _on_labels(self, msg: Image) -> None:
         try:
             stamp_ns = conv.stamp_to_ns(msg.header.stamp)
             labels = conv.label_msg_to_array(msg)
         except Exception as exc:  # noqa: BLE001 - dropped and counted, never fatal
-            self.mapper.count("labels_invalid", f"label image dropped: {exc}")
+            self.mapper.intake.count("labels_invalid", f"label image dropped: {exc}")
             return
-        self.mapper.count("labels_received")
+        self.mapper.intake.count("labels_received")
         self.mapper.semantics.add_labels(stamp_ns, labels)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         try:
             intr = conv.camera_info_to_intrinsics(msg)
         except Exception as exc:  # noqa: BLE001
-            self.mapper.count("camera_info_invalid", f"camera_info dropped: {exc}")
+            self.mapper.intake.count("camera_info_invalid", f"camera_info dropped: {exc}")
             return
-        self.mapper.set_intrinsics(intr, msg.header.frame_id)
+        self.mapper.intake.set_intrinsics(intr, msg.header.frame_id)
 
     def _add_odom(self, stamp, frame_id: str, pose) -> None:
         try:
             stamp_ns = conv.stamp_to_ns(stamp)
             T = conv.pose_msg_to_matrix(pose)
         except Exception as exc:  # noqa: BLE001
-            self.mapper.count("odom_invalid", f"odometry dropped: {exc}")
+            self.mapper.intake.count("odom_invalid", f"odometry dropped: {exc}")
             return
-        self.mapper.add_odometry(stamp_ns, frame_id, T)
+        self.mapper.intake.add_odometry(stamp_ns, frame_id, T)
 
     def _on_odometry(self, msg: Odometry) -> None:
         self._add_odom(msg.header.stamp, msg.header.frame_id, msg.pose.pose)
@@ -277,13 +286,13 @@ class MapperNode(Node):
             try:
                 T = conv.transform_msg_to_matrix(t.transform)
             except Exception as exc:  # noqa: BLE001
-                self.mapper.count("tf_invalid", f"tf_static entry dropped: {exc}")
+                self.mapper.intake.count("tf_invalid", f"tf_static entry dropped: {exc}")
                 continue
-            self.mapper.add_static_transform(t.header.frame_id, t.child_frame_id, T)
+            self.mapper.intake.add_static_transform(t.header.frame_id, t.child_frame_id, T)
 
     # ------------------------------------------------------------------------------------------------ publishing
     def _camera_frame(self) -> str:
-        return self.mapper.camera_frame or "camera"
+        return self.mapper.intake.camera_frame or "camera"
 
     def _publish_render(self, rgb, stamp_ns: int) -> None:
         self._publish(self.pub_rendered, conv.array_to_image_msg(rgb, stamp_ns, self._camera_frame(), "rgb8"))
@@ -316,7 +325,7 @@ class MapperNode(Node):
     def _publish_tf(self) -> None:
         try:
             T_map_odom = self.mapper.drift_estimate()
-            stamp = self.mapper.latest_odom_ns or self.get_clock().now().nanoseconds
+            stamp = self.mapper.intake.latest_odom_ns or self.get_clock().now().nanoseconds
             self._publish(self.pub_tf, TFMessage(transforms=[conv.transform_stamped(T_map_odom, stamp, self.map_frame,
                                                                                     self.odom_frame)]))
         except Exception as exc:  # noqa: BLE001
@@ -325,8 +334,8 @@ class MapperNode(Node):
     # ------------------------------------------------------------------------------------------------ services
     def _srv_render_view(self, req: RenderView.Request, res: RenderView.Response) -> RenderView.Response:
         try:
-            out = self.mapper.render_view(conv.pose_msg_to_matrix(req.pose), int(req.width), int(req.height),
-                                          max_size=int(self._p("render_max_size")))
+            out = self.mapper.views.render_view(conv.pose_msg_to_matrix(req.pose), int(req.width), int(req.height),
+                                                max_size=self.cfg.render_max_size)
             stamp = self.get_clock().now().to_msg()
             res.rgb = conv.array_to_image_msg(out["rgb"], stamp, self._camera_frame(), "rgb8")
             res.depth = conv.depth_array_to_image_msg(out["depth"], stamp, self._camera_frame())
@@ -362,11 +371,9 @@ class MapperNode(Node):
 
     def _srv_export_mesh(self, req: ExportMesh.Request, res: ExportMesh.Response) -> ExportMesh.Response:
         try:
-            depth = int(req.depth) if int(req.depth) > 0 else int(self._p("mesh.depth"))
-            cfg = MeshExportConfig(depth=depth, num_points=int(self._p("mesh.num_points")),
-                                   target_triangles=int(self._p("mesh.target_triangles"))).validate()
+            depth = int(req.depth) if int(req.depth) > 0 else self.mapper.cfg.mesh.depth
             path = safe_output_path(self.output_dir, req.filename, time.strftime("mesh_%Y%m%d_%H%M%S"), ".ply")
-            r = self.mapper.export_mesh(path, cfg)
+            r = self.mapper.views.export_mesh(path, depth)
             t_pub = time.perf_counter()
             n_pub = self._publish_mesh(r.geometry)
             res.n_vertices, res.n_triangles, res.path = r.n_vertices, r.n_triangles, str(r.path)
@@ -385,7 +392,7 @@ class MapperNode(Node):
         triangles published."""
         import numpy as np
 
-        cap = int(self._p("mesh.marker_max_triangles"))
+        cap = self.cfg.mesh.marker_max_triangles
         if cap <= 0:
             return 0
         if len(mesh.triangles) > cap:
@@ -431,7 +438,7 @@ class MapperNode(Node):
         """The query's 2D relevancy at the newest keyframe's view on ``~/segmentation/image``."""
         try:
             img, stamp_ns = self.mapper.semantics.relevancy_view(text, threshold, negatives,
-                                                                 int(self._p("render_width")))
+                                                                 self.mapper.cfg.render_width)
             self._publish(self.pub_seg_image, conv.array_to_image_msg(img, conv.ns_to_stamp(stamp_ns),
                                                                       self._camera_frame(), "rgb8"))
         except Exception as exc:  # noqa: BLE001

@@ -22,6 +22,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from nerf_mapping.bags import default_typestore
+
 # rclpy (IDL) basic type name -> (array.array typecode, numpy dtype)
 _NUMERIC = {
     "float": ("f", np.float32), "double": ("d", np.float64),
@@ -209,13 +211,6 @@ def from_rclpy(msg, typestore=None):
     if typestore is None:
         typestore = default_typestore()
     return _plan_from_rclpy(msgtype_of(msg), typestore)(msg)
-
-
-@lru_cache(maxsize=1)
-def default_typestore():
-    from rosbags.typesys import Stores, get_typestore
-
-    return get_typestore(Stores.ROS2_KILTED)
 
 
 # ------------------------------------------------------------------------------------------- definition matching

@@ -76,8 +76,7 @@ def _stats(xs: list[float]) -> dict:
 
 def run(args) -> dict:
     from nerf_mapping.geometry import model_c2w_to_optical_pose
-    from nerf_mapping.ros.demo import _gt_frames
-    from nerf_mapping.scene import ensure_default_scene
+    from nerf_mapping.scene import ensure_default_scene, ground_truth_frames
 
     if args.minutes <= 0:
         raise ValueError("--minutes must be > 0")
@@ -87,7 +86,7 @@ def run(args) -> dict:
     out = Path(args.output) if args.output else (Path(args.json).parent if args.json else Path("outputs/soak"))
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    _, _, gt_c2w = _gt_frames(scene)
+    _, _, gt_c2w = ground_truth_frames(scene)
     poses = [model_c2w_to_optical_pose(c[:3]) for c in gt_c2w]
 
     import yaml
@@ -283,14 +282,10 @@ def plot(res: dict, path: Path) -> None:
 
 
 def cmd_soak(args: argparse.Namespace) -> int:
-    from nerf_mapping.cli.common import exit_on_error
+    from nerf_mapping.cli.common import exit_on_error, print_and_write_json
 
     res = exit_on_error(run, args)
     keys = ("minutes", "healthy", "crashed", "rss_mb_first", "rss_mb_max", "rss_growth_mb_per_min_second_half",
             "steps_per_second_second_half", "keyframes_last", "loops", "render_view_seconds", "save_map_seconds")
-    print(json.dumps({k: res[k] for k in keys}, indent=2))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(res, indent=2))
-        print(f"results: {args.json}")
+    print_and_write_json(res, args.json, {k: res[k] for k in keys})
     return 0 if res["healthy"] else 1

@@ -7,6 +7,7 @@ from .generate import (
     default_scene_dir,
     ensure_default_scene,
     generate_scene,
+    ground_truth_frames,
     is_complete_scene,
 )
 from .layout import CLASSES, ROOM_BOX
@@ -23,6 +24,7 @@ __all__ = [
     "default_scene_dir",
     "ensure_default_scene",
     "generate_scene",
+    "ground_truth_frames",
     "is_complete_scene",
     "read_labeled_ply",
     "simulate_odometry_noise",

@@ -24,7 +24,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -108,9 +108,15 @@ class SceneInfo:
                          seconds=seconds)
 
 
-def config_from_dict(d: dict) -> SceneConfig:
-    names = {f.name for f in fields(SceneConfig)}
-    return SceneConfig(**{k: v for k, v in d.items() if k in names})
+def ground_truth_frames(root: Path) -> tuple[list[int], list[Path], list[np.ndarray]]:
+    """The ground truth of a generated scene's images, read from its transforms.json, one entry per frame in file
+    order: image stamps (ns), image paths, camera-to-world poses (4x4 float64, OpenGL camera axes, world frame)."""
+    root = Path(root)
+    d = json.loads((root / "transforms.json").read_text())
+    stamps = [int(f["timestamp_ns"]) for f in d["frames"]]
+    paths = [root / f["file_path"] for f in d["frames"]]
+    c2w = [np.asarray(f["transform_matrix"], dtype=np.float64) for f in d["frames"]]
+    return stamps, paths, c2w
 
 
 # ----------------------------------------------------------------------------------------------------------------------

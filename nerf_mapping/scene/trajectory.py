@@ -23,11 +23,6 @@ from nerf_mapping.geometry.rigid import inv_pose, make_pose, so3_exp
 CV_TO_GL = np.diag([1.0, -1.0, -1.0, 1.0])
 
 
-def rot_x(a: float) -> np.ndarray:
-    c, s = np.cos(a), np.sin(a)
-    return np.array([[1.0, 0, 0], [0, c, -s], [0, s, c]])
-
-
 def rot_y(a: float) -> np.ndarray:
     c, s = np.cos(a), np.sin(a)
     return np.array([[c, 0, s], [0, 1.0, 0], [-s, 0, c]])

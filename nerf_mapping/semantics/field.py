@@ -7,9 +7,10 @@ deform geometry (a test checks that the density is unchanged by it). Per trainin
 in that frame's cached teacher map, and adds ``loss_mult * [(1 - cos(rendered, teacher)) + point_loss_mult *
 (1 - cos(f(x_median), teacher))]`` over rays whose teacher feature is known (non-zero) and whose opacity is at least
 0.5; ``x_median`` is the ray's median-weight sample, where a 3D query's candidate point lies
-(:mod:`nerf_mapping.semantics.query`). Without that second term the point's own feature is never trained: measured on
-a 40-frame demo room after 300 steps, 2D relevancy to "couch" was 0.91 on sofa pixels, yet only 18 % of the 3D points
-selected by "couch" had been cast from sofa pixels.
+(:mod:`nerf_mapping.semantics.query`). Without that second term the point's own feature is never trained: early in a
+run a ray's weight is a spread-out haze, so the composite can be right in 2D while the single point at the median
+depth carries another feature, and a 3D query selects points cast from the wrong pixels (measured in
+docs/results/segmentation.md).
 
 Cost: D is large (384 for the sentence encoder, 512+ for CLIP), so rendering is done in the MLP's last hidden
 layer: the output layer is linear, so compositing the hidden activations and projecting once per ray gives exactly
@@ -36,11 +37,11 @@ import torch
 from torch import nn
 
 from nerf_mapping.config.typed import from_dict, to_dict
+from nerf_mapping.extension import TrainerExtension
 from nerf_mapping.fields.contraction import to_unit_cube
 from nerf_mapping.fields.hash_encoding import HashEncoding, HashEncodingConfig
 from nerf_mapping.fields.ngp_field import mlp
 from nerf_mapping.rendering.compositing import accumulate_along_rays, median_sample
-from nerf_mapping.training.extension import TrainerExtension
 
 
 def _encoding() -> HashEncodingConfig:
@@ -66,9 +67,9 @@ class LanguageFieldConfig:
     rays_per_step: int = 512
     """At most this many of a step's rays carry the language loss (a random subset): bounds its cost per step."""
     point_loss_mult: float = 0.25
-    """Weight of the loss on the feature at each ray's median sample, relative to the composite's. 0.25 measured best
-    of 0 / 0.25 / 1 on ``benchmark segmentation`` (one run each, docs/results/segmentation.md): it makes the 3D points
-    right without losing as many small objects in 2D as 1.0 does."""
+    """Weight of the loss on the feature at each ray's median sample, relative to the composite's. A larger weight
+    makes the 3D points right but loses small objects in 2D; the default balances the two (the weights compared on
+    ``benchmark segmentation``: docs/results/segmentation.md)."""
 
 
 class TeacherMap(NamedTuple):

@@ -7,14 +7,15 @@
    refined pose; the median termination depth where the opacity is at least 0.5), cropped to the scene box. They
    cost seconds (every keyframe is rendered), so callers compute them once per map state and keep them
    (:class:`Candidates`); the node refreshes them in the background.
-2. Per query: the language field's unit feature at every candidate (a 100k-point forward pass of a small hash grid
-   and MLP: ~0.2 s on 2 cores), LERF relevancy against the canonical negatives
+2. Per query: the language field's unit feature at every candidate (one forward pass of a small hash grid and MLP
+   over the candidates: cheap beside the candidates themselves; timings in docs/results/segmentation.md), LERF
+   relevancy against the canonical negatives
    (:func:`~nerf_mapping.semantics.relevancy.relevancy`), and the points at or above the threshold, coloured by
    relevancy (matplotlib's turbo from the threshold to 1).
 
-Why points at the surface rather than the occupancy grid's cells: the grid's cells are coarse (5 cm in the demo
-room) and fill volumes behind surfaces that no keyframe saw; rendered surface points are where the language loss was
-applied (rays with opacity >= 0.5), so their features are the trained ones.
+Why points at the surface rather than the occupancy grid's cells: the grid's cells are coarse (centimetres across
+even in a room-sized box) and fill volumes behind surfaces that no keyframe saw; rendered surface points are where
+the language loss was applied (rays with opacity >= 0.5), so their features are the trained ones.
 
 2D: :func:`relevancy_image` renders the language field along a view's rays with the radiance field's weights (the
 same compositing as training) and scores every pixel; transparent pixels (opacity < 0.5) score 0.
@@ -83,11 +84,12 @@ class Segmentation(NamedTuple):
 
 
 def language_snapshot(trainer):
-    """A frozen copy of ``trainer``'s language field (~10 ms for the default grid), so a query never reads parameters
-    while the training thread updates them. ValueError when it has none.
+    """A frozen copy of ``trainer``'s language field (a small grid and MLP: cheap to copy), so a query never reads
+    parameters while the training thread updates them. ValueError when it has none.
 
     Taken without the trainer lock, on purpose: renders hold that lock for seconds (the periodic render, a
-    RenderView), and a query waiting behind one measured 5.3 s in the demo. The field's tensors are only ever updated
+    RenderView), and a query would wait behind them (it did in the demo: docs/results/segmentation.md). The field's
+    tensors are only ever updated
     in place (never replaced or resized), so a copy racing an optimiser step holds some values of step k and some of
     k+1, which is harmless for a query."""
     from nerf_mapping.semantics.field import find_language_field

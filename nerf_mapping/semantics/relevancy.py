@@ -8,15 +8,10 @@ For a feature f, a query embedding q and negatives n_1..n_M (all unit vectors in
 LERF's negatives are "object", "things", "stuff", "texture" and its temperature 10 (CLIP's cosine similarities span
 a narrow range).
 
-Both are calibrated for CLIP. With the oracle teacher's sentence encoder (all-MiniLM-L6-v2), unrelated words are
-more similar to the query than to those negatives, so 0.5 lets several classes through. Measured 2026-12-06, class
-names of the demo scene:
-
-- "couch" scores sofa 0.99, bookshelf 0.80, chair 0.67, floor 0.65.
-- "desk" scores sofa and bookshelf 0.85, table 0.69.
-- "painting" scores picture 0.46, the highest class, yet below the threshold.
-
-The ranking is right for most synonyms; the threshold needs calibrating per teacher.
+Both are calibrated for CLIP. With the oracle teacher's sentence encoder (all-MiniLM-L6-v2), unrelated words can
+be more similar to the query than to those negatives, so 0.5 may let several classes through, and a true synonym can
+stay below it. The ranking is right for most synonyms; the threshold needs calibrating per teacher (the demo
+scene's class names: docs/results/segmentation.md).
 """
 from __future__ import annotations
 

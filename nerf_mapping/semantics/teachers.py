@@ -43,8 +43,8 @@ class TeacherConfig:
     """labels: input pixels per feature cell (the label image is subsampled)."""
     prompt_template: str = "a {} in a room"
     """labels: how class names, queries and negatives are phrased for the sentence encoder (``{}`` = the word). A
-    bare word is a poor sentence: with it the relevancy of "floor" to "ceiling" is 0.91, with the template 0.48
-    (docs/results/segmentation.md has the table)."""
+    bare word is a poor sentence: unrelated classes then score high against each other, and a template that places
+    the word in a room separates them (docs/results/segmentation.md compares the templates)."""
 
 
 class Teacher(Protocol):

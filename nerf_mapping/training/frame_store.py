@@ -1,7 +1,8 @@
 """Training frames that can grow while training runs (the online node adds keyframes from another thread).
 
-Pixels are kept as uint8 per frame; ray batches are drawn uniformly over all stored pixels. A ``capacity`` bounds
-memory for long runs: when full, ``add`` evicts the frame chosen by ``evict_policy`` instead of refusing new frames.
+Pixels are kept as uint8 per frame; ray batches are drawn uniformly over all stored pixels. The store holds whatever
+it is given: which frames to keep is its owner's decision (offline: every training frame; online: the mapper's
+keyframe set, :class:`nerf_mapping.mapping.keyframes.KeyframeSet`, which evicts with :meth:`FrameStore.remove`).
 """
 from __future__ import annotations
 
@@ -29,8 +30,7 @@ class FrameStore:
     Frame ids are stable (they index per-frame pose parameters); ``slots`` are the live frames.
     """
 
-    def __init__(self, capacity: int | None = None, seed: int = 0):
-        self.capacity = capacity
+    def __init__(self, seed: int = 0):
         self._lock = threading.Lock()
         self._images: dict[int, torch.Tensor] = {}
         self._depths: dict[int, torch.Tensor] = {}
@@ -60,8 +60,6 @@ class FrameStore:
         if int(camera.width[0]) != w or int(camera.height[0]) != h:
             raise ValueError(f"camera size {int(camera.width[0])}x{int(camera.height[0])} != image size {w}x{h}")
         with self._lock:
-            if self.capacity is not None and len(self._images) >= self.capacity:
-                self._evict_locked()
             fid = self._next_id
             self._next_id += 1
             self._images[fid] = image.contiguous()
@@ -75,16 +73,12 @@ class FrameStore:
             self._cache = None
         return fid
 
-    def _evict_locked(self) -> None:
-        # Drop the most redundant frame (its temporal neighbours are closest to it in pose), never the very first one
-        # (it anchors the gauge for pose refinement) nor the newest: coverage of the whole run is kept instead of
-        # a sliding window that forgets where the robot has been.
-        from nerf_mapping.mapping.keyframes import redundancy_victim
-
-        ids = sorted(self._images)
-        victim = redundancy_victim(ids, {i: self._cameras[i].c2w[0].numpy() for i in ids}, protect=1)
-        for d in (self._images, self._depths, self._masks, self._cameras, self._stamps):
-            d.pop(victim, None)
+    def remove(self, fid: int) -> None:
+        """Drop frame ``fid`` (its id is never reused: per-frame parameters keep their rows)."""
+        with self._lock:
+            for d in (self._images, self._depths, self._masks, self._cameras, self._stamps):
+                d.pop(fid, None)
+            self._cache = None
 
     def frame_ids(self) -> list[int]:
         with self._lock:

@@ -15,8 +15,8 @@ def scene_spec(data) -> SceneSpec:
                      near=float(data.near), far=float(data.far))
 
 
-def frame_store_from(data, capacity: int | None = None, seed: int = 0) -> FrameStore:
-    fs = FrameStore(capacity=capacity, seed=seed)
+def frame_store_from(data, seed: int = 0) -> FrameStore:
+    fs = FrameStore(seed=seed)
     for i, img in enumerate(data.images):
         fs.add(img, data.cameras[i : i + 1], depth=data.depths[i] if data.depths is not None else None,
                mask=data.masks[i] if data.masks is not None else None)

@@ -5,7 +5,7 @@ accordingly, and adapts the number of rays per step to keep the number of sample
 (as nerfacc's examples do), which keeps step time steady while the occupancy grid sharpens.
 
 Everything trained beside the field (pose corrections, appearance embeddings, later a language field) is a
-:class:`~nerf_mapping.training.extension.TrainerExtension` with its own optimiser, schedule and loss; ``step`` calls
+:class:`~nerf_mapping.extension.TrainerExtension` with its own optimiser, schedule and loss; ``step`` calls
 their hooks in order and knows none of them by name.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ from nerf_mapping.rendering.occupancy_grid import OccupancyGrid, OccupancyGridCo
 from nerf_mapping.evaluation import psnr_from_mse
 from nerf_mapping.rendering.renderer import RenderConfig, render_camera, render_rays
 from nerf_mapping.fields.appearance import AppearanceEmbedding
-from nerf_mapping.training.extension import StepContext, TrainerExtension
+from nerf_mapping.extension import StepContext, TrainerExtension
 from nerf_mapping.training.frame_store import FrameStore
 from nerf_mapping.pose.correction import PoseCorrection, PoseCorrectionConfig
 
@@ -377,7 +377,8 @@ class Trainer:
         thread then interleaves with training steps instead of stopping training for seconds (chunks of one image
         may see parameters a step apart, which no picture shows). ``exclusive``: hold the lock for the whole render
         instead, so that training pauses and the render's latency is its own cost only (a render whose cost is
-        bounded, like the node's RenderView: interleaving made a 3.5 s render answer in 7.7 s)."""
+        bounded, like the node's RenderView: interleaved with training steps, a render answered in about
+        twice its own time; docs/results/online.md)."""
         with self.lock:
             self.field.eval()
             for ext in self.extensions:

@@ -36,7 +36,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, int64_t> render_infer
 
 // Every compute kernel runs without the GIL (arguments are converted before, results after). The node runs several
 // Python threads beside training (message callbacks, keyframe intake, the query candidates' renders): holding the GIL
-// for a kernel's milliseconds (a batch of rays rendered: up to a second) stalled them all, and with them the training
+// for a kernel's whole run (a batch of rays rendered is a long one) stalled them all, and with them the training
 // thread's own Python between its kernels. The kernels touch no Python objects; the gradient-buffer pool has its own
 // mutex.
 static const py::call_guard<py::gil_scoped_release> kNoGil{};

@@ -63,7 +63,7 @@ inline void dense_any(const float* x, int nb, int ldx, const Layer& L, float* y,
 #if defined(__AVX2__) && defined(__FMA__)
 // Register-tiled micro kernel: S samples x TW * 8 outputs. Each weight vector loaded from L1 feeds S FMAs and the
 // accumulators never leave registers (S * TW <= 12 of the 16 ymm registers); the plain per-sample loop above is
-// bound by one weight load per FMA and ran at ~20 % of the FMA peak.
+// bound by one weight load per FMA and runs far below the FMA peak (docs/results/render.md).
 template <int S, int TW>
 inline void dense_tile(const float* x, int ldx, int I, const float* w, int ldw, const float* b, float* y, int ldy,
                        bool relu) {

@@ -9,7 +9,7 @@
 //   out      [N, L*F]  level-major features: out[n, l*F + f]
 //   corner c in 0..7: bit 0 -> +x, bit 1 -> +y, bit 2 -> +z
 //
-// Performance notes (2-core AVX2 box, table 2^19 x 16 x 2 = 64 MB, i.e. far bigger than cache):
+// Design notes (a CPU with a few cores; the default table, 2^19 x 16 x 2 floats = 64 MB, is far bigger than cache):
 // * The fine levels are pure DRAM-latency bound (4 random cache lines per point and level). We
 //   decouple index computation from the gather in small batches of points: pass 1 computes the 8
 //   corner indices of BATCH points and issues software prefetches, pass 2 interpolates. By the time
@@ -131,9 +131,9 @@ void backward_x_impl(const float* grad_out, const float* x, const float* table, 
   });
 }
 
-// Pool of gradient-table buffers. A fresh 64 MB zeros() per step costs ~18 ms on this box, almost all
-// of it page faults (glibc serves such sizes with mmap and unmaps them on free); zero_() on warm pages
-// costs ~1.7 ms. We hand autograd a new TensorImpl aliasing a pooled storage: AccumulateGrad steals it
+// Pool of gradient-table buffers. A fresh 64 MB zeros() per step costs far more than a zero_() on warm pages,
+// almost all of it page faults (glibc serves such sizes with mmap and unmaps them on free; measured in
+// docs/results/render.md). We hand autograd a new TensorImpl aliasing a pooled storage: AccumulateGrad steals it
 // (its use_count is 1), so param.grad aliases the pool. A buffer is reused only once nothing else
 // references its storage (i.e. the optimizer's zero_grad(set_to_none=True) dropped param.grad), so a
 // gradient the caller still holds is never overwritten.

@@ -2,11 +2,11 @@
 // in one call (occupancy-grid marching in rounds, fused field, compositing, colour skipping, early stop, step
 // doubling), one ray at a time per thread.
 //
-// Why by hand: the torch-driven renderer runs ~40 tensor operations per marching round over packed samples of all
-// live rays (gathers of origins / directions / accumulators by ray index, index_add, bincount, scatter_reduce,
-// cumsum), and a ray needs ~10 rounds through a haze. On 2 cores those operations and the Python between them took
-// 40 % of a 320x240 render of a 150 s corridor map (docs/results/render.md), more than the marching itself. Here a
-// ray's state stays in registers from its first sample to its last and nothing is gathered or scattered.
+// Why by hand: the torch-driven renderer runs dozens of tensor operations per marching round over packed samples of
+// all live rays (gathers of origins / directions / accumulators by ray index, index_add, bincount, scatter_reduce,
+// cumsum), and a ray through a haze needs many rounds. On a CPU those operations and the Python between them cost
+// more than the marching itself (measured on a corridor map: docs/results/render.md). Here a ray's state stays in
+// registers from its first sample to its last and nothing is gathered or scattered.
 //
 // Semantics (tested equal to the torch renderer within float tolerance; see that function's docstring for why):
 //   round: march up to k samples in occupied cells from t_cur with the step  step * 2^coarse;  evaluate density
@@ -248,8 +248,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, int64_t> render_infer
   float* zp = depth.data_ptr<float>();
   float* ap = opacity.data_ptr<float>();
 
-  // Rays differ in cost by 100x (sky vs haze), so threads take small blocks of rays from a shared counter instead
-  // of a static split of the range.
+  // Rays differ widely in cost (a ray into empty space ends after a few samples, one through haze runs to its cap),
+  // so threads take small blocks of rays from a shared counter instead of a static split of the range.
   constexpr int64_t kRays = 16;
   const int64_t n_blocks = (R + kRays - 1) / kRays;
   std::atomic<int64_t> next{0};

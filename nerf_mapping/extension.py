@@ -17,6 +17,9 @@ per-feature branches::
 The defaults do nothing, so an extension overrides only what it needs. The field's own parameters stay with the
 trainer; an extension must not deform geometry unless that is its purpose (a language head renders with the density
 weights detached).
+
+The base lives at the package top, below the trainer and below its implementers (``fields/appearance.py``,
+``pose/correction.py``, ``semantics/field.py``), so that they import it without importing ``nerf_mapping.training``.
 """
 from __future__ import annotations
 
