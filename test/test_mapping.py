@@ -230,6 +230,9 @@ def test_shipped_parameter_file_is_generated_from_the_dataclasses():
 
     path = PKG.parent / "config" / "mapper.yaml"
     assert path.read_text() == parameters_yaml(), "config/mapper.yaml is stale: nerf-mapping node --write-params"
+    r = subprocess.run([sys.executable, "-m", "nerf_mapping.cli", "node", "--write-params", "-"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout == parameters_yaml(), r.stderr
     shipped = yaml.safe_load(path.read_text())["nerf_mapper"]["ros__parameters"]
 
     def flat(d, prefix=""):

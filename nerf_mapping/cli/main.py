@@ -252,8 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
     rc = args.func(args)
-    if rc == 0 and getattr(args, "command", "") not in ("scene",):
-        print(f"done in {time.perf_counter() - t0:.1f} s")
+    if rc == 0 and getattr(args, "command", "") not in ("scene",) and str(getattr(args, "write_params", "")) != "-":
+        print(f"done in {time.perf_counter() - t0:.1f} s")  # not after a file written to standard output
     return rc
 
 

@@ -47,6 +47,8 @@ The keyframe translation threshold is scaled with ``s`` once the extent is fixed
 from __future__ import annotations
 
 import math
+import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -204,3 +206,38 @@ def keyframe_translation(min_translation: float, extent: Extent, fraction: float
     ``fraction`` of the scene scale, whichever is larger (a normalised capture whose cameras stand 4 units from the
     object takes a keyframe per 8 cm of motion, a desk capture in metres per ``min_translation``)."""
     return max(float(min_translation), fraction * extent.scale)
+
+
+class ExtentBootstrap:
+    """The keyframes held back while the automatic extent is not fixed yet (``ready`` is set at once for a given box
+    or a loaded map). Held items are ``(image, T_odom_cam, T_odom_base, stamp_ns, camera | None)``; the mapper
+    decides the extent from them (:func:`auto_extent`) once :meth:`due`, then inserts them in order."""
+
+    def __init__(self, cfg: ExtentConfig, ready: bool = False):
+        self.cfg = cfg
+        self.ready = threading.Event()
+        if ready:
+            self.ready.set()
+        self.held: list[tuple] = []
+        self._t0 = 0.0
+
+    def hold(self, item: tuple) -> None:
+        if not self.held:
+            self._t0 = time.monotonic()
+        self.held.append(item)
+
+    def due(self) -> bool:
+        """``bootstrap_keyframes`` keyframes are held, or ``bootstrap_timeout_s`` passed since the first."""
+        return (not self.ready.is_set() and bool(self.held)
+                and (len(self.held) >= self.cfg.bootstrap_keyframes
+                     or time.monotonic() - self._t0 >= self.cfg.bootstrap_timeout_s))
+
+    def take(self) -> list[tuple]:
+        """The held keyframes (the extent is being fixed: from now on nothing is held)."""
+        held, self.held = self.held, []
+        return held
+
+    def skip(self) -> None:
+        """A loaded map brings its own extent: drop what is held and stop holding."""
+        self.held = []
+        self.ready.set()

@@ -40,7 +40,7 @@ from nerf_mapping.config.presets import auto_extent_scene, online_config, online
 from nerf_mapping.geometry import optical_pose_to_model_c2w
 from nerf_mapping.mapping import autosave, map_io
 from nerf_mapping.mapping.config import MapperConfig
-from nerf_mapping.mapping.extent import Extent, auto_extent, keyframe_translation
+from nerf_mapping.mapping.extent import Extent, ExtentBootstrap, auto_extent, keyframe_translation
 from nerf_mapping.mapping.intake import WAIT, Intake
 from nerf_mapping.mapping.keyframes import Keyframe, KeyframeSet, downscale_factor, downscale_image
 from nerf_mapping.mapping.poses import PoseState
@@ -69,14 +69,10 @@ class OnlineMapper:
         given = cfg.scene_box != "auto"
         self.extent: Extent | None = None
         """The automatic extent once fixed (None: a given box, or still bootstrapping)."""
-        self._extent_ready = threading.Event()  # training waits for it (set at once with a given box)
-        self._bootstrap: list[tuple] = []  # keyframes held back until the automatic extent is fixed
-        self._bootstrap_t0 = 0.0
+        self.bootstrap = ExtentBootstrap(cfg.extent, ready=given)  # training waits for bootstrap.ready
         self.scene = online_scene(cfg.scene_box if given else (-1.0, -1.0, -1.0, 1.0, 1.0, 1.0), cfg.unbounded,
                                   cfg.near, cfg.far)
         self.trainer = Trainer(self._trainer_config(self.scene), self.scene, FrameStore(seed=cfg.training.seed))
-        if given:
-            self._extent_ready.set()
         self._stop = threading.Event()
         self._interrupt = threading.Event()  # ends the current training run (stop, or a map loaded)
         self._threads: list[threading.Thread] = []
@@ -94,24 +90,17 @@ class OnlineMapper:
     @property
     def extent_ready(self) -> bool:
         """Whether the map's extent is known (a given box, a fixed automatic extent or a loaded map)."""
-        return self._extent_ready.is_set()
+        return self.bootstrap.ready.is_set()
 
-    def _maybe_fix_extent(self, force: bool = False) -> None:
-        """Fix the automatic extent once ``extent.bootstrap_keyframes`` keyframes are held back, or
-        ``bootstrap_timeout_s`` after the first (``force``: now, with whatever is held)."""
-        if self._extent_ready.is_set() or not self._bootstrap:
+    def _maybe_fix_extent(self) -> None:
+        """Decide the extent from the held-back keyframes once it is due (:meth:`ExtentBootstrap.due`), build the
+        trainer for it and insert them."""
+        if not self.bootstrap.due():
             return
-        ec = self.cfg.extent
-        if force or len(self._bootstrap) >= ec.bootstrap_keyframes \
-                or time.monotonic() - self._bootstrap_t0 >= ec.bootstrap_timeout_s:
-            self._fix_extent()
-
-    def _fix_extent(self) -> None:
-        """Decide the extent from the held-back keyframes, build the trainer for it and insert them."""
         with self.lock:
-            if self._extent_ready.is_set():
+            if self.bootstrap.ready.is_set():
                 return
-            held, self._bootstrap = self._bootstrap, []
+            held = self.bootstrap.take()
             poses = np.stack([h[1] for h in held])  # T_odom_cam (optical): the map frame is the odometry frame here
             fx = []
             for image, _, _, _, camera in held:
@@ -121,7 +110,7 @@ class OnlineMapper:
             self.scene, self.extent = auto_extent_scene(ext, self.cfg.near), ext
             self.trainer = Trainer(self._trainer_config(self.scene, ext), self.scene, self.trainer.frames)
             self.keyframes.set_min_translation(keyframe_translation(self.cfg.keyframe.min_translation, ext))
-            self._extent_ready.set()
+            self.bootstrap.ready.set()
         self.log.info(f"map extent fixed from {len(held)} keyframe(s): {ext.summary()}")
         for item in held:
             self.add_keyframe(*item)
@@ -192,12 +181,10 @@ class OnlineMapper:
         raw odometry pose (the spline's extrapolation is the drift estimate, applying it here as well would count
         it twice), else at the odometry pose corrected by the current drift estimate. Returns its frame id (-1 while
         it is held back for the automatic extent: it enters the map, in order, once the extent is fixed)."""
-        if not self._extent_ready.is_set():
+        if not self.bootstrap.ready.is_set():
             with self.lock:
-                if not self._extent_ready.is_set():
-                    if not self._bootstrap:
-                        self._bootstrap_t0 = time.monotonic()
-                    self._bootstrap.append((image, T_odom_cam, T_odom_base, stamp_ns, camera))
+                if not self.bootstrap.ready.is_set():
+                    self.bootstrap.hold((image, T_odom_cam, T_odom_base, stamp_ns, camera))
                     self._maybe_fix_extent()
                     return -1
         k = downscale_factor(image.shape[1], self.cfg.keyframe.max_width)
@@ -221,7 +208,7 @@ class OnlineMapper:
     def step(self) -> dict | None:
         """One training step on the caller's thread (``benchmark drift`` ties frames to steps this way); None while
         the automatic extent waits for its bootstrap keyframes."""
-        if not self._extent_ready.is_set():
+        if not self.bootstrap.ready.is_set():
             return None
         tr = self.trainer
         st = tr.step()
@@ -240,7 +227,7 @@ class OnlineMapper:
         turning on the learning-rate decay that a run length would."""
         t = self.cfg.training
         while not self._stop.is_set():
-            if not self._extent_ready.wait(0.1):
+            if not self.bootstrap.ready.wait(0.1):
                 continue  # the automatic extent is not fixed yet: nothing to train
             self._interrupt.clear()  # before reading the trainer: a load from now on ends the run below
             if self._stop.is_set():
@@ -319,8 +306,7 @@ class OnlineMapper:
         """Replace the map by the one in ``path``; training continues from its step count."""
         tr, info = map_io.load_map(path)
         with self.lock:
-            self._bootstrap = []  # the loaded map brings its own extent
-            self._extent_ready.set()
+            self.bootstrap.skip()  # the loaded map brings its own extent
             self.trainer = tr
             self.keyframes.replace(info)
         self.semantics.on_map_loaded()  # the language field and its teacher maps follow on the semantics worker
