@@ -128,3 +128,55 @@ def test_keyframe_set_evicts_redundant_not_first():
     assert len(ids) == 4 and 0 in ids and fid in ids and ks.latest == fid
     assert 1 not in ids or 2 not in ids  # one of the two near-duplicates went
     assert sorted(ks.info) == ids and len(ks.history) == 5  # evicted keyframes stay on the paths
+
+
+def _view(i: int) -> np.ndarray:
+    """A textured 48x64 image that is the same for the same view index (a replayed capture)."""
+    return np.random.default_rng(1000 + i).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+
+
+def _pose(x: float, yaw_deg: float = 0.0) -> np.ndarray:
+    T = np.eye(4)
+    a = np.radians(yaw_deg)
+    T[:3, :3] = [[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]]
+    T[0, 3] = x
+    return T
+
+
+def _drive(ks: KeyframeSet, fs: FrameStore, views, t0_ns: int = 0) -> list[str]:
+    """Offer views [(index, pose)] 0.1 s apart; admit the accepted ones. Returns the decisions."""
+    out = []
+    for k, (i, T) in enumerate(views):
+        img, stamp = _view(i), t0_ns + k * 100_000_000
+        ok, why = ks.consider(img, T, stamp)
+        if ok:
+            cam = Cameras.create(_pose(0.0)[:3], 40.0, 40.0, 32.0, 24.0, 64, 48)
+            ks.admit(fs, img, cam, Keyframe(stamp, T, T, np.eye(4)))
+        out.append(why)
+    return out
+
+
+def test_revisits_of_the_stored_views_add_no_keyframes():
+    """The novelty test runs against the whole store: replaying a trajectory (a looping bag; the clock restarts)
+    takes no keyframe, new ground does, and a view of the same place that changed (another image) is taken."""
+    cfg = KeyframeConfig(min_translation=0.1, min_rotation_deg=5.0, blur_ratio=0, capacity=100)
+    ks, fs = KeyframeSet(cfg), FrameStore()
+    first_pass = [(i, _pose(0.12 * i, 3.0 * i)) for i in range(20)]
+    assert _drive(ks, fs, first_pass).count("revisit") == 0
+    n_first = len(fs)
+    assert n_first == 20
+    ks.restart_time()  # the player looped
+    replay = _drive(ks, fs, first_pass, t0_ns=0)
+    assert len(fs) == n_first and replay.count("revisit") == 20
+    # a loop that goes on past the first pass: new poses are new ground
+    beyond = [(100 + i, _pose(0.12 * (20 + i), 60.0 + 3.0 * i)) for i in range(5)]
+    assert _drive(ks, fs, beyond, t0_ns=10_000_000_000).count("accepted") == 5
+    # the same pose, but the scene changed there: a new view, taken
+    changed = [(500, _pose(0.12 * 3, 9.0))]
+    assert _drive(ks, fs, changed, t0_ns=20_000_000_000) == ["accepted"]
+    # off: every moving view is taken, as before
+    ks2, fs2 = KeyframeSet(KeyframeConfig(min_translation=0.1, blur_ratio=0, revisit_threshold=0)), FrameStore()
+    _drive(ks2, fs2, first_pass)
+    ks2.restart_time()
+    _drive(ks2, fs2, first_pass)
+    assert len(fs2) == 40

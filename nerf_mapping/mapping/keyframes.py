@@ -15,7 +15,7 @@ import dataclasses
 import math
 from collections import deque
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ FIRST = "first"
 TOO_CLOSE = "too_close"
 BLURRY = "blurry"
 DUPLICATE = "duplicate"
+REVISIT = "revisit"
 
 
 class Keyframe(NamedTuple):
@@ -60,7 +61,11 @@ class KeyframeConfig:
     duplicate_threshold: float = 0.01
     """Reject when the mean abs. thumbnail difference to the last keyframe is below this (in [0,1]; 0 disables)."""
     thumbnail_size: int = 32
-    """Side of the grey thumbnails compared by the duplicate test (pixels)."""
+    """Side of the grey thumbnails compared by the duplicate and revisit tests (pixels)."""
+    revisit_threshold: float = 0.04
+    """A candidate within min_translation and min_rotation_deg of a keyframe already in the store (any of them, not
+    only the last) whose thumbnail differs from that keyframe's by less than this (mean abs., in [0,1]) is a
+    revisit: it adds nothing the map does not have, so it is not taken (0 = off: every moving view is taken)."""
     capacity: int = 200
     """Keyframes held by the training set (the store evicts the most redundant one beyond this)."""
     max_width: int = 320
@@ -128,13 +133,16 @@ class KeyframeSelector:
         self.last_pose: np.ndarray | None = None
         self.last_stamp: int | None = None
         self.last_thumb: np.ndarray | None = None
-        self.counts = {ACCEPTED: 0, FIRST: 0, TOO_CLOSE: 0, BLURRY: 0, DUPLICATE: 0}
+        self.counts = {ACCEPTED: 0, FIRST: 0, TOO_CLOSE: 0, BLURRY: 0, DUPLICATE: 0, REVISIT: 0}
 
-    def consider(self, image: np.ndarray, c2w, stamp_ns: int) -> tuple[bool, str]:
+    def consider(self, image: np.ndarray, c2w, stamp_ns: int,
+                 novel: Callable[[np.ndarray, np.ndarray], bool] | None = None) -> tuple[bool, str]:
         """Decide whether (image uint8 [H,W,3], pose [3,4]/[4,4], stamp) makes a keyframe.
 
-        Returns (accepted, reason) with reason in {first, accepted, too_close, blurry, duplicate}. An accepted frame
-        becomes the new reference (call order = time order).
+        Returns (accepted, reason) with reason in {first, accepted, too_close, blurry, duplicate, revisit}. An
+        accepted frame becomes the new reference (call order = time order). ``novel(image, c2w)``, when given, is
+        asked last: False makes the frame a revisit, which is not taken but becomes the reference of the motion
+        test (the camera is there now, so the next keyframe is measured from there).
         """
         cfg = self.cfg
         if self.last_pose is not None:
@@ -156,13 +164,15 @@ class KeyframeSelector:
             self._sharp.append(sharp)
             if blurry:
                 return self._count(False, BLURRY)
-        if self.last_pose is None:
-            return self._accept(image, c2w, stamp_ns, FIRST)
-        if cfg.duplicate_threshold > 0 and self.last_thumb is not None and not stale:
+        first = self.last_pose is None
+        if not first and cfg.duplicate_threshold > 0 and self.last_thumb is not None and not stale:
             th = thumbnail(image, cfg.thumbnail_size)
             if th.shape == self.last_thumb.shape and float(np.abs(th - self.last_thumb).mean()) < cfg.duplicate_threshold:
                 return self._count(False, DUPLICATE)
-        return self._accept(image, c2w, stamp_ns, ACCEPTED)
+        if novel is not None and not novel(image, c2w):
+            self._set_reference(image, c2w, stamp_ns)
+            return self._count(False, REVISIT)
+        return self._accept(image, c2w, stamp_ns, FIRST if first else ACCEPTED)
 
     def restart_time(self) -> None:
         """The source's clock jumped back (a looping or restarted player): forget the last keyframe's stamp, which
@@ -174,10 +184,13 @@ class KeyframeSelector:
         self.counts[reason] += 1
         return ok, reason
 
-    def _accept(self, image, c2w, stamp_ns, reason) -> tuple[bool, str]:
+    def _set_reference(self, image, c2w, stamp_ns) -> None:
         self.last_pose = np.asarray(c2w, dtype=np.float64)[:3, :4].copy()
         self.last_stamp = int(stamp_ns)
         self.last_thumb = thumbnail(image, self.cfg.thumbnail_size) if self.cfg.duplicate_threshold > 0 else None
+
+    def _accept(self, image, c2w, stamp_ns, reason) -> tuple[bool, str]:
+        self._set_reference(image, c2w, stamp_ns)
         return self._count(True, reason)
 
 
@@ -210,7 +223,18 @@ HISTORY = 20000
 class KeyframeSet:
     """The mapper's keyframes: selection, admission into the trainer's frame store with eviction beyond
     ``capacity``, and the per-keyframe records (frame id -> :class:`Keyframe`) that the paths, the drift estimate and
-    the map file need. Not locked itself: the mapper calls it under its state lock."""
+    the map file need. Not locked itself: the mapper calls it under its state lock.
+
+    Selection knows what the map already has: besides the motion, blur and duplicate tests against the last keyframe
+    (:class:`KeyframeSelector`), a candidate is a *revisit* when any keyframe in the store was taken from nearly the
+    same pose (within ``min_translation`` and ``min_rotation_deg``, raw odometry poses) and looks the same (grey
+    thumbnails within ``revisit_threshold``). A revisit is counted and dropped: a looping bag, a replayed capture or
+    a robot driving around a room twice would otherwise add every view again (with its pose parameter, its teacher
+    map and an eviction), costing training time for nothing new. Why these tests: the pose test is exact and cheap
+    for the common case (a replay has the same odometry), and the thumbnail test keeps views of a scene that changed
+    (moved objects, other light). A drifting robot's revisit can fall outside the pose test; it is then taken, as
+    before, and eviction keeps the store bounded.
+    """
 
     def __init__(self, cfg: KeyframeConfig):
         self.cfg = cfg
@@ -221,10 +245,32 @@ class KeyframeSet:
         """(frame id, record) of every keyframe ever taken, in order (evicted ones too: they stay on the paths)."""
         self.latest: int | None = None
         """Frame id of the newest keyframe."""
+        self._thumbs: dict[int, np.ndarray] = {}  # frame id -> grey thumbnail, for the revisit test
 
     def consider(self, image: np.ndarray, T_odom_cam: np.ndarray, stamp_ns: int) -> tuple[bool, str]:
-        """The selection policy (:meth:`KeyframeSelector.consider`)."""
-        return self.selector.consider(image, T_odom_cam, stamp_ns)
+        """The selection policy (:meth:`KeyframeSelector.consider` with the revisit test)."""
+        return self.selector.consider(image, T_odom_cam, stamp_ns, novel=self.is_novel)
+
+    def is_novel(self, image: np.ndarray, T_odom_cam: np.ndarray) -> bool:
+        """False when a keyframe in the store sees the same view from nearly the same pose (see the class)."""
+        cfg, info = self.cfg, dict(self.info)
+        if cfg.revisit_threshold <= 0 or not info:
+            return True
+        ids = list(info)
+        T = np.stack([info[i].T_odom_cam for i in ids])[:, :3, :4]
+        c = np.asarray(T_odom_cam, dtype=np.float64)[:3, :4]
+        dt = np.linalg.norm(T[:, :, 3] - c[:, 3], axis=1)
+        cos = ((T[:, :, :3] * c[:, :3]).sum(axis=(1, 2)) - 1.0) * 0.5  # trace(R_k^T R_c)
+        dr = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+        near = np.nonzero((dt < self.selector.cfg.min_translation) & (dr < cfg.min_rotation_deg))[0]
+        if near.size == 0:
+            return True
+        th = thumbnail(image, cfg.thumbnail_size)
+        for k in near[np.argsort(dt[near])][:8]:  # the closest few: bounded cost however dense the store
+            t = self._thumbs.get(ids[k])
+            if t is not None and t.shape == th.shape and float(np.abs(t - th).mean()) < cfg.revisit_threshold:
+                return False
+        return True
 
     def set_min_translation(self, metres: float) -> None:
         """The motion that makes a keyframe, in map units (an automatic extent fixes the map's scale)."""
@@ -244,16 +290,20 @@ class KeyframeSet:
             victim = redundancy_victim(live, {i: frames.camera(i).c2w[0].numpy() for i in live}, protect=1)
             frames.remove(victim)
             self.info.pop(victim, None)
+            self._thumbs.pop(victim, None)
             live.remove(victim)
         fid = frames.add(torch.from_numpy(np.array(image, order="C")), camera,  # a writable copy
                          stamp=record.stamp_ns * 1e-9)
         self.info[fid] = record
+        self._thumbs[fid] = thumbnail(image, self.cfg.thumbnail_size)
         self.history.append((fid, record))
         self.latest = fid
         return fid
 
-    def replace(self, info: dict[int, Keyframe]) -> None:
-        """Take the records of a loaded map (its history starts with its live keyframes)."""
+    def replace(self, info: dict[int, Keyframe], frames: FrameStore) -> None:
+        """Take the records of a loaded map whose keyframes are in ``frames`` (its history starts with its live
+        keyframes)."""
+        self._thumbs = {i: thumbnail(frames.image(i).numpy(), self.cfg.thumbnail_size) for i in info}
         self.info = dict(info)
         self.history = deque(sorted(info.items()), maxlen=HISTORY)
         self.latest = max(info) if info else None

@@ -308,7 +308,7 @@ class OnlineMapper:
         with self.lock:
             self.bootstrap.skip()  # the loaded map brings its own extent
             self.trainer = tr
-            self.keyframes.replace(info)
+            self.keyframes.replace(info, tr.frames)
         self.semantics.on_map_loaded()  # the language field and its teacher maps follow on the semantics worker
         self._interrupt.set()  # the training thread goes on with the loaded trainer (budget counted afresh)
         return {"keyframes": len(tr.frames), "steps": int(tr.step_count)}
