@@ -159,7 +159,7 @@ def _drive(ks: KeyframeSet, fs: FrameStore, views, t0_ns: int = 0) -> list[str]:
 def test_revisits_of_the_stored_views_add_no_keyframes():
     """The novelty test runs against the whole store: replaying a trajectory (a looping bag; the clock restarts)
     takes no keyframe, new ground does, and a view of the same place that changed (another image) is taken."""
-    cfg = KeyframeConfig(min_translation=0.1, min_rotation_deg=5.0, blur_ratio=0, capacity=100)
+    cfg = KeyframeConfig(min_translation=0.1, min_rotation_deg=5.0, blur_ratio=0, capacity=100, revisit_threshold=0.04)
     ks, fs = KeyframeSet(cfg), FrameStore()
     first_pass = [(i, _pose(0.12 * i, 3.0 * i)) for i in range(20)]
     assert _drive(ks, fs, first_pass).count("revisit") == 0
@@ -168,6 +168,11 @@ def test_revisits_of_the_stored_views_add_no_keyframes():
     ks.restart_time()  # the player looped
     replay = _drive(ks, fs, first_pass, t0_ns=0)
     assert len(fs) == n_first and replay.count("revisit") == 20
+    # the camera is at the first pass's last view (the drift estimate and the periodic render follow it)
+    assert ks.current == 19 and ks.latest == 19 and ks.current_entry()[0] == 19
+    ks.restart_time()
+    _drive(ks, fs, first_pass[:5], t0_ns=0)
+    assert ks.current == 4 and ks.latest == 19
     # a loop that goes on past the first pass: new poses are new ground
     beyond = [(100 + i, _pose(0.12 * (20 + i), 60.0 + 3.0 * i)) for i in range(5)]
     assert _drive(ks, fs, beyond, t0_ns=10_000_000_000).count("accepted") == 5

@@ -167,7 +167,9 @@ def test_mapper_starts_intake_afresh_when_the_player_loops(tiny_scene):
     the jump once, clears its odometry buffer and goes on taking the replayed images (no image is dropped as
     'stamp backwards'); the keyframes of the first pass are kept, and the replayed views are revisits: the store
     holds one pass (at most 10 % more)."""
-    mapper = OnlineMapper(_config(enabled=False))
+    cfg = _config(enabled=False)
+    cfg.keyframe.revisit_threshold = 0.04  # the revisit test (opt-in)
+    mapper = OnlineMapper(cfg)
     mapper.start()
 
     def decided() -> int:

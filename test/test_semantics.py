@@ -232,3 +232,48 @@ def test_segmentation_scores_on_a_labelled_mesh():
     assert iou(np.array([1, 1, 0, 0], bool), np.array([1, 0, 1, 0], bool)) == pytest.approx(1 / 3)
     assert iou(np.array([1, 0], bool), np.array([0, 0], bool)) is None  # class absent from the truth
     assert mean_iou([0.5, None, 1.0]) == pytest.approx(0.75) and mean_iou([None]) is None
+
+
+def test_heaviest_samples_per_ray_against_the_definition():
+    from nerf_mapping.semantics.field import heaviest_per_ray
+
+    g = torch.Generator().manual_seed(0)
+    counts = torch.tensor([0, 3, 12, 1, 40, 8])
+    ri = torch.repeat_interleave(torch.arange(len(counts)), counts)
+    w = torch.rand(int(counts.sum()), generator=g)
+    for k in (1, 3, 8):
+        keep = heaviest_per_ray(w, ri, len(counts), k)
+        for r in range(len(counts)):
+            sel = ri == r
+            want = set(torch.topk(w[sel], min(k, int(sel.sum()))).indices.tolist()) if sel.any() else set()
+            got = set(torch.nonzero(keep[sel]).squeeze(1).tolist())
+            assert got == want, (k, r)
+
+
+def test_language_loss_cost_is_bounded_by_count():
+    """The loss runs on every ``every_n_steps``-th step only, and then sends at most ``rays_per_step x
+    samples_per_ray`` samples through the field, however many samples the render handed over."""
+    from nerf_mapping.extension import StepContext
+    from nerf_mapping.semantics.field import LanguageField, LanguageFieldConfig, TeacherMap
+    from nerf_mapping.training.frame_store import RayBatch
+
+    cfg = LanguageFieldConfig(rays_per_step=64, samples_per_ray=4, every_n_steps=2)  # the cost knobs (off by default)
+    lf = LanguageField(cfg, 8, [[-1, -1, -1], [1, 1, 1]], False, "test")
+    table = torch.nn.functional.normalize(torch.randn(3, 8), dim=-1)
+    lf.set_target(0, TeacherMap(None, torch.ones(16, 16, dtype=torch.int16), table, (16, 16)))
+    n_rays, per_ray = 200, 50
+    ri = torch.repeat_interleave(torch.arange(n_rays), per_ray)
+    out = {"positions": torch.rand(n_rays * per_ray, 3) * 2 - 1, "ray_indices": ri,
+           "weights": torch.rand(n_rays * per_ray) / per_ray, "opacity": torch.ones(n_rays)}
+    batch = RayBatch(torch.zeros(n_rays, dtype=torch.long), torch.rand(n_rays) * 16, torch.rand(n_rays) * 16,
+                     torch.rand(n_rays, 3), None, None)
+    counted = []
+    for step in range(4):
+        lf.before_step(StepContext(step, 0.0, 1.0, None))
+        loss = lf.loss(batch.frame_ids, out, batch)
+        counted.append(None if loss is None else lf.last_samples)
+    assert counted[1] is None and counted[3] is None  # odd steps: not its turn
+    assert counted[0] == counted[2] == 64 * 4  # 200 rays x 50 samples offered: 64 rays x 4 samples used
+    lf.before_step(StepContext(4, 0.0, 1.0, None))
+    lf.loss(batch.frame_ids, out, batch).backward()  # the loss trains the field
+    assert all(p.grad is not None for p in lf.parameters())

@@ -62,10 +62,12 @@ class KeyframeConfig:
     """Reject when the mean abs. thumbnail difference to the last keyframe is below this (in [0,1]; 0 disables)."""
     thumbnail_size: int = 32
     """Side of the grey thumbnails compared by the duplicate and revisit tests (pixels)."""
-    revisit_threshold: float = 0.04
+    revisit_threshold: float = 0.0
     """A candidate within min_translation and min_rotation_deg of a keyframe already in the store (any of them, not
     only the last) whose thumbnail differs from that keyframe's by less than this (mean abs., in [0,1]) is a
-    revisit: it adds nothing the map does not have, so it is not taken (0 = off: every moving view is taken)."""
+    revisit: it adds nothing the map does not have, so it is not taken. 0 = off (the default: every moving view is
+    taken); 0.04 keeps a looping bag at one pass of keyframes, but in two README demo runs the live render reached
+    20 dB later than without it (docs/results/online.md), so it is opt-in until that is understood."""
     capacity: int = 200
     """Keyframes held by the training set (the store evicts the most redundant one beyond this)."""
     max_width: int = 320
@@ -245,6 +247,9 @@ class KeyframeSet:
         """(frame id, record) of every keyframe ever taken, in order (evicted ones too: they stay on the paths)."""
         self.latest: int | None = None
         """Frame id of the newest keyframe."""
+        self.current: int | None = None
+        """Frame id of the keyframe whose view the camera is at: the newest keyframe, or the stored one that the last
+        revisit matched (a looping bag's second pass is at its first pass's keyframes, and so is its drift)."""
         self._thumbs: dict[int, np.ndarray] = {}  # frame id -> grey thumbnail, for the revisit test
 
     def consider(self, image: np.ndarray, T_odom_cam: np.ndarray, stamp_ns: int) -> tuple[bool, str]:
@@ -269,8 +274,18 @@ class KeyframeSet:
         for k in near[np.argsort(dt[near])][:8]:  # the closest few: bounded cost however dense the store
             t = self._thumbs.get(ids[k])
             if t is not None and t.shape == th.shape and float(np.abs(t - th).mean()) < cfg.revisit_threshold:
+                self.current = ids[k]
                 return False
         return True
+
+    def current_entry(self) -> tuple[int, Keyframe] | None:
+        """(frame id, record) of :attr:`current` while it is live, else of the newest keyframe ever taken (None
+        before any)."""
+        fid = self.current
+        rec = self.info.get(fid) if fid is not None else None
+        if rec is not None:
+            return fid, rec
+        return self.history[-1] if self.history else None
 
     def set_min_translation(self, metres: float) -> None:
         """The motion that makes a keyframe, in map units (an automatic extent fixes the map's scale)."""
@@ -297,7 +312,7 @@ class KeyframeSet:
         self.info[fid] = record
         self._thumbs[fid] = thumbnail(image, self.cfg.thumbnail_size)
         self.history.append((fid, record))
-        self.latest = fid
+        self.latest = self.current = fid
         return fid
 
     def replace(self, info: dict[int, Keyframe], frames: FrameStore) -> None:
@@ -306,7 +321,7 @@ class KeyframeSet:
         self._thumbs = {i: thumbnail(frames.image(i).numpy(), self.cfg.thumbnail_size) for i in info}
         self.info = dict(info)
         self.history = deque(sorted(info.items()), maxlen=HISTORY)
-        self.latest = max(info) if info else None
+        self.latest = self.current = max(info) if info else None
 
 
 def keyframes_extra(frames: FrameStore, info: dict[int, Keyframe]) -> dict:

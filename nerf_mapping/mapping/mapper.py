@@ -257,11 +257,11 @@ class OnlineMapper:
 
     # ------------------------------------------------------------------------------------------------ poses
     def _drift_estimate(self, tr: Trainer) -> np.ndarray:
-        hist = self.keyframes.history
-        return self.poses.drift_estimate(tr, hist[-1] if hist else None)
+        return self.poses.drift_estimate(tr, self.keyframes.current_entry())
 
     def drift_estimate(self) -> np.ndarray:
-        """Current best T_map_odom (4x4): the one implied by the newest keyframe (identity before any)."""
+        """Current best T_map_odom (4x4): the one implied by the keyframe whose view the camera is at (the newest,
+        or the one a revisit matched: :attr:`KeyframeSet.current`; identity before any)."""
         with self.lock:
             return self._drift_estimate(self.trainer)
 

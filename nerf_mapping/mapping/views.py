@@ -40,7 +40,7 @@ class Views:
 
     # ------------------------------------------------------------------------------------------------ periodic
     def maybe_render(self, tr: Trainer) -> None:
-        """The periodic render, called by the training thread between steps: every ``render_period_s``, stretched
+        """The periodic render of the keyframe the camera is at, called by the training thread between steps: every ``render_period_s``, stretched
         so that renders take at most 10 % of the time. Not before the first occupancy-grid update: before it the
         field is a fog that the renderer marches coarsely (bounded, but a picture of nothing)."""
         now = time.monotonic()
@@ -59,14 +59,15 @@ class Views:
         self._next_render = time.monotonic() + max(self.cfg.render_period_s, 9.0 * dur)
 
     def latest_keyframe_view(self, width: int = 0):
-        """(trainer, camera, refined c2w [3,4], stamp_ns) of the newest keyframe, the camera ``width`` pixels wide
-        (0: the training resolution); None before the first keyframe."""
+        """(trainer, camera, refined c2w [3,4], stamp_ns) of the keyframe the camera is at (the newest, or the one
+        the last revisit matched: :attr:`KeyframeSet.current`), the camera ``width`` pixels wide (0: the training
+        resolution); None before the first keyframe."""
         m = self.m
         with m.lock:
-            fid = m.keyframes.latest
-            if fid is None or fid not in m.keyframes.info:
+            entry = m.keyframes.current_entry()
+            if entry is None or entry[0] not in m.keyframes.info:
                 return None
-            stamp_ns = m.keyframes.info[fid].stamp_ns
+            fid, stamp_ns = entry[0], entry[1].stamp_ns
             tr = m.trainer
             cam = tr.frames.camera(fid)
         w = int(cam.width[0])
@@ -75,8 +76,8 @@ class Views:
         return tr, cams, m.poses.refined_c2w(tr, fid, cams.c2w[0]), stamp_ns
 
     def render_latest_keyframe(self, width: int = 0) -> tuple[np.ndarray, int] | None:
-        """(rgb uint8 [H,W,3], stamp_ns) of the newest keyframe at its refined pose, ``width`` pixels wide (0: the
-        training resolution); None before the first keyframe."""
+        """(rgb uint8 [H,W,3], stamp_ns) of the keyframe the camera is at, at its refined pose, ``width`` pixels wide
+        (0: the training resolution); None before the first keyframe."""
         view = self.latest_keyframe_view(width)
         if view is None:
             return None
