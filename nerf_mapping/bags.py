@@ -206,22 +206,22 @@ def _translation(x, y, z) -> np.ndarray:
     return t
 
 
+def _rigid(q, t) -> np.ndarray:
+    """A quaternion (x y z w fields) and a translation (x y z fields) -> 4x4 float64, validated."""
+    T = np.eye(4)
+    T[:3, :3] = _quat_xyzw_to_matrix(q.x, q.y, q.z, q.w)
+    T[:3, 3] = _translation(t.x, t.y, t.z)
+    return T
+
+
 def pose_msg_to_matrix(pose) -> np.ndarray:
     """geometry_msgs/Pose -> 4x4 float64 (ValueError on non-finite values or a non-unit quaternion)."""
-    T = np.eye(4)
-    o = pose.orientation
-    T[:3, :3] = _quat_xyzw_to_matrix(o.x, o.y, o.z, o.w)
-    T[:3, 3] = _translation(pose.position.x, pose.position.y, pose.position.z)
-    return T
+    return _rigid(pose.orientation, pose.position)
 
 
 def transform_msg_to_matrix(tf) -> np.ndarray:
     """geometry_msgs/Transform -> 4x4 (same validation as poses)."""
-    T = np.eye(4)
-    r = tf.rotation
-    T[:3, :3] = _quat_xyzw_to_matrix(r.x, r.y, r.z, r.w)
-    T[:3, 3] = _translation(tf.translation.x, tf.translation.y, tf.translation.z)
-    return T
+    return _rigid(tf.rotation, tf.translation)
 
 
 def odometry_to_matrix(msg) -> np.ndarray:

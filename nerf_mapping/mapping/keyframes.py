@@ -116,14 +116,20 @@ def downscale_image(image: np.ndarray, factor: int) -> np.ndarray:
     return np.clip(np.round(a), 0, 255).astype(np.uint8)
 
 
+def pose_distances(T0, T1) -> tuple[np.ndarray, np.ndarray]:
+    """(translation distances, rotation angles in degrees) between poses ``T0`` and ``T1`` ([...,3,4] or [...,4,4],
+    broadcast against each other)."""
+    T0 = np.asarray(T0, dtype=np.float64)[..., :3, :4]
+    T1 = np.asarray(T1, dtype=np.float64)[..., :3, :4]
+    dt = np.linalg.norm(T0[..., :, 3] - T1[..., :, 3], axis=-1)
+    cos = ((T0[..., :, :3] * T1[..., :, :3]).sum(axis=(-2, -1)) - 1.0) * 0.5  # trace(R0^T R1)
+    return dt, np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+
+
 def pose_distance(T0, T1) -> tuple[float, float]:
     """(translation distance, rotation angle in degrees) between two poses ([3,4] or [4,4])."""
-    T0 = np.asarray(T0, dtype=np.float64)
-    T1 = np.asarray(T1, dtype=np.float64)
-    dt = float(np.linalg.norm(T0[:3, 3] - T1[:3, 3]))
-    R = T0[:3, :3].T @ T1[:3, :3]
-    c = (np.trace(R) - 1.0) * 0.5
-    return dt, math.degrees(math.acos(max(-1.0, min(1.0, c))))
+    dt, dr = pose_distances(T0, T1)
+    return float(dt), float(dr)
 
 
 class KeyframeSelector:
@@ -142,7 +148,7 @@ class KeyframeSelector:
         """Decide whether (image uint8 [H,W,3], pose [3,4]/[4,4], stamp) makes a keyframe.
 
         Returns (accepted, reason) with reason in {first, accepted, too_close, blurry, duplicate, revisit}. An
-        accepted frame becomes the new reference (call order = time order). ``novel(image, c2w)``, when given, is
+        accepted frame becomes the new reference (call order = time order). ``novel(thumbnail, c2w)``, when given, is
         asked last: False makes the frame a revisit, which is not taken but becomes the reference of the motion
         test (the camera is there now, so the next keyframe is measured from there).
         """
@@ -167,14 +173,16 @@ class KeyframeSelector:
             if blurry:
                 return self._count(False, BLURRY)
         first = self.last_pose is None
+        # one thumbnail per candidate serves the duplicate test, the revisit test and the next reference
+        th = thumbnail(image, cfg.thumbnail_size) if (cfg.duplicate_threshold > 0 or novel is not None) else None
         if not first and cfg.duplicate_threshold > 0 and self.last_thumb is not None and not stale:
-            th = thumbnail(image, cfg.thumbnail_size)
             if th.shape == self.last_thumb.shape and float(np.abs(th - self.last_thumb).mean()) < cfg.duplicate_threshold:
                 return self._count(False, DUPLICATE)
-        if novel is not None and not novel(image, c2w):
-            self._set_reference(image, c2w, stamp_ns)
+        if novel is not None and not novel(th, c2w):
+            self._set_reference(th, c2w, stamp_ns)
             return self._count(False, REVISIT)
-        return self._accept(image, c2w, stamp_ns, FIRST if first else ACCEPTED)
+        self._set_reference(th, c2w, stamp_ns)
+        return self._count(True, FIRST if first else ACCEPTED)
 
     def restart_time(self) -> None:
         """The source's clock jumped back (a looping or restarted player): forget the last keyframe's stamp, which
@@ -186,14 +194,10 @@ class KeyframeSelector:
         self.counts[reason] += 1
         return ok, reason
 
-    def _set_reference(self, image, c2w, stamp_ns) -> None:
+    def _set_reference(self, th, c2w, stamp_ns) -> None:
         self.last_pose = np.asarray(c2w, dtype=np.float64)[:3, :4].copy()
         self.last_stamp = int(stamp_ns)
-        self.last_thumb = thumbnail(image, self.cfg.thumbnail_size) if self.cfg.duplicate_threshold > 0 else None
-
-    def _accept(self, image, c2w, stamp_ns, reason) -> tuple[bool, str]:
-        self._set_reference(image, c2w, stamp_ns)
-        return self._count(True, reason)
+        self.last_thumb = th if self.cfg.duplicate_threshold > 0 else None
 
 
 def redundancy_victim(ids: list[int], c2w: dict[int, np.ndarray], protect: int = 1,
@@ -209,9 +213,8 @@ def redundancy_victim(ids: list[int], c2w: dict[int, np.ndarray], protect: int =
     # One vectorised pass over the consecutive pairs: the frame store calls this on every keyframe it adds once
     # full (200 poses), and the per-pair Python loop took ~40 % of the node's keyframe thread.
     T = np.stack([np.asarray(c2w[i], dtype=np.float64)[:3, :4] for i in ids])
-    trans = np.linalg.norm(T[1:, :, 3] - T[:-1, :, 3], axis=1)
-    cos = ((T[:-1, :, :3] * T[1:, :, :3]).sum(axis=(1, 2)) - 1.0) * 0.5  # trace(R_a^T R_b)
-    d = trans / trans_scale + np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))) / rot_scale_deg
+    trans, rot = pose_distances(T[:-1], T[1:])
+    d = trans / trans_scale + rot / rot_scale_deg
     # frame k: d(k-1, k) + d(k, k+1) (2 d(0, 1) for the first); never the newest (it has no successor and is the
     # freshest view)
     score = np.concatenate([[2.0 * d[0]], d[:-1] + d[1:]])
@@ -253,24 +256,20 @@ class KeyframeSet:
         self._thumbs: dict[int, np.ndarray] = {}  # frame id -> grey thumbnail, for the revisit test
 
     def consider(self, image: np.ndarray, T_odom_cam: np.ndarray, stamp_ns: int) -> tuple[bool, str]:
-        """The selection policy (:meth:`KeyframeSelector.consider` with the revisit test)."""
-        return self.selector.consider(image, T_odom_cam, stamp_ns, novel=self.is_novel)
+        """The selection policy (:meth:`KeyframeSelector.consider` with the revisit test when it is on)."""
+        novel = self.is_novel if self.cfg.revisit_threshold > 0 else None
+        return self.selector.consider(image, T_odom_cam, stamp_ns, novel=novel)
 
-    def is_novel(self, image: np.ndarray, T_odom_cam: np.ndarray) -> bool:
-        """False when a keyframe in the store sees the same view from nearly the same pose (see the class)."""
-        cfg, info = self.cfg, dict(self.info)
-        if cfg.revisit_threshold <= 0 or not info:
+    def is_novel(self, th: np.ndarray, T_odom_cam: np.ndarray) -> bool:
+        """False when a keyframe in the store sees the same view (grey thumbnail ``th``) from nearly the same pose
+        (see the class)."""
+        cfg = self.cfg
+        if cfg.revisit_threshold <= 0 or not self.info:
             return True
+        info = dict(self.info)
         ids = list(info)
-        T = np.stack([info[i].T_odom_cam for i in ids])[:, :3, :4]
-        c = np.asarray(T_odom_cam, dtype=np.float64)[:3, :4]
-        dt = np.linalg.norm(T[:, :, 3] - c[:, 3], axis=1)
-        cos = ((T[:, :, :3] * c[:, :3]).sum(axis=(1, 2)) - 1.0) * 0.5  # trace(R_k^T R_c)
-        dr = np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
+        dt, dr = pose_distances(np.stack([info[i].T_odom_cam for i in ids]), T_odom_cam)
         near = np.nonzero((dt < self.selector.cfg.min_translation) & (dr < cfg.min_rotation_deg))[0]
-        if near.size == 0:
-            return True
-        th = thumbnail(image, cfg.thumbnail_size)
         for k in near[np.argsort(dt[near])][:8]:  # the closest few: bounded cost however dense the store
             t = self._thumbs.get(ids[k])
             if t is not None and t.shape == th.shape and float(np.abs(t - th).mean()) < cfg.revisit_threshold:
@@ -310,7 +309,8 @@ class KeyframeSet:
         fid = frames.add(torch.from_numpy(np.array(image, order="C")), camera,  # a writable copy
                          stamp=record.stamp_ns * 1e-9)
         self.info[fid] = record
-        self._thumbs[fid] = thumbnail(image, self.cfg.thumbnail_size)
+        if self.cfg.revisit_threshold > 0:  # only the revisit test reads them
+            self._thumbs[fid] = thumbnail(image, self.cfg.thumbnail_size)
         self.history.append((fid, record))
         self.latest = self.current = fid
         return fid
@@ -318,7 +318,8 @@ class KeyframeSet:
     def replace(self, info: dict[int, Keyframe], frames: FrameStore) -> None:
         """Take the records of a loaded map whose keyframes are in ``frames`` (its history starts with its live
         keyframes)."""
-        self._thumbs = {i: thumbnail(frames.image(i).numpy(), self.cfg.thumbnail_size) for i in info}
+        self._thumbs = {i: thumbnail(frames.image(i).numpy(), self.cfg.thumbnail_size) for i in info} \
+            if self.cfg.revisit_threshold > 0 else {}
         self.info = dict(info)
         self.history = deque(sorted(info.items()), maxlen=HISTORY)
         self.latest = self.current = max(info) if info else None

@@ -135,14 +135,14 @@ class Views:
                 out = upsample_render({"rgb": out["rgb"], "depth": out["depth"]}, h, w)
         return {"rgb": to_uint8(out["rgb"]), "depth": out["depth"].numpy(), "rendered_size": (rw, rh)}
 
-    def export_mesh(self, path: Path, depth: int = 0, kind: str = "poisson", progress=None, cfg=None):
+    def export_mesh(self, path: Path, depth: int = 0, kind: str = "poisson", progress=None):
         """Export the current map (``kind`` poisson | pointcloud, :mod:`nerf_mapping.export.mesh`) to ``path``, in
-        the map frame at the refined poses, with the ``mesh`` settings (``depth`` > 0: this octree depth; ``cfg``: a
-        whole ``MeshExportConfig`` instead). Training pauses only while the field is copied; the export itself runs
-        on the caller's thread beside training. Returns the exporter's ``ExportResult``."""
+        the map frame at the refined poses, with the ``mesh`` settings (``depth`` > 0: this octree depth). Training
+        pauses only while the field is copied; the export itself runs on the caller's thread beside training.
+        Returns the exporter's ``ExportResult``."""
         from nerf_mapping.export.mesh import export_geometry, snapshot
 
-        cfg = cfg.validate() if cfg is not None else self.cfg.mesh.export_config(depth)
+        cfg = self.cfg.mesh.export_config(depth)
         with self.m.lock:
             tr = self.m.trainer
             if len(tr.frames) == 0:

@@ -122,9 +122,8 @@ class LanguageField(TrainerExtension):
         self._targets_lock = threading.Lock()
         self.last_loss = float("nan")
         self.last_samples = 0
-        """Samples that went through the field in the last step's loss (its cost: one hash lookup and MLP pass each,
-        forward and backward)."""
-        self._last_render_samples = 0
+        """Samples that went through the field in its last render (for the loss: its cost, one hash lookup and MLP
+        pass each, forward and backward)."""
         self._step = 0
         self.rebuild_optimizer()
 
@@ -191,7 +190,7 @@ class LanguageField(TrainerExtension):
         if max_samples > 0 and w.numel() > max_samples:
             keep = heaviest_per_ray(w, ri, m, max_samples)
             w, ri, pos = w[keep], ri[keep], pos[keep]
-        self._last_render_samples = int(pos.shape[0])
+        self.last_samples = int(pos.shape[0])
         hid = self.hidden(pos)
         h = accumulate_along_rays(w, ri, m, hid)
         opacity = accumulate_along_rays(w, ri, m)
@@ -236,7 +235,6 @@ class LanguageField(TrainerExtension):
         if rays.numel() > self.cfg.rays_per_step:
             rays = rays[torch.randperm(rays.numel())[:self.cfg.rays_per_step]].sort().values  # ascending: see render
         pred, point = self.render(out, n, rays, with_points=True, max_samples=self.cfg.samples_per_ray)
-        self.last_samples = int(self._last_render_samples)
         t = nn.functional.normalize(target[rays], dim=-1)
         # the composite (what 2D views show) and the feature at the median sample (where a 3D query's candidate point
         # lies): early in a run the weight along a ray is a spread-out haze, and training only the composite leaves
