@@ -11,8 +11,11 @@ per-feature branches::
     transform_c2w(c2w, ids)      camera poses of the ray batch [R,3,4] -> [R,3,4] (pose corrections)
     render_inputs(ids)           extra keyword inputs of the training render (e.g. ``appearance`` [R,D])
     eval_render_inputs()         the same for novel / held-out views (e.g. the mean appearance)
+    extra_rays(n_rays)           how many rays without colour (the frame store's range rays: LiDAR returns) the
+                                 step should draw and render beside its ``n_rays`` pixels (``batch.range_rays``,
+                                 rendered into ``batch.range_out``)
     loss(ids, out, batch)        an extra loss term on the render ``out`` of the ray batch ``batch`` (frame ids, pixel
-                                 coordinates, colours) (or None)
+                                 coordinates, colours, depths, range rays) (or None)
 
 The defaults do nothing, so an extension overrides only what it needs. The field's own parameters stay with the
 trainer; an extension must not deform geometry unless that is its purpose (a language head renders with the density
@@ -42,6 +45,10 @@ class StepContext:
     """The field's learning-rate schedule factor (warm-up x decay) at this step."""
     field: nn.Module
     """The radiance field, for extensions that modulate it (coarse-to-fine weights of the hash levels)."""
+    grid: Any = None
+    """The occupancy grid, for extensions that know about space before the field does (range carving)."""
+    step_size: float = 0.0
+    """The marching step (scene units): the finest structure the rendered weights can resolve."""
 
 
 class TrainerExtension(nn.Module):
@@ -76,6 +83,9 @@ class TrainerExtension(nn.Module):
 
     def render_inputs(self, frame_ids: torch.Tensor) -> dict[str, Any]:
         return {}
+
+    def extra_rays(self, n_rays: int) -> int:
+        return 0
 
     def eval_render_inputs(self) -> dict[str, Any]:
         return {}

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import redirect_stdout
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +74,7 @@ class Listener:
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import DurabilityPolicy, QoSProfile
         from rosgraph_msgs.msg import Clock
-        from sensor_msgs.msg import CameraInfo, Image
+        from sensor_msgs.msg import CameraInfo, Image, PointCloud2
         from tf2_msgs.msg import TFMessage
 
         os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
@@ -85,7 +85,8 @@ class Listener:
         self.lock = threading.Lock()
         q = QoSProfile(depth=200)
         for topic, cls in (("/camera/image_raw", Image), ("/camera/camera_info", CameraInfo), ("/odom", Odometry),
-                           ("/ground_truth/odometry", Odometry), ("/clock", Clock), ("/camera/labels", Image)):
+                           ("/ground_truth/odometry", Odometry), ("/clock", Clock), ("/camera/labels", Image),
+                           ("/camera/depth/image_raw", Image), ("/lidar/points", PointCloud2)):
             self.node.create_subscription(cls, topic, self._cb(topic), q)
         self.node.create_subscription(TFMessage, "/tf_static", self._cb("/tf_static"),
                                       QoSProfile(depth=10, durability=DurabilityPolicy.TRANSIENT_LOCAL))
@@ -155,7 +156,17 @@ def test_player_publishes_bag_with_timing_and_clock(scene, tmp_path, mode):
     assert [stamp_ns(m.header) for m in odom] == [stamp_ns(r.header) for _, r in expected["/odom"]]
     ref0 = expected["/odom"][0][1].pose.pose.position
     assert odom[0].pose.pose.position.x == pytest.approx(ref0.x)
-    assert listener.msgs["/tf_static"][0].transforms[0].child_frame_id == "camera_optical"
+    assert [t.child_frame_id for t in listener.msgs["/tf_static"][0].transforms] == ["camera_optical", "lidar"]
+    # the range sensors: 16UC1 depth and PointCloud2 sweeps arrive byte-identical to the bag's (raw or converted)
+    for (t, ref), msg in zip(expected["/camera/depth/image_raw"], listener.msgs["/camera/depth/image_raw"]):
+        assert stamp_ns(msg.header) == t and (msg.encoding, msg.step, msg.is_bigendian) == ("16UC1", 2 * ref.width, 0)
+        assert np.array_equal(np.frombuffer(msg.data, "<u2"), np.frombuffer(bytes(ref.data), "<u2"))
+    for (t, ref), msg in zip(expected["/lidar/points"], listener.msgs["/lidar/points"]):
+        assert stamp_ns(msg.header) == t and msg.header.frame_id == "lidar" and msg.width == ref.width > 1000
+        assert [(f.name, f.offset, f.datatype, f.count) for f in msg.fields] == [
+            (f.name, f.offset, f.datatype, f.count) for f in ref.fields]
+        assert (msg.point_step, msg.row_step, msg.is_dense) == (ref.point_step, ref.row_step, ref.is_dense)
+        assert bytes(msg.data) == bytes(ref.data)
     assert listener.msgs["/camera/camera_info"][0].k[0] == pytest.approx(expected["/camera/camera_info"][0][1].k[0])
 
     # recorded timing scaled by --rate (absolute schedule: no drift), /clock in bag time, never backwards
@@ -256,7 +267,8 @@ def test_bags_reads_a_bag_and_its_messages_without_ros(scene, tmp_path):
     assert out["counts"]["/camera/image_raw"] == 12 and out["stamps_match"]
     assert out["image"] == [60, 80, 3] and out["labels"] == [60, 80]
     assert (out["intrinsics"]["width"], out["intrinsics"]["height"], out["intrinsics"]["model"]) == (80, 60, "PINHOLE")
-    assert out["odom_rigid"] and len(out["tf_static"]) == 1
+    assert out["odom_rigid"] and len(out["tf_static"]) == 2  # base_link -> camera_optical, base_link -> lidar
+    assert np.allclose(np.asarray(out["tf_static"][1])[:3, 3], [0.0, 0.0, 0.15])
 
 
 # --------------------------------------------------------------------------------------------------- msg_bridge
@@ -402,6 +414,97 @@ def test_convert_cli_fox_distortion(shared_data, tmp_path):
     # refuses to overwrite
     with redirect_stdout(io.StringIO()):
         assert main(["bag", "convert", "--data", str(src), "--output", str(out), "--max-frames", "2"]) == 2
+
+
+def test_convert_writes_depth_and_dataset_timestamps(scene, tmp_path):
+    """A dataset with depth maps gets the depth topic (16UC1 mm = depth / world_scale * 1000, 0 invalid); capture
+    times in its metadata replace the fixed image rate."""
+    from nerf_mapping.data import load_dataset
+    from nerf_mapping.ros.bag_convert import convert_dataset_to_bag
+
+    data = load_dataset(scene.parent, split="all", max_frames=4)  # the demo scene: ground-truth depth PNGs
+    assert data.depths is not None and data.world_scale == 1.0
+    data.depths[1][:2, :3] = 0.0  # invalid pixels stay 0
+    res = convert_dataset_to_bag(scene.parent, tmp_path / "plain", dataset=data)
+    assert res["depth"] and res["counts"]["/camera/depth/image_raw"] == 4 and res["timing"].startswith("fixed")
+    msgs = _check_converted(tmp_path / "plain", data, "plumb_bob")
+    for (t, img), (ti, _), d in zip(msgs["/camera/depth/image_raw"], msgs["/camera/image_raw"], data.depths):
+        assert t == ti and (img.encoding, img.step, img.is_bigendian) == ("16UC1", 2 * img.width, 0)
+        assert img.header.frame_id == "camera_optical"
+        mm = np.frombuffer(bytes(img.data), "<u2").reshape(img.height, img.width)
+        assert np.array_equal(mm, np.round(d.numpy().astype(np.float64) * 1000).astype(np.uint16))
+    assert not np.frombuffer(bytes(msgs["/camera/depth/image_raw"][1][1].data), "<u2").reshape(
+        mm.shape)[:2, :3].any()
+    img_ns = [t for t, _ in msgs["/camera/image_raw"]]
+    assert np.allclose(np.diff(img_ns), 1e8, atol=1)
+
+    # scaled scene units: millimetres are in file units; recorded capture times (7-Scenes: frame_index / 30 s)
+    data.depths = [d * 2.0 for d in data.depths]
+    data.world_scale = 2.0
+    data.metadata["timestamps_s"] = [i / 30.0 for i in data.frame_indices]
+    res = convert_dataset_to_bag(scene.parent, tmp_path / "timed", dataset=data, start_time_s=1000.0)
+    assert res["timing"].startswith("dataset timestamps")
+    msgs2 = read_bag(tmp_path / "timed")
+    stamps = np.array([t for t, _ in msgs2["/camera/image_raw"]])
+    expected = 1000 * 10**9 + np.round((np.array(data.frame_indices) - data.frame_indices[0]) / 30.0 * 1e9)
+    assert np.array_equal(stamps, expected.astype(np.int64))
+    assert [t for t, _ in msgs2["/camera/depth/image_raw"]] == stamps.tolist()
+    for (_, a), (_, b) in zip(msgs["/camera/depth/image_raw"], msgs2["/camera/depth/image_raw"]):
+        assert bytes(a.data) == bytes(b.data)
+    odom = np.array([t for t, _ in msgs2["/odom"]])
+    assert odom[0] < stamps[0] and odom[-1] > stamps[-1]
+    data.metadata["timestamps_s"] = [0.0, 1.0, 1.0, 2.0]
+    with pytest.raises(ValueError, match="increasing"):
+        convert_dataset_to_bag(scene.parent, tmp_path / "bad", dataset=data)
+
+
+# ------------------------------------------------------------------------------------------------------ demo
+def test_demo_inputs_switch_sets_node_parameters(scene, tmp_path):
+    """``demo --inputs``: the CLI offers exactly the demo's input sets, and each becomes the node's depth_topic /
+    points_topic parameters (empty = off) in the parameter file the demo launches with."""
+    import yaml
+
+    from nerf_mapping.cli.main import build_parser
+    from nerf_mapping.ros.demo import DEFAULT_INPUTS, DEMO_INPUTS, _write_params, describe_inputs
+    from nerf_mapping.scene.bag import TOPIC_DEPTH, TOPIC_POINTS
+
+    assert list(DEMO_INPUTS) == ["rgb", "rgbd", "rgb+lidar"] and DEFAULT_INPUTS == "rgbd"
+    parser = build_parser()
+    assert parser.parse_args(["demo"]).inputs == DEFAULT_INPUTS
+    assert parser.parse_args(["demo", "--inputs", "rgb+lidar"]).inputs == "rgb+lidar"
+    with pytest.raises(SystemExit), redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()):
+        parser.parse_args(["demo", "--inputs", "lidar"])
+    expected = {"rgb": ("", ""), "rgbd": (TOPIC_DEPTH, ""), "rgb+lidar": ("", TOPIC_POINTS)}
+    for name, (depth, points) in expected.items():
+        out = tmp_path / name.replace("+", "_")
+        out.mkdir()
+        p = yaml.safe_load(_write_params(out, scene.parent, name).read_text())["nerf_mapper"]["ros__parameters"]
+        assert (p["depth_topic"], p["points_topic"]) == (depth, points)
+        assert p["semantics"]["teacher"] == "labels"
+    msgs = read_bag(scene)
+    assert TOPIC_DEPTH in msgs and TOPIC_POINTS in msgs  # the demo bag carries both inputs
+    assert describe_inputs("rgb+lidar") == "rgb+lidar (/camera/image_raw, /lidar/points)"
+
+
+def test_demo_scores_exported_mesh_like_benchmark_mesh(scene, tmp_path):
+    """The demo's ExportMesh score is benchmark mesh's recipe: the ground-truth mesh scores perfectly, a shifted copy
+    loses F-score and gains Chamfer distance in proportion to the shift."""
+    import open3d as o3d
+
+    from nerf_mapping.ros.demo import score_export_mesh
+    from nerf_mapping.scene import read_labeled_ply
+
+    gt = read_labeled_ply(scene.parent / "mesh.ply")
+    for shift, name in ((0.0, "same.ply"), (0.3, "shifted.ply")):
+        m = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(gt["vertices"] + [shift, 0.0, 0.0]),
+                                      o3d.utility.Vector3iVector(gt["triangles"]))
+        o3d.io.write_triangle_mesh(str(tmp_path / name), m)
+    same = score_export_mesh(scene.parent, tmp_path / "same.ply", samples=20_000)
+    assert same["chamfer_rel"] < 1e-6 and same["fscore_2pct"] == 1.0 and same["views"] == 12
+    assert 0.3 < same["gt_visible_fraction"] < 1.0  # the truth is restricted to what the views saw
+    shifted = score_export_mesh(scene.parent, tmp_path / "shifted.ply", samples=20_000)
+    assert shifted["fscore_2pct"] < 0.9 and shifted["chamfer_rel"] > 0.005  # 0.68 and 0.013 measured
+    assert set(same) >= {"chamfer_rel", "fscore_2pct", "fscore_1pct", "precision_2pct", "recall_2pct", "path"}
 
 
 # ------------------------------------------------------------------------------------------------------ bring-up

@@ -15,7 +15,7 @@ from hypothesis import strategies as st  # noqa: E402
 pytest.importorskip("rclpy")
 from geometry_msgs.msg import Pose, PoseStamped  # noqa: E402
 from nav_msgs.msg import Odometry  # noqa: E402
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image  # noqa: E402
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, PointField  # noqa: E402
 
 from nerf_mapping import bags  # noqa: E402
 from nerf_mapping.export.paths import safe_output_path  # noqa: E402
@@ -53,6 +53,158 @@ def test_fuzz_images_and_labels(msg):
         except ValueError:
             continue
         assert out.dtype == np.uint8 and out.shape[:2] == (msg.height, msg.width)
+
+
+SPECIAL = np.array([0.0, -0.0, np.nan, np.inf, -np.inf, -1.0, 1e-30, 3e38, 1e300, -1e300])
+"""Values a range reader must survive: no-return markers, negatives, denormals, values beyond float32's range."""
+
+
+def _sprinkle(rng: np.random.Generator, values: np.ndarray, rate: float) -> np.ndarray:
+    """``values`` (float64) with a fraction ``rate`` of them replaced by SPECIAL ones."""
+    out = values.astype(np.float64)
+    hit = rng.random(out.shape) < rate
+    out[hit] = rng.choice(SPECIAL, size=int(hit.sum()))
+    return out
+
+
+@st.composite
+def depth_images(draw):
+    """A valid depth image (pixels with no-return markers and garbage sprinkled in), then maybe corrupted."""
+    enc = draw(st.sampled_from(["16UC1", "mono16", "32FC1"]))
+    h, w, pad, big = draw(st.integers(1, 6)), draw(st.integers(1, 6)), draw(st.integers(0, 5)), draw(st.booleans())
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    if enc == "32FC1":
+        with np.errstate(over="ignore"):
+            px = _sprinkle(rng, rng.uniform(0, 80, (h, w)), draw(st.floats(0, 1))).astype((">" if big else "<") + "f4")
+    else:
+        px = rng.integers(0, 65536, (h, w)).astype((">" if big else "<") + "u2")
+    rows = np.zeros((h, w * px.itemsize + pad), np.uint8)
+    rows[:, : w * px.itemsize] = px.view(np.uint8).reshape(h, -1)
+    m = _image(enc, h, w, rows.shape[1], rows.tobytes(), int(big))
+    for what in draw(st.lists(st.sampled_from(["encoding", "height", "width", "step", "cut", "grow", "endian"]),
+                              max_size=2)):
+        if what == "encoding":
+            m.encoding = draw(st.sampled_from(ENCODINGS + ["16uc1", "32fc1", "64FC1", "16SC1"]))
+        elif what in ("height", "width", "step"):
+            setattr(m, what, draw(st.one_of(st.integers(0, 50), st.sampled_from([2**31 - 1, 2**32 - 1]))))
+        elif what == "cut":
+            m.data = bytes(m.data)[: draw(st.integers(0, max(len(m.data) - 1, 0)))]
+        elif what == "grow":
+            m.data = bytes(m.data) + bytes(draw(st.integers(1, 9)))
+        else:
+            m.is_bigendian = 1 - m.is_bigendian
+    return m
+
+
+@FUZZ
+@given(st.one_of(depth_images(), images()))
+def test_fuzz_depth_images(msg):
+    """Depth reads as finite, non-negative metres of the image's size, or raises ValueError."""
+    try:
+        out = bags.depth_msg_to_array(msg)
+    except ValueError:
+        return
+    assert out.dtype == np.float32 and out.shape == (msg.height, msg.width)
+    assert np.isfinite(out).all() and not np.signbit(out).any()
+    if msg.encoding.lower() != "32fc1":
+        assert out.max() <= 65.535
+
+
+CLOUD_TYPES = {"i1": 1, "u1": 2, "i2": 3, "u2": 4, "i4": 5, "u4": 6, "f4": 7, "f8": 8}
+CLOUD_TIMES = [None, ("time", "f4"), ("t", "u4"), ("timestamp", "f8"), ("time_stamp", "f8"), ("offset_time", "u4"),
+               ("t", "i2"), ("time", "u1")]
+CLOUD_EXTRAS = [("intensity", "f4"), ("ring", "u2"), ("reflectivity", "u1"), ("noise", "i4"), ("range", "f8"),
+                ("label", "i1"), ("ambient", "i2")]
+U32 = st.one_of(st.integers(0, 64), st.sampled_from([2**31 - 1, 2**32 - 1, 2**24, 2**12 + 1]))
+
+
+@st.composite
+def clouds(draw):
+    """A valid cloud of random layout (coordinate types, field order, extra fields, time convention, padding,
+    byte order, organised or not, no-returns and garbage sprinkled in), then maybe corrupted."""
+    time_field = draw(st.sampled_from(CLOUD_TIMES))
+    cols = [("x", draw(st.sampled_from(["f4", "f8"]))), ("y", draw(st.sampled_from(["f4", "f8"]))),
+            ("z", draw(st.sampled_from(["f4", "f8"])))] + ([time_field] if time_field else [])
+    cols = draw(st.permutations(cols + draw(st.lists(st.sampled_from(CLOUD_EXTRAS), max_size=3, unique=True))))
+    height, width = draw(st.integers(1, 4)), draw(st.integers(0, 8))
+    point_pad, row_pad, big = draw(st.integers(0, 4)), draw(st.integers(0, 6)), draw(st.booleans())
+    n = height * width
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    rate = draw(st.sampled_from([0.0, 0.05, 0.5, 1.0]))
+    stamp_s = draw(st.sampled_from([0, 12, 1_700_000_000]))
+    order = ">" if big else "<"
+    offsets = np.cumsum([0] + [np.dtype(c).itemsize for _, c in cols])
+    step = int(offsets[-1]) + point_pad
+    rec = np.zeros(n, np.dtype({"names": [c[0] for c in cols], "formats": [order + c for _, c in cols],
+                                "offsets": [int(o) for o in offsets[:-1]], "itemsize": step}))
+    for name, code in cols:
+        if name in "xyz":
+            v = _sprinkle(rng, rng.normal(0, 20, n), rate)
+        elif code[0] == "f":
+            rel = rng.uniform(-0.1, 0.1, n)
+            v = _sprinkle(rng, rel + (stamp_s if name in ("timestamp", "time_stamp") else 0), rate / 4)
+        else:
+            info = np.iinfo(code)
+            v = rng.integers(info.min, info.max, n, endpoint=True)
+        with np.errstate(over="ignore", invalid="ignore"):
+            rec[name] = v
+    rows = np.zeros((height, width * step + row_pad), np.uint8)
+    rows[:, : width * step] = rec.view(np.uint8).reshape(height, -1)
+    m = PointCloud2(height=height, width=width, is_bigendian=big, point_step=step, row_step=rows.shape[1],
+                    fields=[PointField(name=name, offset=int(o), datatype=CLOUD_TYPES[c], count=1)
+                            for (name, c), o in zip(cols, offsets)])
+    m.data = rows.tobytes()
+    m.header.stamp.sec = stamp_s
+    for what in draw(st.lists(st.sampled_from(["height", "width", "point_step", "row_step", "name", "datatype",
+                                               "count", "offset", "drop", "cut", "grow", "bytes", "endian",
+                                               "stamp"]), max_size=3)):
+        f = m.fields[draw(st.integers(0, len(m.fields) - 1))] if m.fields else PointField()
+        if what in ("height", "width", "point_step", "row_step"):
+            setattr(m, what, draw(U32))
+        elif what == "name":
+            f.name = draw(st.sampled_from(["x", "y", "z", "t", "time", "timestamp", "", "X", "rgb"]))
+        elif what == "datatype":
+            f.datatype = draw(st.integers(0, 255))
+        elif what == "count":
+            f.count = draw(U32)
+        elif what == "offset":
+            f.offset = draw(U32)
+        elif what == "drop" and m.fields:
+            m.fields = [g for g in m.fields if g is not f]
+        elif what == "cut":
+            m.data = bytes(m.data)[: draw(st.integers(0, max(len(m.data) - 1, 0)))]
+        elif what == "grow":
+            m.data = bytes(m.data) + bytes(draw(st.integers(1, 9)))
+        elif what == "bytes":
+            m.data = draw(st.binary(min_size=len(m.data), max_size=len(m.data)))
+        elif what == "endian":
+            m.is_bigendian = not m.is_bigendian
+        elif what == "stamp":
+            m.header.stamp.sec = draw(st.integers(-2**31, 2**31 - 1))
+    return m
+
+
+@FUZZ
+@given(clouds(), st.one_of(st.none(), st.integers(0, 40)), st.integers(0, 3))
+def test_fuzz_point_clouds(msg, max_points, seed):
+    """A cloud reads as finite, non-zero float32 points with finite times within MAX_POINT_TIME_S of the stamp (a
+    bounded read: a subset of the unbounded one), or raises ValueError."""
+    try:
+        xyz, times = bags.pointcloud_msg_to_arrays(msg, max_points, seed)
+    except ValueError:
+        return
+    assert xyz.dtype == np.float32 and xyz.ndim == 2 and xyz.shape[1] == 3 and xyz.flags.c_contiguous
+    assert np.isfinite(xyz).all() and np.all(np.any(xyz != 0, axis=1)) and len(xyz) <= msg.height * msg.width
+    assert max_points is None or len(xyz) <= max_points
+    if times is not None:
+        assert times.dtype == np.float64 and times.shape == (len(xyz),)
+        assert np.isfinite(times).all() and np.abs(times).max(initial=0) <= bags.MAX_POINT_TIME_S
+    try:
+        every, _ = bags.pointcloud_msg_to_arrays(msg)
+    except ValueError:  # a time beyond the bound the sample missed
+        return
+    assert max_points is not None or np.array_equal(xyz, every)
+    assert {tuple(p) for p in xyz.tolist()} <= {tuple(p) for p in every.tolist()}
 
 
 @FUZZ

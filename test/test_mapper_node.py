@@ -114,6 +114,8 @@ class Harness:
             "/odom": n.create_publisher(Odometry, "/odom", qos_profile_sensor_data),
             "/tf_static": n.create_publisher(TFMessage, "/tf_static", static),
             "/camera/labels": n.create_publisher(Image, "/camera/labels", qos_profile_sensor_data),
+            "/camera/depth/image_raw": n.create_publisher(Image, "/camera/depth/image_raw", qos_profile_sensor_data),
+            "/lidar/points": n.create_publisher(PointCloud2, "/lidar/points", qos_profile_sensor_data),
         }
         self.thread = threading.Thread(target=self.ex.spin, daemon=True)
         self.thread.start()
@@ -225,8 +227,10 @@ def mapper(scene, tmp_path_factory):
     env = ros_env(tmp)
     out_dir = tmp / "maps"
     # the default automatic extent, as a user runs it
+    # an RGB-D camera and a LiDAR on the rig (the scene's simulated sensors), as the README demo's rgbd run plus LiDAR
     proc, log = _start_node(tmp, env, out_dir, "render_period_s:=2.0", "semantics.teacher:=labels",
-                            f"semantics.class_names:={scene / 'labels.json'}")
+                            f"semantics.class_names:={scene / 'labels.json'}",
+                            "depth_topic:=/camera/depth/image_raw", "points_topic:=/lidar/points")
     saved = {k: os.environ.get(k) for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_DOMAIN_ID", "ROS_LOG_DIR")}
     os.environ.update({k: env[k] for k in saved})
     h = None
@@ -365,6 +369,18 @@ def test_mapper_end_to_end(mapper):
     out_dir = mapper["out_dir"].resolve()
     assert Path(res.path).is_file() and Path(res.path).parent == out_dir and res.path.endswith(".pt")
     print(f"save_map latency while training: {dt:.2f} s", file=sys.stderr)
+    # the range inputs reached the keyframes: depth images matched by stamp, LiDAR returns through /tf_static
+    s = h.stats[-1]
+    assert s.get("depth_received", 0) >= n_images - 3 and s.get("points_received", 0) > 0, s
+    assert not s.get("depth_invalid") and not s.get("points_invalid") and not s.get("points_no_tf"), s
+    import torch
+
+    saved = torch.load(res.path, map_location="cpu", weights_only=True)
+    depths, ranges = saved["extra"]["keyframe_depths"], saved["extra"]["keyframe_ranges"]
+    assert sum(int(d.numel() > 0) for d in depths) >= 0.8 * len(depths), "keyframes without depth"
+    assert sum(int(r.shape[0] > 0) for r in ranges) >= 0.8 * len(ranges), "keyframes without LiDAR returns"
+    grid = saved["grid"]
+    assert bool(grid["hit"].any()) and bool(grid["free"].any()), "range data did not carve the occupancy grid"
     for evil in ("../evil", "/tmp/evil", "a/../../evil"):
         res, _ = h.call(SaveMap, "save_map", SaveMap.Request(filename=evil))
         assert not res.success, evil
@@ -524,7 +540,8 @@ def test_node_counts_every_message_of_a_malformed_flood(tmp_path, monkeypatch):
         monkeypatch.setenv(k, env[k])
     h = Harness(int(env["ROS_DOMAIN_ID"]))
     proc, log = _start_node(tmp_path, env, tmp_path / "maps", "render_period_s:=0.0", "autosave_period_s:=0.0",
-                            "semantics.teacher:=labels",
+                            "semantics.teacher:=labels", "depth_topic:=/camera/depth/image_raw",
+                            "points_topic:=/lidar/points",
                             log_name="node_flood.log")
     try:
         h.wait_for(lambda: len(h.status) > 0, 60, "first ~/status")
@@ -577,8 +594,50 @@ def test_node_counts_every_message_of_a_malformed_flood(tmp_path, monkeypatch):
             msg.header.stamp = Time(sec=1_800_000_000 + i, nanosec=0)
             return msg
 
-        sent = {"image": 120, "camera_info": 45, "odom": 60, "labels": 30}
+        def depth(i: int) -> Image:
+            w, hgt = 8, 6
+            kind = i % 5
+            if kind == 0:  # an encoding a depth image never has
+                msg = Image(height=hgt, width=w, encoding="rgb8", step=3 * w, data=bytes(3 * w * hgt))
+            elif kind == 1:  # truncated
+                msg = Image(height=hgt, width=w, encoding="16UC1", step=2 * w, data=bytes(2 * w * hgt - 3))
+            elif kind == 2:  # all no-return
+                msg = Image(height=hgt, width=w, encoding="16UC1", step=2 * w, data=bytes(2 * w * hgt))
+            elif kind == 3:  # NaN and negative metres: no return anywhere
+                vals = np.where(rng.random(w * hgt) < 0.5, np.nan, -rng.uniform(0.1, 5, w * hgt)).astype("<f4")
+                msg = Image(height=hgt, width=w, encoding="32FC1", step=4 * w, data=vals.tobytes())
+            else:  # a step shorter than a row
+                msg = Image(height=hgt, width=w, encoding="16UC1", step=w, data=bytes(2 * w * hgt))
+            msg.header.stamp = Time(sec=1_800_000_000 + i, nanosec=0)
+            return msg
+
+        def cloud(i: int) -> PointCloud2:
+            from sensor_msgs.msg import PointField
+
+            n = 50
+            xyz = rng.normal(size=(n, 3)).astype("<f4")
+            fields = [PointField(name=c, offset=4 * k, datatype=7, count=1) for k, c in enumerate("xyz")]
+            msg = PointCloud2(height=1, width=n, fields=fields, point_step=12, row_step=12 * n, data=xyz.tobytes(),
+                              is_dense=True)
+            msg.header.frame_id = "lidar"
+            kind = i % 5
+            if kind == 0:
+                msg.fields = fields[:2]  # no z
+            elif kind == 1:
+                msg.point_step = 8  # smaller than the fields it declares
+            elif kind == 2:
+                msg.data = xyz.tobytes()[:-7]  # truncated
+            elif kind == 3:
+                msg.data = np.full((n, 3), np.nan, "<f4").tobytes()  # every point a no-return
+            else:
+                msg.header.frame_id = ""  # no frame to resolve
+            msg.header.stamp = Time(sec=1_800_000_000 + i, nanosec=0)
+            return msg
+
+        sent = {"image": 120, "camera_info": 45, "odom": 60, "labels": 30, "depth": 40, "points": 40}
         queue = ([("/camera/image_raw", image(i)) for i in range(sent["image"])]
+                 + [("/camera/depth/image_raw", depth(i)) for i in range(sent["depth"])]
+                 + [("/lidar/points", cloud(i)) for i in range(sent["points"])]
                  + [("/camera/camera_info", info(i)) for i in range(sent["camera_info"])]
                  + [("/odom", odom(i)) for i in range(sent["odom"])]
                  + [("/camera/labels", labels(i)) for i in range(sent["labels"])])
@@ -594,7 +653,9 @@ def test_node_counts_every_message_of_a_malformed_flood(tmp_path, monkeypatch):
             s = h.stats[-1] if h.stats else {}
             return (s.get("images_received", 0) >= sent["image"]
                     and s.get("camera_info_invalid", 0) >= sent["camera_info"]
-                    and s.get("odom_invalid", 0) >= sent["odom"] and s.get("labels_invalid", 0) >= sent["labels"])
+                    and s.get("odom_invalid", 0) >= sent["odom"] and s.get("labels_invalid", 0) >= sent["labels"]
+                    and s.get("depth_invalid", 0) + s.get("depth_empty", 0) >= sent["depth"]
+                    and sum(v for k, v in s.items() if k.startswith("points_")) >= sent["points"])
 
         try:
             h.wait_for(counted, 30, "every malformed message counted")
@@ -607,6 +668,9 @@ def test_node_counts_every_message_of_a_malformed_flood(tmp_path, monkeypatch):
         assert sum(v for k, v in s.items() if k.startswith("image_")) == sent["image"]
         assert s["camera_info_invalid"] == sent["camera_info"] and s["odom_invalid"] == sent["odom"]
         assert s["labels_invalid"] == sent["labels"] and s.get("labels_received", 0) == 0
+        assert s.get("depth_invalid", 0) + s.get("depth_empty", 0) == sent["depth"] and not s.get("depth_received")
+        assert s.get("points_invalid", 0) + s.get("points_empty", 0) + s.get("points_no_frame", 0) == sent["points"]
+        assert not s.get("points_received"), s
         assert s["keyframes"] == 0 and proc.poll() is None, "node died or took a malformed frame"
         res, _ = h.call(SaveMap, "save_map", SaveMap.Request(filename="after_flood.pt"))
         assert res.success, res.message  # still answering (an empty map saves)

@@ -345,7 +345,7 @@ def test_trainer_extension_point_trains_an_extra_parameter_group(tiny_scene):
     st = torch.load(tiny_scene.parent / "ext.pt", weights_only=True)
     assert torch.equal(st["bias"]["b"], ext.b.detach()) and st["bias_optimizer"] is not None
     tr2 = Trainer.load(tiny_scene.parent / "ext.pt", frames=tr.frames)
-    assert tr2.step_count == 5 and [e.name for e in tr2.extensions] == ["pose", "appearance"]
+    assert tr2.step_count == 5 and [e.name for e in tr2.extensions] == ["pose", "appearance", "range"]
     restored = Bias()
     tr2.add_extension(restored)  # the saved state and optimiser state come back when the extension is added
     assert torch.equal(restored.b.detach(), ext.b.detach())

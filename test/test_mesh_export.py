@@ -252,10 +252,12 @@ def test_pointcloud_export_has_oriented_normals(room):
                 "--num-points", 20000, "--quiet") == 0
     pcd = o3d.io.read_point_cloud(str(out / "pts.ply"))
     assert len(pcd.points) > 2000 and pcd.has_normals() and pcd.has_colors()
-    # normals face the cameras: towards the room's inside (the cameras' centroid) for nearly every point
+    # normals face the cameras: towards the training camera nearest to each point for nearly every point (the
+    # cameras' centroid is no reference once the map is sharp: the far side of the furniture faces away from it)
     p, n = np.asarray(pcd.points), np.asarray(pcd.normals)
-    centre = room["data"].cameras.c2w[:, :, 3].mean(0).numpy()
-    assert np.mean(np.sum((centre - p) * n, axis=1) > 0) > 0.9
+    cams = room["data"].cameras.c2w[:, :, 3].numpy()
+    nearest = cams[np.argmin(((p[:, None, :] - cams[None, :, :]) ** 2).sum(-1), axis=1)]
+    assert np.mean(np.sum((nearest - p) * n, axis=1) > 0) > 0.9
 
 
 def test_export_refuses_bad_input(room, tmp_path):

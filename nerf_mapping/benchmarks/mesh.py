@@ -22,13 +22,15 @@ import numpy as np
 
 
 def add_cli(bs) -> None:
-    from nerf_mapping.benchmarks import add_demo_scene_args
+    from nerf_mapping.benchmarks import add_demo_scene_args, add_inputs_arg
+    from nerf_mapping.evaluation.mesh import MESH_SAMPLES
 
     q = bs.add_parser("mesh", help="Poisson mesh of a demo scene vs its ground-truth mesh: Chamfer, F-score, seconds")
     add_demo_scene_args(q, "mesh.ply / mesh.png")
+    add_inputs_arg(q)
     q.add_argument("--depth", type=int, default=9, help="Poisson octree depth")
     q.add_argument("--num-points", type=int, default=None, help="rays cast for surface points (default: exporter's)")
-    q.add_argument("--samples", type=int, default=100_000, help="surface samples per mesh for the scores")
+    q.add_argument("--samples", type=int, default=MESH_SAMPLES, help="surface samples per mesh for the scores")
     q.set_defaults(func=cmd_benchmark_mesh)
 
 
@@ -36,11 +38,10 @@ def run(args) -> dict:
     import torch
 
     from nerf_mapping.cli.common import configure, load_data
-    from nerf_mapping.evaluation.mesh import mesh_scores, sample_surface, visible_mask
+    from nerf_mapping.evaluation.mesh import score_reconstruction
     from nerf_mapping.export.mesh import MeshExportConfig, export_geometry, snapshot
     from nerf_mapping.scene.generate import ensure_default_scene
     from nerf_mapping.scene.mesh_io import read_labeled_ply
-    from nerf_mapping.training.offline import build_trainer
 
     scene = Path(args.data) if args.data else ensure_default_scene(progress=not args.quiet)
     if not (scene / "mesh.ply").is_file():
@@ -51,7 +52,13 @@ def run(args) -> dict:
     if data.depths is None:
         raise ValueError(f"{scene}: the training views have no depth maps (needed to cull unseen ground truth)")
     cfg = configure(data, args, seed=args.seed)
-    trainer = build_trainer(data, cfg)
+    inputs = getattr(args, "inputs", "rgb")
+    cfg.range.enabled = cfg.range.enabled and inputs != "rgb"
+    from nerf_mapping.benchmarks import range_frame_store
+    from nerf_mapping.training.offline import scene_spec
+    from nerf_mapping.training.trainer import Trainer
+
+    trainer = Trainer(cfg, scene_spec(data), range_frame_store(data, scene, inputs, seed=args.seed))
     summary = trainer.train(time_budget=args.time_budget, progress=not args.quiet)
     ecfg = MeshExportConfig(depth=args.depth)
     if args.num_points:
@@ -62,28 +69,25 @@ def run(args) -> dict:
     export_s = time.perf_counter() - t0
 
     gt = read_labeled_ply(scene / "mesh.ply")
-    diag = float(np.linalg.norm(np.diff(data.scene_box.numpy(), axis=0)))
-    th = {"1pct": 0.01 * diag, "2pct": 0.02 * diag}
     pred = (np.asarray(res.geometry.vertices), np.asarray(res.geometry.triangles))
     truth = (gt["vertices"], gt["triangles"])
-    pred_s = sample_surface(*pred, args.samples, args.seed)
-    gt_s = sample_surface(*truth, args.samples * 2, args.seed + 1)
-    seen = visible_mask(gt_s, data.cameras, data.depths)
-    gt_vis = gt_s[seen][:args.samples]
-    vis = mesh_scores(pred, pred_s, truth, gt_vis, th)
-    full = mesh_scores(pred, pred_s, truth, gt_s[:args.samples], th)
+    scores, pred_s = score_reconstruction(pred, truth, data.scene_box.numpy(), data.cameras, data.depths,
+                                          args.samples, args.seed)
+    spr = []
+    with trainer.fast_inference(), torch.no_grad():
+        for i in range(0, len(data), max(1, len(data) // 5)):
+            r = trainer.render(data.cameras, i)
+            spr.append(float(r["n_samples"]) / float(data.cameras.width[i] * data.cameras.height[i]))
     out = {
-        "scene": str(scene), "time_budget_s": args.time_budget, "train_steps": summary["steps"],
+        "scene": str(scene), "inputs": inputs, "samples_per_ray_median": float(np.median(spr)),
+        "time_budget_s": args.time_budget, "train_steps": summary["steps"],
         "train_seconds": summary["train_seconds"], "export_seconds": export_s,
         "export_phase_seconds": res.seconds, "depth": args.depth, "num_points_cast": ecfg.num_points,
         "n_points": res.n_points, "n_vertices": res.n_vertices, "n_triangles": res.n_triangles,
-        "scene_diagonal": diag, "gt_visible_fraction": float(seen.mean()),
-        "chamfer_rel": vis["chamfer"] / diag, "fscore_1pct": vis["fscore_1pct"], "fscore_2pct": vis["fscore_2pct"],
-        "precision_2pct": vis["precision_2pct"], "recall_2pct": vis["recall_2pct"],
-        "visible": vis, "full": full, "chamfer_rel_full": full["chamfer"] / diag,
+        **scores,
         "mesh": str(res.path), "threads": torch.get_num_threads(), "trainer_overrides": list(args.set),
     }
-    out["picture"] = str(save_picture(out_dir / "mesh.png", pred_s, res.geometry, truth, diag))
+    out["picture"] = str(save_picture(out_dir / "mesh.png", pred_s, res.geometry, truth, scores["scene_diagonal"]))
     return out
 
 
@@ -123,5 +127,6 @@ def cmd_benchmark_mesh(args) -> int:
     from nerf_mapping.benchmarks import run_and_report
 
     return run_and_report(run, args, (
-        "chamfer_rel", "fscore_1pct", "fscore_2pct", "precision_2pct", "recall_2pct", "chamfer_rel_full",
+        "inputs", "chamfer_rel", "fscore_1pct", "fscore_2pct", "precision_2pct", "recall_2pct", "chamfer_rel_full",
+        "samples_per_ray_median",
         "export_seconds", "train_seconds", "train_steps", "n_triangles", "mesh", "picture"))

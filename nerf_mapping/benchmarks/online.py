@@ -35,10 +35,13 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_TOPICS = {"image": "/camera/image_raw", "compressed": "/camera/image_raw/compressed",
-                  "camera_info": "/camera/camera_info", "odom": "/odom", "tf_static": "/tf_static"}
+                  "camera_info": "/camera/camera_info", "odom": "/odom", "tf_static": "/tf_static",
+                  "depth": "/camera/depth/image_raw", "points": "/lidar/points"}
 
 
 def add_cli(bs) -> None:
+    from nerf_mapping.benchmarks import add_inputs_arg
+
     q = bs.add_parser("online", help="play a bag into the online mapper in real time with default parameters: live "
                                      "PSNR of held-out views over time vs offline training on the same frames, "
                                      "steps/s, render_view and save_map latency, RSS")
@@ -50,6 +53,7 @@ def add_cli(bs) -> None:
     q.add_argument("--snapshot-every", type=float, default=50.0, help="seconds between map saves (scored snapshots)")
     q.add_argument("--max-views", type=int, default=8, help="held-out views scored per snapshot (evenly spaced)")
     q.add_argument("--no-offline", action="store_true", help="skip the offline reference")
+    add_inputs_arg(q)
     q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="mapper parameter override (node parameter names, e.g. scene_box=[-3,-2.5,0,3,2.5,3])")
     q.add_argument("--output", type=Path, default=None, help="snapshots (default: a folder beside --json)")
@@ -77,7 +81,7 @@ class BagFeed:
     """The bag's messages dispatched to a mapper as the node's callbacks do; every ``holdout_every``-th image is
     kept aside (stamp, uint8 image) instead. Odometry is recorded for scoring."""
 
-    def __init__(self, bag: Path, holdout_every: int):
+    def __init__(self, bag: Path, holdout_every: int, inputs: str = "rgb"):
         from nerf_mapping.bags import open_reader
 
         self.bag = Path(bag)
@@ -96,6 +100,11 @@ class BagFeed:
                 raise ValueError(f"{bag}: no image topic (topics: {sorted(topics)})")
             self.image_topic = cands[0]
         self.topics = topics
+        self.inputs = inputs
+        self.range_topics = {"rgbd": [DEFAULT_TOPICS["depth"]], "rgb+lidar": [DEFAULT_TOPICS["points"]]}.get(inputs, [])
+        for t in self.range_topics:
+            if t not in topics:
+                raise ValueError(f"{bag}: --inputs {inputs} needs the topic {t} (topics: {sorted(topics)})")
         self.held_out: list[tuple[int, np.ndarray]] = []
         self.odom: list[tuple[int, str, np.ndarray]] = []
         self.images = 0
@@ -105,16 +114,28 @@ class BagFeed:
         return (self.end_ns - self.start_ns) * 1e-9
 
     def messages(self):
-        wanted = {self.image_topic, DEFAULT_TOPICS["camera_info"], DEFAULT_TOPICS["odom"], DEFAULT_TOPICS["tf_static"]}
+        wanted = {self.image_topic, DEFAULT_TOPICS["camera_info"], DEFAULT_TOPICS["odom"], DEFAULT_TOPICS["tf_static"],
+                  *self.range_topics}
         with self._open() as reader:
             conns = [c for c in reader.connections if c.topic in wanted]
             for conn, t_ns, raw in reader.messages(connections=conns):
                 yield conn.topic, conn.msgtype, t_ns, reader.deserialize(raw, conn.msgtype)
 
+    def attach(self, mapper) -> None:
+        """Tell ``mapper`` which range inputs come (as the node does when its topics are set)."""
+        mapper.range_input.expect_depth = DEFAULT_TOPICS["depth"] in self.range_topics
+        mapper.range_input.expect_points = DEFAULT_TOPICS["points"] in self.range_topics
+
     def dispatch(self, mapper, topic: str, msgtype: str, msg, hold_out: bool = True) -> None:
         from nerf_mapping import bags
 
-        if topic == self.image_topic:
+        if topic == DEFAULT_TOPICS["depth"]:
+            mapper.range_input.add_depth(bags.stamp_to_ns(msg.header.stamp), msg.header.frame_id,
+                                         bags.depth_msg_to_array(msg))
+        elif topic == DEFAULT_TOPICS["points"]:
+            xyz, times = bags.pointcloud_msg_to_arrays(msg, max_points=mapper.cfg.range_input.max_points_per_scan)
+            mapper.range_input.add_points(bags.stamp_to_ns(msg.header.stamp), msg.header.frame_id, xyz, times)
+        elif topic == self.image_topic:
             decode = bags.compressed_image_to_array if msgtype.endswith("CompressedImage") else bags.image_msg_to_array
             stamp = bags.stamp_to_ns(msg.header.stamp)
             self.images += 1
@@ -164,7 +185,7 @@ def score_map(map_path: Path, cfg, held_out, odom, T_base_cam: np.ndarray, intri
     for stamp, _, T in odom:
         buf.add(stamp, T)
     T_map_odom = m.drift_estimate()
-    vals = []
+    vals, spr = [], []
     for stamp, image in held_out:
         T_odom_base, _ = buf.pose_at(stamp, count=False)
         if T_odom_base is None:
@@ -178,7 +199,9 @@ def score_map(map_path: Path, cfg, held_out, odom, T_base_cam: np.ndarray, intri
             out = m.trainer.render(cam, 0, chunk=RENDER_CHUNK)
         gt = torch.from_numpy(np.array(small, order="C")).float() / 255.0
         vals.append(psnr(out["rgb"].clamp(0, 1), gt))
+        spr.append(float(out["n_samples"]) / (small.shape[0] * small.shape[1]))
     return {"psnr_db": float(np.mean(vals)) if vals else float("nan"), "views": len(vals),
+            "samples_per_ray_median": float(np.median(spr)) if spr else float("nan"),
             "steps": int(m.trainer.step_count), "keyframes": len(m.trainer.frames)}
 
 
@@ -193,9 +216,10 @@ def _spaced(items: list, n: int) -> list:
 def run_online(args, cfg, out_dir: Path, log=print) -> tuple[dict, BagFeed, object]:
     from nerf_mapping.mapping.mapper import OnlineMapper
 
-    feed = BagFeed(args.bag, args.holdout_every)
+    feed = BagFeed(args.bag, args.holdout_every, getattr(args, "inputs", "rgb"))
     renders = [0]
     mapper = OnlineMapper(cfg, on_render=lambda rgb, stamp: renders.__setitem__(0, renders[0] + 1))
+    feed.attach(mapper)
     stop = threading.Event()
     rss = [_rss_mb()]
     t0 = time.monotonic()
@@ -282,6 +306,7 @@ def run_offline(args, cfg, feed: BagFeed, out_dir: Path, log=print) -> dict:
     # the whole odometry stream is kept: images are fed faster than real time, so they lag behind the odometry
     m = OnlineMapper(replace(cfg, training=replace(cfg.training, enabled=False),
                              sync=replace(cfg.sync, buffer_s=1e9)))
+    feed.attach(m)
     m.start()
     try:
         feed.images = 0
@@ -331,10 +356,12 @@ def run(args, log=print) -> dict:
     for t, path, n_held in snaps:
         views = _spaced(feed.held_out[:n_held], args.max_views)
         s = score_map(path, cfg, views, feed.odom, T_base_cam, intr)
-        series.append({"t": t, "psnr_db": round(s["psnr_db"], 3), "views": s["views"], "steps": s["steps"]})
+        series.append({"t": t, "psnr_db": round(s["psnr_db"], 3), "views": s["views"], "steps": s["steps"],
+                       "samples_per_ray_median": round(s["samples_per_ray_median"], 2)})
         log(f"[online] t={t:6.1f} s  held-out PSNR {s['psnr_db']:.2f} dB over {s['views']} views")
     final_views = _spaced(feed.held_out, args.max_views)
-    res = {"bag": str(args.bag), "seconds": args.seconds, "holdout_every": args.holdout_every,
+    res = {"bag": str(args.bag), "inputs": feed.inputs, "seconds": args.seconds, "holdout_every": args.holdout_every,
+           "samples_per_ray_median": series[-1]["samples_per_ray_median"],
            "held_out_views": len(feed.held_out), "scored_views": len(final_views),
            "bag_duration_s": round(feed.duration_s, 1), "overrides": list(args.set),
            "live_psnr_db": series[-1]["psnr_db"], "live_psnr_series": series, **online,
@@ -353,7 +380,8 @@ def cmd_benchmark_online(args) -> int:
     from nerf_mapping.cli.common import exit_on_error, print_and_write_json
 
     res = exit_on_error(run, args)
-    keys = ("live_psnr_db", "offline_psnr_db", "gap_db", "steps", "steps_per_second", "render_view_seconds_median",
+    keys = ("inputs", "live_psnr_db", "offline_psnr_db", "gap_db", "steps", "steps_per_second",
+            "samples_per_ray_median", "render_view_seconds_median",
             "render_view_seconds_max", "save_map_seconds", "rss_max_mb")
     print_and_write_json(res, args.json, {k: res.get(k) for k in keys}, label=None, default=str)
     return 0

@@ -44,11 +44,12 @@ PICTURE_QUERIES = ("sofa", "chair", "table", "plant")
 
 
 def add_cli(bs) -> None:
-    from nerf_mapping.benchmarks import add_demo_scene_args
+    from nerf_mapping.benchmarks import add_demo_scene_args, add_inputs_arg
 
     q = bs.add_parser("segmentation", help="text queries on a labelled demo scene: 3D / 2D mIoU by class names and "
                                            "synonyms, query latency")
     add_demo_scene_args(q, "segmentation.png")
+    add_inputs_arg(q)
     q.add_argument("--teacher", default="labels", choices=("labels", "clip"))
     q.add_argument("--clip-path", default="", help="local CLIP weights (the clip teacher)")
     q.add_argument("--tolerance", type=float, default=0.02,
@@ -71,7 +72,9 @@ def run(args) -> dict:
     from nerf_mapping.semantics.query import (QueryConfig, candidate_points, language_snapshot, render_language,
                                               segment, text_relevancy)
     from nerf_mapping.semantics.teachers import TeacherConfig, make_teacher
-    from nerf_mapping.training.offline import build_trainer
+    from nerf_mapping.benchmarks import range_frame_store
+    from nerf_mapping.training.offline import scene_spec
+    from nerf_mapping.training.trainer import Trainer
 
     scene = Path(args.data) if args.data else ensure_default_scene(progress=not args.quiet)
     if not (scene / "mesh.ply").is_file() or not (scene / "labels.json").is_file():
@@ -82,7 +85,10 @@ def run(args) -> dict:
     data = load_data(scene, "train", 1)
     names = class_names(data)
     teacher = make_teacher(TeacherConfig(name=args.teacher, clip_path=args.clip_path), names)
-    trainer = build_trainer(data, configure(data, args, seed=args.seed))
+    cfg = configure(data, args, seed=args.seed)
+    inputs = getattr(args, "inputs", "rgb")
+    cfg.range.enabled = cfg.range.enabled and inputs != "rgb"
+    trainer = Trainer(cfg, scene_spec(data), range_frame_store(data, scene, inputs, seed=args.seed))
     train_labels = label_images(data)  # read once: the teacher's targets and the projected 3D ground truth
     t0 = time.perf_counter()
     attach_language_field(trainer, data, teacher, labels=train_labels if teacher.needs_labels else None)
@@ -145,7 +151,7 @@ def run(args) -> dict:
     eval_2d_s = time.perf_counter() - t2d
 
     out = {
-        "scene": str(scene), "teacher": teacher.name, "teacher_dim": teacher.dim,
+        "scene": str(scene), "inputs": inputs, "teacher": teacher.name, "teacher_dim": teacher.dim,
         "teacher_note": ("oracle: ground-truth class labels embedded by all-MiniLM-L6-v2 (measures 3D lifting and "
                          "text matching, not 2D recognition)" if teacher.name == "labels" else "CLIP, MaskCLIP-style"),
         "miou_3d_names": mean_iou(e["iou_3d_name"] for e in per_class.values()),
@@ -204,6 +210,7 @@ def cmd_benchmark_segmentation(args) -> int:
     from nerf_mapping.benchmarks import run_and_report
 
     return run_and_report(run, args, (
-        "miou_3d_names", "miou_3d_synonyms", "miou_3d_names_projected", "miou_3d_synonyms_projected", "miou_2d_names",
+        "inputs", "miou_3d_names", "miou_3d_synonyms", "miou_3d_names_projected", "miou_3d_synonyms_projected",
+        "miou_2d_names",
         "query_seconds_median", "query_seconds_max", "teacher", "candidates", "matched_fraction", "train_steps",
         "picture"))

@@ -12,7 +12,7 @@ def run(args) -> int:
     from nerf_mapping.evaluation import evaluate, to_uint8
     from nerf_mapping.export.camera_path import generate_trajectory, write_video
     from nerf_mapping.scene import ensure_default_scene
-    from nerf_mapping.training.offline import build_trainer, checkpoint_extra
+    from nerf_mapping.training.offline import checkpoint_extra
 
     out = Path(args.output).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -21,7 +21,13 @@ def run(args) -> int:
     train = load_data(scene_dir, "train", 1)
     test = load_data(scene_dir, "test", 1)
     cfg = offline_config(train)
-    trainer = build_trainer(train, cfg)
+    # the simulated depth camera's images (noisy, with holes), as an RGB-D rig gives them; the ground-truth depth
+    # maps beside them only score
+    from nerf_mapping.benchmarks import range_frame_store
+    from nerf_mapping.training.offline import scene_spec
+    from nerf_mapping.training.trainer import Trainer
+
+    trainer = Trainer(cfg, scene_spec(train), range_frame_store(train, scene_dir, "rgbd", seed=cfg.seed))
     print(f"training {args.time_budget:.0f} s on {len(train)} frames "
           f"({int(train.cameras.width[0])}x{int(train.cameras.height[0])}), hash encoding: {trainer.field.encoding.impl}")
     curve = []

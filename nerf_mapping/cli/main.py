@@ -23,6 +23,8 @@ def cmd_train(args) -> int:
     if args.steps is None and args.time_budget is None:
         args.time_budget = 300.0
     data = load_data(args.data, "train", args.downscale, args.max_frames)
+    if args.no_depth:
+        data.depths = None  # before the frame store is built: no depth reaches training (RGB-only vs RGB-D runs)
     # --- pose refinement (issue 5): optional synthetic pose noise on the training poses
     from nerf_mapping.cli import poses as pose_cli
 
@@ -42,13 +44,14 @@ def cmd_train(args) -> int:
     from nerf_mapping.cli import semantics as semantics_cli
 
     exit_on_error(semantics_cli.attach_teacher, args, trainer, data)  # --teacher: a language field
-    print(f"training on {len(data)} frames ({data.format}, {'unbounded' if data.unbounded else 'bounded'}), "
-          f"hash encoding: {trainer.field.encoding.impl}")
+    print(f"training on {len(data)} frames ({data.format}, {'unbounded' if data.unbounded else 'bounded'}, "
+          f"{'with' if data.depths is not None else 'no'} depth), hash encoding: {trainer.field.encoding.impl}")
     summary = trainer.train(max_steps=args.steps, time_budget=args.time_budget, progress=not args.quiet)
     ckpt = out / "checkpoint.pt"
     trainer.save(ckpt, extra={**checkpoint_extra(data, args.data, args.downscale),
                               **pose_cli.train_extra(args, data)})  # pose export / errors (issue 5)
-    (out / "train_summary.json").write_text(json.dumps({**summary, "final_train_psnr": trainer.last_stats.get("psnr")}, indent=2))
+    (out / "train_summary.json").write_text(json.dumps({**summary, "final_train_psnr": trainer.last_stats.get("psnr"),
+                                                         "depth": data.depths is not None}, indent=2))
     print(f"{summary['steps']} steps in {summary['train_seconds']:.1f} s "
           f"({summary['rays_per_second']:.0f} rays/s, {summary['samples_per_second'] / 1e6:.2f} M samples/s)")
     print(f"checkpoint: {ckpt}")
@@ -152,7 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="nerf-mapping", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train a map on a dataset (nerfstudio / Blender / DTU format)")
+    p = sub.add_parser("train", help="train a map on a dataset (nerfstudio / Blender / DTU / 7-Scenes format)")
     p.add_argument("--data", required=True, type=Path)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--time-budget", type=float, help="seconds of training (default 300 when --steps is absent)")
@@ -163,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", type=Path, default=None, help="continue from a checkpoint")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--no-depth", action="store_true",
+                   help="ignore the dataset's depth maps (RGB only); by default depth in the data is trained on")
     add_impl_arg(p)
     add_config_arg(p)
     from nerf_mapping.cli.poses import add_train_args  # --pose-noise-rot-deg/--pose-noise-trans/--pose-opt/--c2f
@@ -173,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_teacher_args(p)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="render a split and report PSNR / SSIM")
+    p = sub.add_parser("eval", help="render a split and report PSNR / SSIM (and depth_abs_median_m where the split "
+                                    "has depth)")
     p.add_argument("--checkpoint", required=True, type=Path)
     p.add_argument("--data", type=Path, default=None, help="default: the dataset recorded in the checkpoint")
     p.add_argument("--split", default="test", choices=["train", "val", "test", "all"])
@@ -242,6 +248,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ROS demo: keep mapping at least this long after the first frame, even once the bar is "
                         "reached (pose refinement keeps correcting the odometry drift; ATE is printed as it goes)")
     p.add_argument("--timeout", type=float, default=600.0, help="ROS demo: give up after this many seconds")
+    p.add_argument("--inputs", choices=("rgb", "rgbd", "rgb+lidar"), default="rgbd",
+                   help="ROS demo: what the node maps from: the colour images alone, with the depth camera "
+                        "(default), or with the LiDAR sweeps (nerf_mapping.ros.demo.DEMO_INPUTS)")
     p.add_argument("--time-budget", type=float, default=120.0, help="offline demo: training seconds")
     p.add_argument("--frames", type=int, default=90, help="offline demo: video frames")
     p.set_defaults(func=cmd_demo)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from nerf_mapping.scene.generate import SceneConfig
+from nerf_mapping.scene.sensors import DepthCameraConfig, LidarConfig
 
 _D = SceneConfig()
 
@@ -28,10 +29,12 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     """Register ``generate`` on the given sub-parsers object (of the ``scene`` command) and return its parser."""
     p = subparsers.add_parser(
         "generate",
-        help="render the built-in labeled demo room or corridor (images, depth, labels, mesh, rosbag2)",
+        help="render the built-in labeled demo room or corridor (images, depth, labels, range sensors, mesh, "
+             "rosbag2)",
         description="Render the built-in labeled indoor demo scene along a handheld trajectory: nerfstudio "
-        "transforms.json + RGB/depth/label PNGs, ground-truth mesh.ply and a rosbag2 with images, camera info, "
-        "noisy and ground-truth odometry and the static camera extrinsic.",
+        "transforms.json + RGB/depth/label PNGs, a simulated depth camera and spinning LiDAR (sensor_depth/, "
+        "lidar.npz), ground-truth mesh.ply and a rosbag2 with images, camera info, depth images, LiDAR sweeps, "
+        "noisy and ground-truth odometry and the static extrinsics.",
     )
     p.add_argument("--output", "-o", type=Path, required=True, help="output folder (created)")
     p.add_argument("--seed", type=int, default=_D.seed, help="scene layout / trajectory / noise seed")
@@ -57,6 +60,8 @@ def add_cli(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-bag", action="store_true", help="skip the rosbag2")
     p.add_argument("--supersample", type=int, default=_D.supersample, help="SxS colour samples per pixel")
     p.add_argument("--no-shadows", action="store_true", help="disable cast shadows")
+    p.add_argument("--no-depth-camera", action="store_true", help="skip the simulated depth camera")
+    p.add_argument("--no-lidar", action="store_true", help="skip the simulated LiDAR")
     p.add_argument("--force", action="store_true", help="write into a non-empty folder that is not a previous scene")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run_generate)
@@ -71,7 +76,8 @@ def config_from_args(args: argparse.Namespace) -> SceneConfig:
         image_rate_hz=args.image_rate, odom_rate_hz=args.odom_rate, odom_trans_rw_sigma=args.odom_trans_rw,
         odom_z_rw_sigma=args.odom_z_rw, odom_yaw_rw_sigma=args.odom_yaw_rw, odom_jitter_trans=args.odom_jitter_trans,
         odom_jitter_rot=args.odom_jitter_rot, bag_storage=args.bag_storage, write_bag=not args.no_bag,
-        supersample=args.supersample, shadows=not args.no_shadows)
+        supersample=args.supersample, shadows=not args.no_shadows,
+        depth_camera=DepthCameraConfig(enabled=not args.no_depth_camera), lidar=LidarConfig(enabled=not args.no_lidar))
 
 
 def run_generate(args: argparse.Namespace) -> int:

@@ -10,6 +10,8 @@ is known before the config is built, so it is built once.
 """
 from __future__ import annotations
 
+import copy
+
 import math
 from typing import Callable, Iterable
 
@@ -144,7 +146,7 @@ def auto_extent_scene(extent, near: float) -> SceneSpec:
                      occupancy_box=extent.occupancy_box())
 
 
-def online_config(scene: SceneSpec, training, extent=None) -> TrainerConfig:
+def online_config(scene: SceneSpec, training, extent=None, range_cfg=None) -> TrainerConfig:
     """The online mapper's trainer config (the node, ``benchmark drift`` and the tests train exactly this) from its
     ``training`` settings (:class:`nerf_mapping.mapping.config.OnlineTrainingConfig`, validated: a pose-refinement
     mode name).
@@ -153,8 +155,11 @@ def online_config(scene: SceneSpec, training, extent=None) -> TrainerConfig:
     (:func:`apply_auto_extent_preset`); with a given box, the inside-out preset unless the scene is unbounded (the
     robot is inside the mapped volume). Pose refinement with a constant, small per-keyframe rate (each keyframe gets
     ~2 rays per step, so a larger one turns gradient noise into a random walk of the poses) plus the drift spline; no
-    coarse-to-fine (an online run has no known end). ``training.overrides`` apply last."""
+    coarse-to-fine (an online run has no known end). ``range_cfg``: the range supervision
+    (:class:`nerf_mapping.training.range.RangeConfig`; default its defaults). ``training.overrides`` apply last."""
     cfg = TrainerConfig()
+    if range_cfg is not None:
+        cfg.range = copy.deepcopy(range_cfg)
     if extent is not None:
         apply_auto_extent_preset(cfg, extent)
     elif not scene.unbounded:

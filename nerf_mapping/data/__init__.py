@@ -1,4 +1,4 @@
-"""Dataparsers -> :class:`SceneData`. :func:`load_dataset` autodetects nerfstudio / blender / dtu layouts."""
+"""Dataparsers -> :class:`SceneData`. :func:`load_dataset` autodetects nerfstudio / blender / dtu / 7scenes layouts."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from .base import SPLITS, DataError, SceneData, split_indices, subsample
 from .blender import load_blender
 from .dtu import load_dtu
 from .nerfstudio import load_nerfstudio
+from .sevenscenes import INTRINSICS_FILE as SEVENSCENES_INTRINSICS, find_root as sevenscenes_root, load_sevenscenes
 
-FORMATS = ("nerfstudio", "blender", "dtu")
+FORMATS = ("nerfstudio", "blender", "dtu", "7scenes")
 
 __all__ = [
     "FORMATS",
@@ -22,25 +23,30 @@ __all__ = [
     "load_dataset",
     "load_dtu",
     "load_nerfstudio",
+    "load_sevenscenes",
     "split_indices",
     "subsample",
 ]
 
 
 def detect_format(path: Path | str) -> str:
-    """'nerfstudio' (transforms.json), 'blender' (transforms_{train,val,test}.json) or 'dtu' (cameras*.npz + image/).
+    """'nerfstudio' (transforms.json), 'blender' (transforms_{train,val,test}.json), 'dtu' (cameras*.npz + image/)
+    or '7scenes' (camera-intrinsics.txt + frame-XXXXXX.color.jpg, in the folder or its data/ subfolder).
 
     ``path`` may be the dataset folder or its main file. DataError says what was looked for when nothing matches.
     """
     p = Path(path)
     if p.is_file():
+        if p.name == SEVENSCENES_INTRINSICS:
+            return "7scenes"
         if p.suffix == ".npz":
             return "dtu"
         if p.name in ("transforms_train.json", "transforms_val.json", "transforms_test.json"):
             return "blender"
         if p.suffix == ".json":
             return "nerfstudio"
-        raise DataError(f"{p}: unrecognised dataset file (expected transforms.json, transforms_<split>.json or .npz)")
+        raise DataError(f"{p}: unrecognised dataset file (expected transforms.json, transforms_<split>.json, .npz "
+                        f"or {SEVENSCENES_INTRINSICS})")
     if not p.is_dir():
         raise DataError(f"{p}: dataset path does not exist")
     if (p / "transforms.json").is_file():
@@ -49,9 +55,12 @@ def detect_format(path: Path | str) -> str:
         return "blender"
     if any(p.glob("cameras*.npz")) and any((p / d).is_dir() for d in ("image", "images")):
         return "dtu"
+    if sevenscenes_root(p) is not None:
+        return "7scenes"
     raise DataError(
         f"{p}: unrecognised dataset layout (looked for transforms.json [nerfstudio], transforms_train.json "
-        f"[blender], cameras*.npz + image/ [dtu])"
+        f"[blender], cameras*.npz + image/ [dtu], {SEVENSCENES_INTRINSICS} + *.color.jpg in the folder or data/ "
+        f"[7scenes])"
     )
 
 
@@ -87,4 +96,6 @@ def load_dataset(
         return load_blender(path, split, downscale, bg, test_every, max_frames, num_workers)
     if fmt == "dtu":
         return load_dtu(path, split, downscale, bg, test_every, max_frames, num_workers, cameras_file=cameras_file)
+    if fmt == "7scenes":
+        return load_sevenscenes(path, split, downscale, bg, test_every, max_frames, num_workers)
     raise ValueError(f"unknown format {fmt!r}; expected one of {FORMATS}")

@@ -144,12 +144,14 @@ def load_mask(path: Path, size: tuple[int, int] | None) -> Tensor:
         return torch.from_numpy(np.asarray(im) >= 128)
 
 
-def load_depth(path: Path, size: tuple[int, int] | None, png_scale: float, scene_scale: float) -> Tensor:
+def load_depth(path: Path, size: tuple[int, int] | None, png_scale: float, scene_scale: float,
+               invalid_raw: float | None = None) -> Tensor:
     """Depth map -> float32 [H, W] in scene units (0 = invalid).
 
     ``.npy``: metres (file units). Images (16-bit PNG): ``value * png_scale`` (nerfstudio's depth_unit_scale_factor,
-    default 1e-3 = millimetres). ``scene_scale`` converts file units to scene units. Resizing averages only the valid
-    pixels of each footprint so holes do not drag depths towards 0.
+    default 1e-3 = millimetres). ``scene_scale`` converts file units to scene units. ``invalid_raw``: a file value
+    that also means "no return" besides 0 (Kinect/7-Scenes PNGs use 65535), dropped before scaling so it never reads
+    as a 65 m surface. Resizing averages only the valid pixels of each footprint so holes do not drag depths towards 0.
     """
     if path.suffix.lower() == ".npy":
         d = np.load(path).astype(np.float32)
@@ -160,6 +162,8 @@ def load_depth(path: Path, size: tuple[int, int] | None, png_scale: float, scene
             d = np.asarray(im).astype(np.float32)
         if d.ndim == 3:
             d = d[..., 0]
+        if invalid_raw is not None:
+            d = np.where(d == np.float32(invalid_raw), np.float32(0.0), d)
         d = d * np.float32(png_scale)
     d = np.where(np.isfinite(d) & (d > 0), d, 0.0).astype(np.float32)
     if size is not None and (size[0], size[1]) != (d.shape[1], d.shape[0]):
@@ -208,8 +212,10 @@ def load_frame(
     background: Sequence[float],
     depth_png_scale: float = 1e-3,
     depth_scene_scale: float = 1.0,
+    depth_invalid_raw: float | None = None,
 ) -> LoadedFrame:
-    """Load image (+ mask, depth) of one frame at 1/downscale resolution; see :class:`FrameRecord`."""
+    """Load image (+ mask, depth) of one frame at 1/downscale resolution; see :class:`FrameRecord` and
+    :func:`load_depth` for the depth arguments."""
     if rec.image_ds is not None:
         img = load_rgb(rec.image_ds, None, background)
         h, w = img.shape[:2]
@@ -235,19 +241,20 @@ def load_frame(
         dp = rec.depth_ds if rec.depth_ds is not None else rec.depth
         if not dp.is_file():
             raise DataError(f"{rec.label}: depth file not found: {dp}")
-        depth = load_depth(dp, size, depth_png_scale, depth_scene_scale)
+        depth = load_depth(dp, size, depth_png_scale, depth_scene_scale, depth_invalid_raw)
     return LoadedFrame(img, (int(full[0]), int(full[1])), mask, depth)
 
 
 def load_frames(records: Sequence[FrameRecord], downscale: int, background: Sequence[float],
                 depth_png_scale: float = 1e-3, depth_scene_scale: float = 1.0,
-                num_workers: int | None = None) -> list[LoadedFrame]:
+                num_workers: int | None = None, depth_invalid_raw: float | None = None) -> list[LoadedFrame]:
     """Load many frames in a thread pool (order preserved). Missing files raise DataError before any decoding."""
     for rec in records:
         if rec.image_ds is None and not rec.image.is_file():
             raise DataError(f"{rec.label}: image file not found: {rec.image}")
     return parallel_map(
-        lambda r: load_frame(r, downscale, background, depth_png_scale, depth_scene_scale), records, num_workers
+        lambda r: load_frame(r, downscale, background, depth_png_scale, depth_scene_scale, depth_invalid_raw),
+        records, num_workers
     )
 
 

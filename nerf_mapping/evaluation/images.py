@@ -1,4 +1,5 @@
-"""Image metrics (PSNR, SSIM) and the evaluation loop over a dataset split.
+"""Image metrics (PSNR, SSIM) and the evaluation loop over a dataset split (with depth error where the split
+has depth, :mod:`nerf_mapping.evaluation.depth`).
 
 LPIPS is not computed: its backbone weights are downloaded at run time, which this project does not allow.
 """
@@ -77,15 +78,20 @@ def evaluate(
         output_dir: if given, side-by-side renders (ground truth | render) and per-image metrics are written there.
         use_masks: masked PSNR where the dataset has masks (DTU).
     Returns:
-        {"psnr", "ssim", "n_images", "seconds_per_image", "per_image": [...]} (+ "psnr_masked" when masks exist).
+        {"psnr", "ssim", "n_images", "seconds_per_image", "per_image": [...]} (+ "psnr_masked" when masks exist,
+        + "depth_abs_median_m" when the split has depth maps and the render a "depth": the median over every valid
+        pixel of |rendered z-depth - dataset depth| in metres, :mod:`nerf_mapping.evaluation.depth`).
     """
     import imageio.v3 as iio
+
+    from nerf_mapping.evaluation.depth import depth_abs_errors, median_of, z_depth_image
 
     indices = list(range(len(scene.images))) if indices is None else indices
     if output_dir is not None:
         output_dir = Path(output_dir)
         output_dir.mkdir(parents=True, exist_ok=True)
     rows = []
+    depth_errors = []  # per image: |z - depth| in metres at the valid pixels
     t_total = 0.0
     it = indices
     if progress:
@@ -101,6 +107,11 @@ def evaluate(
         row = {"index": int(i), "frame": int(scene.frame_indices[i]), "psnr": psnr(pred, gt), "ssim": ssim(pred, gt)}
         if use_masks and scene.masks is not None:
             row["psnr_masked"] = psnr(pred, gt, scene.masks[i])
+        if getattr(scene, "depths", None) is not None and scene.depths[i] is not None and "depth" in out:
+            err = depth_abs_errors(z_depth_image(out["depth"], scene.cameras, i), scene.depths[i],
+                                   getattr(scene, "world_scale", 1.0))
+            depth_errors.append(err)
+            row["depth_abs_median_m"] = median_of([err])
         rows.append(row)
         if output_dir is not None:
             iio.imwrite(output_dir / f"{i:04d}_gt_vs_render.png", np.concatenate([to_uint8(gt), to_uint8(pred)], axis=1))
@@ -113,6 +124,8 @@ def evaluate(
     }
     if rows and "psnr_masked" in rows[0]:
         res["psnr_masked"] = float(np.nanmean([r["psnr_masked"] for r in rows]))
+    if depth_errors:
+        res["depth_abs_median_m"] = median_of(depth_errors)
     if output_dir is not None:
         (output_dir / "metrics.json").write_text(json.dumps(res, indent=2))
     return res

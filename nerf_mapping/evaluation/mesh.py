@@ -9,6 +9,8 @@ et al.'s Tanks and Temples F-score and of the SLAM mesh benchmarks).
 A camera sees only part of a scene (the underside of a table, the back of a sofa against a wall): the truth can be
 restricted to what the training views saw (:func:`visible_mask`, with the views' ground-truth depth maps, as the
 NICE-SLAM / Co-SLAM evaluations cull their reference meshes), so that recall measures the mapping, not the capture.
+
+:func:`score_reconstruction` is the one scoring recipe of ``benchmark mesh`` and of the ROS demo's ExportMesh check.
 """
 from __future__ import annotations
 
@@ -88,3 +90,34 @@ def mesh_scores(pred_mesh: tuple, pred_points: np.ndarray, gt_mesh: tuple, gt_po
         out[f"precision_{name}"], out[f"recall_{name}"] = p, r
         out[f"fscore_{name}"] = 2 * p * r / (p + r) if p + r > 0 else 0.0
     return out
+
+
+MESH_SAMPLES = 100_000
+"""Area-uniform samples per mesh of :func:`score_reconstruction` (``benchmark mesh --samples``)."""
+
+
+def score_reconstruction(pred_mesh: tuple, gt_mesh: tuple, scene_box, cameras: Cameras, depths: list[torch.Tensor],
+                         samples: int = MESH_SAMPLES, seed: int = 0) -> tuple[dict, np.ndarray]:
+    """A reconstructed mesh against the ground truth, the ``benchmark mesh`` way. Thresholds and the relative
+    Chamfer distance are in fractions of the diagonal of ``scene_box`` [2,3]; ``samples`` points on the
+    reconstruction, ``2 * samples`` on the truth of which those seen by ``cameras`` (with their ground-truth
+    ``depths``, :func:`visible_mask`) and the first ``samples`` of all are the two references. Meshes are
+    (vertices [V,3], triangles [F,3]) in the frame and units of the cameras.
+
+    Returns (scores, the reconstruction's samples [samples,3]). scores: ``chamfer_rel``, ``fscore_1pct``,
+    ``fscore_2pct``, ``precision_2pct``, ``recall_2pct`` (against the visible truth: the headline figures),
+    ``chamfer_rel_full`` (the whole truth), ``scene_diagonal``, ``gt_visible_fraction``, and the full
+    :func:`mesh_scores` dicts ``visible`` and ``full``."""
+    diag = float(np.linalg.norm(np.diff(np.asarray(scene_box, dtype=np.float64).reshape(2, 3), axis=0)))
+    th = {"1pct": 0.01 * diag, "2pct": 0.02 * diag}
+    pred_s = sample_surface(*pred_mesh, samples, seed)
+    gt_s = sample_surface(*gt_mesh, samples * 2, seed + 1)
+    seen = visible_mask(gt_s, cameras, depths)
+    vis = mesh_scores(pred_mesh, pred_s, gt_mesh, gt_s[seen][:samples], th)
+    full = mesh_scores(pred_mesh, pred_s, gt_mesh, gt_s[:samples], th)
+    scores = {"scene_diagonal": diag, "gt_visible_fraction": float(seen.mean()),
+              "chamfer_rel": vis["chamfer"] / diag, "fscore_1pct": vis["fscore_1pct"],
+              "fscore_2pct": vis["fscore_2pct"], "precision_2pct": vis["precision_2pct"],
+              "recall_2pct": vis["recall_2pct"], "chamfer_rel_full": full["chamfer"] / diag,
+              "visible": vis, "full": full}
+    return scores, pred_s

@@ -77,6 +77,12 @@ class NGPField(nn.Module):
         self.color_mlp = mlp(d_color, cfg.color_hidden_dim, cfg.color_hidden_layers, 3)
         self.heads = nn.ModuleDict()
 
+    @torch.no_grad()
+    def add_density_bias(self, delta: float) -> None:
+        """Shift the density pre-activation everywhere by ``delta`` (sigma scales by e^delta): the dense start of a
+        map whose free space range data carved (:class:`nerf_mapping.training.range.RangeSupervision`)."""
+        [m for m in self.density_mlp if isinstance(m, nn.Linear)][-1].bias[0] += float(delta)
+
     def unit_coords(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """World [N,3] -> ([N,3] coordinates in [0,1]^3, [N] bool inside the modelled volume)."""
         u = to_unit_cube(x, self.scene_box, self.unbounded)

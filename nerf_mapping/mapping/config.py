@@ -18,7 +18,9 @@ from nerf_mapping.export.mesh import MeshExportConfig
 from nerf_mapping.geometry.rigid import make_pose, matrix_from_quat_xyzw
 from nerf_mapping.mapping.extent import ExtentConfig, parse_scene_box
 from nerf_mapping.mapping.keyframes import KeyframeConfig
+from nerf_mapping.mapping.range_input import RangeInputConfig
 from nerf_mapping.mapping.semantics import SemanticsConfig
+from nerf_mapping.training.range import RangeConfig
 
 
 @dataclass
@@ -134,6 +136,11 @@ class MapperConfig:
     training: OnlineTrainingConfig = field(default_factory=OnlineTrainingConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     semantics: SemanticsConfig = field(default_factory=SemanticsConfig)
+    range: RangeConfig = field(default_factory=RangeConfig)
+    """Range supervision of the map by depth images and LiDAR returns (the node's ``depth_topic`` /
+    ``points_topic``), and the occupancy carving from them."""
+    range_input: RangeInputConfig = field(default_factory=RangeInputConfig)
+    """How depth images and LiDAR scans are matched to keyframes (:mod:`.range_input`)."""
     autosave_dir: str = field(default="", metadata={"param": False})
     """Where the map is autosaved (:mod:`.autosave`); '' = no autosave. Not a node parameter: the node autosaves
     into ``output_dir/autosave``."""

@@ -81,6 +81,14 @@ class ExtentConfig:
     2^walk_field_level, at the same metric resolution (32 m half-side from the start in metres)."""
     walk_cascades: int = 6
     """Without a focus: occupancy levels; ``walk_field_level + 1`` covers the field's box."""
+    range_min_points: int = 500
+    """With at least this many range returns (depth, LiDAR) from the bootstrap keyframes, they set the inner box
+    and the scale instead of the camera axes."""
+    range_percentile: float = 2.0
+    """The inner box holds the returns between this percentile and 100 minus it, per axis (stray returns and far
+    outliers do not inflate it)."""
+    range_margin: float = 1.1
+    """Margin factor on the returns' box (surfaces at its faces stay inside level 0)."""
     coarsest_cells: float = 8.0
     """Cells of the coarsest hash level across the inner box (the levels are spent where the cameras look, not on
     cells larger than a room)."""
@@ -159,9 +167,11 @@ def parse_scene_box(value) -> tuple[float, ...] | None:
     return box
 
 
-def auto_extent(centres: np.ndarray, axes: np.ndarray, fx: float, cfg: ExtentConfig | None = None) -> Extent:
+def auto_extent(centres: np.ndarray, axes: np.ndarray, fx: float, cfg: ExtentConfig | None = None,
+                points: np.ndarray | None = None) -> Extent:
     """The extent from the bootstrap keyframes' camera ``centres`` [N,3], optical ``axes`` [N,3] (map frame) and the
-    training images' focal length ``fx`` (pixels). See the module docstring."""
+    training images' focal length ``fx`` (pixels); ``points`` [M,3]: range returns of those keyframes (depth, LiDAR),
+    when the rig has a range sensor. See the module docstring."""
     cfg = cfg or ExtentConfig()
     centres = np.asarray(centres, dtype=np.float64).reshape(-1, 3)
     axes = np.asarray(axes, dtype=np.float64).reshape(-1, 3)
@@ -184,6 +194,18 @@ def auto_extent(centres: np.ndarray, axes: np.ndarray, fx: float, cfg: ExtentCon
         inner = max(cfg.min_radius, spread * cfg.margin)
     field_level, cascades = (cfg.field_level, cfg.cascades) if p is not None else (cfg.walk_field_level,
                                                                                      cfg.walk_cascades)
+    if points is not None:
+        pts = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+        pts = pts[np.isfinite(pts).all(1)]
+        if len(pts) >= cfg.range_min_points:
+            # range returns measure the scene: the inner box holds the cameras and the bulk of the returns (robust
+            # percentiles, a margin), and the scale is the measured viewing distance, not a guess from the axes
+            lo_p, hi_p = np.percentile(pts, [cfg.range_percentile, 100 - cfg.range_percentile], axis=0)
+            lo_b, hi_b = np.minimum(lo_p, lo), np.maximum(hi_p, hi)
+            centre = 0.5 * (lo_b + hi_b)
+            inner = max(cfg.min_radius, 0.5 * float((hi_b - lo_b).max()) * cfg.range_margin)
+            d = np.linalg.norm(pts[:, None, :] - centres[None, :, :], axis=-1).min(1)
+            scale = max(float(np.median(d)), 1e-3)
     if field_level < 0 or cascades < 1:
         raise ValueError(f"extent: field levels must be >= 0 and cascades >= 1, got {field_level}, {cascades}")
     field_half = inner * 2.0 ** field_level

@@ -239,19 +239,37 @@ class Intake:
         self._static_edges[child] = (parent, np.asarray(T_parent_child, dtype=np.float64))
         self._resolve_extrinsic()
 
+    def static_transform(self, parent: str, child: str) -> np.ndarray | None:
+        """T_parent_child through the static transform tree (identity when they are the same frame), or None while
+        the tree does not connect them. Both frames are walked up to their common ancestor."""
+        if not parent or not child:
+            return None
+        if parent == child:
+            return np.eye(4)
+
+        def chain(frame: str) -> dict[str, np.ndarray]:  # ancestor -> T_ancestor_frame
+            out, T, seen = {frame: np.eye(4)}, np.eye(4), set()
+            while frame in self._static_edges and frame not in seen:
+                seen.add(frame)
+                up, T_uf = self._static_edges[frame]
+                T = T_uf @ T
+                frame = up
+                out[frame] = T
+            return out
+
+        a, b = chain(parent), chain(child)
+        common = next((f for f in b if f in a), None)
+        if common is None:
+            return None
+        return np.linalg.inv(a[common]) @ b[common]
+
     def _resolve_extrinsic(self) -> None:
         cam = self.camera_frame
         if not cam:
             return
-        T = np.eye(4)
-        frame, seen = cam, set()
-        while frame != self.cfg.base_frame:
-            if frame in seen or frame not in self._static_edges:
-                return  # incomplete (or cyclic) tree: wait for more edges
-            seen.add(frame)
-            parent, T_pc = self._static_edges[frame]
-            T = T_pc @ T
-            frame = parent
+        T = self.static_transform(self.cfg.base_frame, cam)
+        if T is None:
+            return  # incomplete tree: wait for more edges
         if self.T_base_cam_tf is None:
             self.log.info(f"extrinsic {self.cfg.base_frame}->{cam} from /tf_static: t={T[:3, 3].round(3).tolist()}")
         self.T_base_cam_tf = T

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from nerf_mapping.cameras import Cameras
 from nerf_mapping.geometry import model_c2w_to_optical_pose
 from nerf_mapping.pose import drift
-from nerf_mapping.training.frame_store import FrameStore
+from nerf_mapping.training.frame_store import CameraRays, FrameStore
 
 ACCEPTED = "accepted"
 FIRST = "first"
@@ -293,10 +293,12 @@ class KeyframeSet:
     def restart_time(self) -> None:
         self.selector.restart_time()
 
-    def admit(self, frames: FrameStore, image: np.ndarray, camera: Cameras, record: Keyframe) -> int:
+    def admit(self, frames: FrameStore, image: np.ndarray, camera: Cameras, record: Keyframe,
+              depth: torch.Tensor | None = None, ranges=None) -> int:
         """Insert ``image`` (uint8 [H,W,3] at the training resolution) seen by ``camera`` (its model c2w is where the
-        frame enters the map) into ``frames``, first evicting the most redundant keyframe when the set is full;
-        returns the new frame id."""
+        frame enters the map) into ``frames`` with its range data (z-depth on its grid, range rays in its camera
+        frame: :mod:`.range_input`), first evicting the most redundant keyframe when the set is full; returns the new
+        frame id."""
         live = frames.frame_ids()
         while len(live) >= self.cfg.capacity:
             # the most redundant view goes (its neighbours in time are closest to it), never the first (the gauge
@@ -307,7 +309,7 @@ class KeyframeSet:
             self._thumbs.pop(victim, None)
             live.remove(victim)
         fid = frames.add(torch.from_numpy(np.array(image, order="C")), camera,  # a writable copy
-                         stamp=record.stamp_ns * 1e-9)
+                         stamp=record.stamp_ns * 1e-9, depth=depth, ranges=ranges)
         self.info[fid] = record
         if self.cfg.revisit_threshold > 0:  # only the revisit test reads them
             self._thumbs[fid] = thumbnail(image, self.cfg.thumbnail_size)
@@ -330,7 +332,9 @@ def keyframes_extra(frames: FrameStore, info: dict[int, Keyframe]) -> dict:
     save time, which index the pose parameters), ``keyframe_stamps_ns``, ``keyframe_odom_base`` /
     ``keyframe_odom_cam`` (raw odometry body and camera poses, 4x4 float64), ``keyframe_c2w`` (model c2w in the frame
     store: the odometry pose with the drift estimate applied at insertion), ``keyframe_intrinsics`` ([fx, fy, cx,
-    cy, width, height, model]), ``keyframe_distortion`` and ``keyframe_images`` (uint8, training resolution)."""
+    cy, width, height, model]), ``keyframe_distortion``, ``keyframe_images`` (uint8, training resolution) and their
+    range data where any keyframe has some: ``keyframe_depths`` (z-depth or an empty tensor) and ``keyframe_ranges``
+    ([N,7] origins, directions, ranges in the camera frame, or [0,7])."""
     ids = frames.frame_ids()
     if not ids:
         return {}
@@ -349,7 +353,18 @@ def keyframes_extra(frames: FrameStore, info: dict[int, Keyframe]) -> dict:
             [torch.cat([c.fx, c.fy, c.cx, c.cy, c.width.float(), c.height.float(), c.model.float()]) for c in cams]),
         "keyframe_distortion": torch.cat([c.distortion for c in cams]),
         "keyframe_images": [frames.image(i) for i in ids],
+        **(_range_extra(frames, ids) if frames.has_range else {}),
     }
+
+
+def _range_extra(frames: FrameStore, ids: list[int]) -> dict:
+    depths, ranges = [], []
+    for i in ids:
+        d, r = frames.depth(i), frames.range_rays(i)
+        depths.append(d if d is not None else torch.zeros(0))
+        ranges.append(torch.cat([r.origins, r.directions, r.ranges[:, None]], 1) if r is not None
+                      else torch.zeros(0, 7))
+    return {"keyframe_depths": depths, "keyframe_ranges": ranges}
 
 
 def keyframes_from_extra(extra: dict) -> tuple[FrameStore, dict[int, Keyframe], list[int]]:
@@ -365,7 +380,14 @@ def keyframes_from_extra(extra: dict) -> tuple[FrameStore, dict[int, Keyframe], 
         cam = Cameras.create(extra["keyframe_c2w"][j], k[0], k[1], k[2], k[3], int(k[4]), int(k[5]),
                              extra["keyframe_distortion"][j], int(k[6]))
         stamp_ns = int(extra["keyframe_stamps_ns"][j])
-        fid = frames.add(extra["keyframe_images"][j], cam, stamp=stamp_ns * 1e-9 if stamp_ns else None)
+        depth = ranges = None
+        if "keyframe_depths" in extra and extra["keyframe_depths"][j].numel() > 0:
+            depth = extra["keyframe_depths"][j]
+        if "keyframe_ranges" in extra and extra["keyframe_ranges"][j].shape[0] > 0:
+            r = extra["keyframe_ranges"][j]
+            ranges = CameraRays(r[:, :3].contiguous(), r[:, 3:6].contiguous(), r[:, 6].contiguous())
+        fid = frames.add(extra["keyframe_images"][j], cam, stamp=stamp_ns * 1e-9 if stamp_ns else None,
+                         depth=depth, ranges=ranges)
         old_ids.append(int(old))
         T_map_cam = model_c2w_to_optical_pose(extra["keyframe_c2w"][j].double().numpy())
         # maps saved before drift-corrected insertion: the stored pose is the raw odometry pose

@@ -7,6 +7,7 @@ out. No ROS here: the node (:mod:`nerf_mapping.ros.mapper_node`) converts messag
 =================  ======================================================================================
 ``intake``         :class:`.intake.Intake`: image queue, odometry, intrinsics, static transforms, clock restarts,
                    per-reason drop counters (``intake.submit_image``, ``intake.add_odometry``, ...)
+``range_input``    :class:`.range_input.RangeInput`: depth images and LiDAR sweeps matched to keyframes
 ``keyframes``      :class:`.keyframes.KeyframeSet`: selection, admission, eviction and the records saved with a map
 ``trainer``        :class:`~nerf_mapping.training.trainer.Trainer`: the field, the pose corrections, the frame store
 ``poses``          :class:`.poses.PoseState`: refined poses, drift estimate, paths
@@ -44,6 +45,7 @@ from nerf_mapping.mapping.extent import Extent, ExtentBootstrap, auto_extent, ke
 from nerf_mapping.mapping.intake import WAIT, Intake
 from nerf_mapping.mapping.keyframes import Keyframe, KeyframeSet, downscale_factor, downscale_image
 from nerf_mapping.mapping.poses import PoseState
+from nerf_mapping.mapping.range_input import RangeInput, range_points_world
 from nerf_mapping.mapping.semantics import OnlineSemantics
 from nerf_mapping.mapping.views import Views
 from nerf_mapping.pose import drift
@@ -63,7 +65,9 @@ class OnlineMapper:
             torch.set_num_threads(cfg.training.threads)
         self.lock = threading.RLock()
         self.keyframes = KeyframeSet(cfg.keyframe)
-        self.intake = Intake(cfg, self.log, on_time_jump=self.keyframes.restart_time)
+        self.intake = Intake(cfg, self.log, on_time_jump=self._time_jump)
+        self.range_input = RangeInput(cfg.range_input, self.intake)
+        """Depth images and LiDAR scans matched to keyframes (:mod:`.range_input`)."""
         self.poses = PoseState()
         self.views = Views(cfg, self, on_render)
         given = cfg.scene_box != "auto"
@@ -83,8 +87,12 @@ class OnlineMapper:
         self.semantics = OnlineSemantics(cfg.semantics, self)
         """Teacher, language field and text queries (:mod:`.semantics`); off unless ``semantics.teacher`` is set."""
 
+    def _time_jump(self) -> None:
+        self.keyframes.restart_time()
+        self.range_input.clear()
+
     def _trainer_config(self, scene, extent: Extent | None = None):
-        return online_config(scene, self.cfg.training, extent=extent)
+        return online_config(scene, self.cfg.training, extent=extent, range_cfg=self.cfg.range)
 
     # ------------------------------------------------------------------------------------------------ extent
     @property
@@ -92,21 +100,25 @@ class OnlineMapper:
         """Whether the map's extent is known (a given box, a fixed automatic extent or a loaded map)."""
         return self.bootstrap.ready.is_set()
 
-    def _maybe_fix_extent(self) -> None:
-        """Decide the extent from the held-back keyframes once it is due (:meth:`ExtentBootstrap.due`), build the
-        trainer for it and insert them."""
-        if not self.bootstrap.due():
+    def _maybe_fix_extent(self, force: bool = False) -> None:
+        """Decide the extent from the held-back keyframes once it is due (:meth:`ExtentBootstrap.due`; ``force``:
+        now, from whatever is held), build the trainer for it and insert them."""
+        if not (self.bootstrap.due() or (force and self.bootstrap.held and not self.bootstrap.ready.is_set())):
             return
         with self.lock:
             if self.bootstrap.ready.is_set():
                 return
             held = self.bootstrap.take()
             poses = np.stack([h[1] for h in held])  # T_odom_cam (optical): the map frame is the odometry frame here
-            fx = []
-            for image, _, _, _, camera in held:
+            fx, points = [], []
+            for image, T_odom_cam, _, _, camera, depth, ranges in held:
                 k = downscale_factor(image.shape[1], self.cfg.keyframe.max_width)
                 fx.append((float(camera.fx[0]) if camera is not None else float(self.intake.intrinsics["fx"])) / k)
-            ext = auto_extent(poses[:, :3, 3], poses[:, :3, 2], float(np.median(fx)), self.cfg.extent)
+                if depth is not None or ranges is not None:
+                    cam = self.intake.keyframe_camera(optical_pose_to_model_c2w(T_odom_cam), 1.0 / k, camera)
+                    points.append(range_points_world(cam, depth, ranges))
+            pts = np.concatenate(points) if points else None
+            ext = auto_extent(poses[:, :3, 3], poses[:, :3, 2], float(np.median(fx)), self.cfg.extent, points=pts)
             self.scene, self.extent = auto_extent_scene(ext, self.cfg.near), ext
             self.trainer = Trainer(self._trainer_config(self.scene, ext), self.scene, self.trainer.frames)
             self.keyframes.set_min_translation(keyframe_translation(self.cfg.keyframe.min_translation, ext))
@@ -168,23 +180,30 @@ class OnlineMapper:
         if c == WAIT:
             return False
         if c is not None:
+            if self.range_input.depth_pending(c.stamp_ns) and time.monotonic() - item[4] < self.cfg.sync.wait_s:
+                return False  # its depth image (same stamp) may come right after it
             ok, why = self.keyframes.consider(c.image, c.T_odom_cam, c.stamp_ns)
             self.intake.count("keyframe_" + why)
             if ok:
-                self.add_keyframe(c.image, c.T_odom_cam, c.T_odom_base, c.stamp_ns)
+                k = downscale_factor(c.image.shape[1], self.cfg.keyframe.max_width)
+                depth, rays = self.range_input.for_keyframe(c.stamp_ns, c.T_odom_cam,
+                                                            (c.image.shape[1], c.image.shape[0]), k)
+                self.add_keyframe(c.image, c.T_odom_cam, c.T_odom_base, c.stamp_ns, depth=depth, ranges=rays)
         return True
 
     def add_keyframe(self, image: np.ndarray, T_odom_cam: np.ndarray, T_odom_base: np.ndarray, stamp_ns: int,
-                     camera: Cameras | None = None) -> int:
+                     camera: Cameras | None = None, depth: torch.Tensor | None = None, ranges=None) -> int:
         """Insert a keyframe (uint8 [H,W,3], raw odometry camera and body poses, stamp), bypassing the selection
-        policy; ``camera`` gives its intrinsics (default: the camera info). With the drift spline it enters at its
+        policy; ``camera`` gives its intrinsics (default: the camera info); ``depth`` (z-depth in metres on the
+        keyframe's downscaled grid) and ``ranges`` (:class:`CameraRays` in its camera frame) its range data
+        (:meth:`.range_input.RangeInput.for_keyframe`). With the drift spline it enters at its
         raw odometry pose (the spline's extrapolation is the drift estimate, applying it here as well would count
         it twice), else at the odometry pose corrected by the current drift estimate. Returns its frame id (-1 while
         it is held back for the automatic extent: it enters the map, in order, once the extent is fixed)."""
         if not self.bootstrap.ready.is_set():
             with self.lock:
                 if not self.bootstrap.ready.is_set():
-                    self.bootstrap.hold((image, T_odom_cam, T_odom_base, stamp_ns, camera))
+                    self.bootstrap.hold((image, T_odom_cam, T_odom_base, stamp_ns, camera, depth, ranges))
                     self._maybe_fix_extent()
                     return -1
         k = downscale_factor(image.shape[1], self.cfg.keyframe.max_width)
@@ -200,7 +219,7 @@ class OnlineMapper:
             # sized but not trained until the next step (Trainer.step)
             record = Keyframe(int(stamp_ns), np.asarray(T_odom_base, dtype=np.float64),
                               np.asarray(T_odom_cam, dtype=np.float64), T_map_odom)
-            fid = self.keyframes.admit(tr.frames, small, cam, record)
+            fid = self.keyframes.admit(tr.frames, small, cam, record, depth=depth, ranges=ranges)
         self.semantics.on_keyframe(fid, stamp_ns, small, tr)
         return fid
 

@@ -60,6 +60,11 @@ class OccupancyGrid(nn.Module):
         if cfg.visibility:
             self.register_buffer("seen", torch.zeros(levels, g, g, g, dtype=torch.bool))
             self.occupied.zero_()
+        # range sensing (:meth:`carve`): cells a ray crossed in front of its return, and cells holding a return
+        self.register_buffer("free", torch.zeros(levels, g, g, g, dtype=torch.bool))
+        self.register_buffer("hit", torch.zeros(levels, g, g, g, dtype=torch.bool))
+        self._range_seen = False  # any range evidence yet (set by carving, read back by load_state_dict)
+        self._hit_near_cache: torch.Tensor | None = None
         self._gen = torch.Generator().manual_seed(0)
         self._centres: torch.Tensor | None = None  # [L*G^3, 3] cell centres (visibility), computed once
 
@@ -136,12 +141,109 @@ class OccupancyGrid(nn.Module):
         seen = self.seen if self.cfg.visibility else torch.ones_like(self.occupied)
         thre = min(self.cfg.occ_thre, float(self.density[seen].mean())) if bool(seen.any()) else 0.0
         self.occupied.copy_((self.density > thre) & seen)
+        self._apply_range()
+
+    def _apply_range(self) -> None:
+        """Range evidence overrides the density: a cell a range ray crossed (and no return fell in) is empty, a cell
+        holding a return is occupied (:meth:`carve`)."""
+        if self._range_seen:
+            self.occupied &= ~(self.free & ~self._hit_near())
+            self.occupied |= self.hit
+
+    def _hit_near(self) -> torch.Tensor:
+        """Hit cells dilated by one cell: a ray grazing a surface crosses the cells beside the return of another ray
+        in front of its own return, and must not carve them (the surface between two sparse returns)."""
+        if getattr(self, "_hit_near_cache", None) is None:
+            self._hit_near_cache = torch.nn.functional.max_pool3d(
+                self.hit.float()[:, None], 3, stride=1, padding=1)[:, 0] > 0
+        return self._hit_near_cache
 
     @torch.no_grad()
-    def mark_visible(self, cameras, far: float) -> int:
+    def carve(self, origins: torch.Tensor, directions: torch.Tensor, ranges: torch.Tensor,
+              margin_cells: float = 1.5, max_steps: int = 512, chunk: int = 1 << 20,
+              free_rays: int | None = None, margin: float = 0.0) -> tuple[int, int]:
+        """Range rays (world origins [N,3], unit directions [N,3], measured ranges [N]) mark the cells they crossed
+        up to ``margin_cells`` cell sizes (at least ``margin`` scene units: sensor noise and the pose error between
+        keyframes, which would otherwise carve the surface one keyframe saw with the rays of another) in front of
+        their returns as free, and the cells of their returns as hits
+        (both also seen). Free cells without a hit are never occupied, hit cells always are (:meth:`update` keeps
+        it so), from now on: training and rendering stop marching through the space between the sensor and the
+        surfaces before the field has learnt that it is empty. Each point counts in the finest level that contains
+        it (as the marcher reads the cascades); rays sample their path every half finest cell (coarser for long
+        rays: at most ``max_steps`` points). Every ray marks its return; an even subset of ``free_rays`` of them (None:
+        all) carves (a return costs one point, a carved path hundreds). Returns (cells newly free, cells newly
+        hit)."""
+        if origins.numel() == 0:
+            return 0, 0
+        o_all, d_all, r_all = origins.float(), directions.float(), ranges.float()
+        o, d, r = o_all, d_all, r_all
+        if free_rays is not None and r.numel() > free_rays:
+            sel = torch.linspace(0, r.numel() - 1, free_rays).round().long()
+            o, d, r = o[sel], d[sel], r[sel]
+        boxes = self.level_boxes()
+        g = self.cfg.resolution
+        cell0 = float(((boxes[0, 1] - boxes[0, 0]) / g).min())
+        step = max(cell0, float(r.max()) / max_steps)  # one point per finest cell: a corner may be missed (less carved)
+        ts = torch.arange(0.5 * step, float(r.max()), step)
+        free_new = torch.zeros_like(self.free)
+        n_rays_chunk = max(1, chunk // max(1, ts.numel()))
+        for i in range(0, o.shape[0], n_rays_chunk):
+            oo, dd, rr = o[i:i + n_rays_chunk], d[i:i + n_rays_chunk], r[i:i + n_rays_chunk]
+            m0 = max(margin_cells * cell0, margin)
+            ri, ti = torch.nonzero(ts[None, :] < (rr[:, None] - m0), as_tuple=True)
+            t = ts[ti]
+            lvl, flat, inside = self._cells(oo[ri] + dd[ri] * t[:, None], boxes)
+            # beyond level 0 the cells (and the margin) grow with the level
+            m = inside & ((lvl == 0) | (t < rr[ri] - torch.clamp_min(margin_cells * cell0 * torch.pow(2.0, lvl.float()),
+                                                                     margin)))
+            free_new.view(self.levels, -1)[lvl[m], flat[m]] = True
+        lvl, flat, inside = self._cells(o_all + d_all * r_all[:, None], boxes)
+        hit_new = torch.zeros_like(self.hit)
+        hit_new.view(self.levels, -1)[lvl[inside], flat[inside]] = True
+        n_free, n_hit = int((free_new & ~self.free).sum()), int((hit_new & ~self.hit).sum())
+        self.free |= free_new
+        self.hit |= hit_new
+        self._range_seen = True
+        self._hit_near_cache = None
+        if self.cfg.visibility:
+            self.seen |= free_new | hit_new
+        self._apply_range()
+        return n_free, n_hit
+
+    def _cells(self, pts: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Finest level containing each point [P,3], its flat cell index in that level, and whether any level
+        contains it."""
+        g = self.cfg.resolution
+        lo, hi = boxes[0, 0], boxes[0, 1]
+        c, h = (lo + hi) / 2, (hi - lo) / 2
+        ratio = ((pts - c).abs() / h).amax(-1)
+        lvl = torch.ceil(torch.log2(ratio.clamp_min(1e-12))).clamp_min(0).long()
+        inside = lvl < self.levels
+        lvl = lvl.clamp_max(self.levels - 1)
+        blo, bhi = boxes[lvl, 0], boxes[lvl, 1]
+        ijk = ((pts - blo) / (bhi - blo) * g).floor().long().clamp(0, g - 1)
+        flat = (ijk[:, 0] * g + ijk[:, 1]) * g + ijk[:, 2]
+        return lvl, flat, inside & torch.isfinite(pts).all(-1)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Checkpoints from before range carving have no ``free`` / ``hit`` cells: they load as none."""
+        state_dict = dict(state_dict)
+        for k in ("free", "hit"):
+            state_dict.setdefault(k, torch.zeros_like(getattr(self, k)))
+        out = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self._range_seen = bool(self.hit.any())
+        self._hit_near_cache = None
+        return out
+
+    @torch.no_grad()
+    def mark_visible(self, cameras, far: float, depths: list | None = None) -> int:
         """Mark the cells whose centre one of ``cameras`` (a ``Cameras``, OpenGL c2w) sees within ``far`` as seen
         (and, before any density says otherwise, occupied); a margin of one cell's radius keeps cells that straddle
-        the image border. Returns how many cells became seen. No-op without ``cfg.visibility``.
+        the image border. ``depths``: per camera a z-depth image on its grid (scene units, 0 = no return) or None:
+        where a pixel has a return, only cells up to it (plus the margin) are seen: what lies behind a surface is
+        hidden from that camera, and an untrained field's haze there would be marched by every ray that the surface
+        does not stop yet (the TSDF integrators' visibility test). Returns how many cells became seen. No-op without
+        ``cfg.visibility``.
 
         Tested per block of 2x2x2 cells (the block's centre and radius): 8x fewer projections, a conservative
         superset of the per-cell test (at most one cell more at the frustum's edge). A looping bag adds keyframes
@@ -149,9 +251,60 @@ class OccupancyGrid(nn.Module):
         docs/results/online.md)."""
         if not self.cfg.visibility:
             return 0
+        vis = torch.zeros(self.levels * self._blocks()[0] ** 3, dtype=torch.bool)
+        for i in range(len(cameras)):
+            u, v, depth, dist, rad, inside = self._blocks_in_view(cameras, i, far)
+            dimg = depths[i] if depths is not None else None
+            if dimg is not None:
+                # small holes (masked depth edges, dropouts) take the farthest return around them: a hole must not
+                # open a line of sight to everything behind the surface
+                dimg = dimg.float()
+                near_max = torch.nn.functional.max_pool2d(dimg[None, None], 9, stride=1, padding=4)[0, 0]
+                z = _lookup(torch.where(dimg > 0, dimg, near_max), u, v)
+                inside &= (z <= 0) | (depth - rad <= z + rad)  # no return there, or not behind the surface
+            vis |= ((depth > 0) & inside) | (dist <= rad)  # in view, or the camera's own block
+        vis = self._block_cells(vis)
+        new = vis & ~self.seen
+        self.seen |= vis
+        self.occupied |= new
+        self._apply_range()
+        return int(new.sum())
+
+    @torch.no_grad()
+    def carve_depth(self, cameras, depths: list, margin: float = 0.0, far: float = float("inf")) -> int:
+        """Projective carving from depth images (the TSDF integrators' test, per block of 2x2x2 cells): a block that
+        one of ``cameras`` sees, whose far side lies more than ``margin`` in front of the nearest return around its
+        pixel (``depths[i]``: z-depth on the camera's grid, 0 = none; a 7x7 minimum, so a block beside a nearer
+        object's edge is kept), is free. Covers the whole frustum in front of the surfaces at the cost of one
+        projection per block, where ray carving (:meth:`carve`) covers only the cells its rays cross. Returns how many
+        cells became free."""
+        free = torch.zeros(self.levels * self._blocks()[0] ** 3, dtype=torch.bool)
+        for i in range(len(cameras)):
+            u, v, depth, dist, rad, inside = self._blocks_in_view(cameras, i, far)
+            d = depths[i].float()
+            zmin = -torch.nn.functional.max_pool2d(-torch.where(d > 0, d, torch.full_like(d, float("inf")))[None, None],
+                                                   7, stride=1, padding=3)[0, 0]
+            z = _lookup(zmin, u, v)
+            free |= inside & (depth > 0) & torch.isfinite(z) & (depth + rad < z - margin)
+        cells = self._block_cells(free)
+        new = int((cells & ~self.free).sum())
+        self.free |= cells
+        self._range_seen = True
+        if self.cfg.visibility:
+            self.seen |= cells
+        self._apply_range()
+        return new
+
+    def _blocks(self) -> tuple[int, int]:
+        """(blocks per axis, cells per block side): visibility and projective carving test blocks of 2x2x2 cells."""
         g = self.cfg.resolution
         b = g // 2 if g % 2 == 0 else g  # blocks per axis (odd resolutions: one cell a block)
-        f = g // b
+        return b, g // b
+
+    def _blocks_in_view(self, cameras, i: int, far: float):
+        """Block centres seen by camera ``i``: (u, v pixel coordinates, depth along the optical axis, distance to the
+        camera, block radius, in-view mask within ``far``), all [L*B^3]."""
+        b, _ = self._blocks()
         if self._centres is None:
             idx = torch.arange(b**3)
             self._centres = torch.cat([self.cell_centers(lvl, idx, jitter=False, resolution=b)
@@ -159,23 +312,29 @@ class OccupancyGrid(nn.Module):
         boxes = self.level_boxes()
         radius = ((boxes[:, 1] - boxes[:, 0]) / b).norm(dim=-1) * 0.5  # [L] block half-diagonal per level
         rad = radius.repeat_interleave(b**3)
-        vis = torch.zeros(self.levels * b**3, dtype=torch.bool)
-        for i in range(len(cameras)):
-            c2w = cameras.c2w[i].float()
-            p = (self._centres - c2w[:, 3]) @ c2w[:, :3]  # camera frame (OpenGL: x right, y up, z back)
-            depth = -p[:, 2]
-            dist = p.norm(dim=-1)
-            u, v = project(cameras, i, p)  # the camera's own model (distortion included)
-            m = float(cameras.fx[i]) * rad / depth.clamp_min(1e-6)  # the block's radius in pixels
-            w, h = float(cameras.width[i]), float(cameras.height[i])
-            inside = (u > -m) & (u < w + m) & (v > -m) & (v < h + m) & (depth - rad < far)
-            vis |= ((depth > 0) & inside) | (dist <= rad)  # in view, or the camera's own block
-        vis = vis.view(self.levels, b, 1, b, 1, b, 1).expand(self.levels, b, f, b, f, b, f).reshape(
+        c2w = cameras.c2w[i].float()
+        p = (self._centres - c2w[:, 3]) @ c2w[:, :3]  # camera frame (OpenGL: x right, y up, z back)
+        depth = -p[:, 2]
+        dist = p.norm(dim=-1)
+        u, v = project(cameras, i, p)  # the camera's own model (distortion included)
+        m = float(cameras.fx[i]) * rad / depth.clamp_min(1e-6)  # the block's radius in pixels
+        w, h = float(cameras.width[i]), float(cameras.height[i])
+        inside = (u > -m) & (u < w + m) & (v > -m) & (v < h + m) & (depth - rad < far)
+        return u, v, depth, dist, rad, inside
+
+    def _block_cells(self, blocks: torch.Tensor) -> torch.Tensor:
+        b, f = self._blocks()
+        g = self.cfg.resolution
+        return blocks.view(self.levels, b, 1, b, 1, b, 1).expand(self.levels, b, f, b, f, b, f).reshape(
             self.levels, g, g, g)
-        new = vis & ~self.seen
-        self.seen |= vis
-        self.occupied |= new
-        return int(new.sum())
 
     def occupancy_fraction(self) -> float:
         return float(self.occupied.float().mean())
+
+
+def _lookup(img: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``img`` [H,W] at pixel coordinates (u, v) (nearest, clamped to the image; NaN coordinates read pixel 0)."""
+    hh, ww = img.shape
+    iu = torch.nan_to_num(u, nan=0.0).clamp(0, ww - 1).long()
+    iv = torch.nan_to_num(v, nan=0.0).clamp(0, hh - 1).long()
+    return img[iv, iu]

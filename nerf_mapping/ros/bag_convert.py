@@ -7,7 +7,12 @@ noise model is the demo scene's (:func:`nerf_mapping.scene.odometry.simulate_odo
 Conventions of a converted bag
 - The dataset's (normalised, see ``SceneData``) camera poses are the ground-truth camera poses in the map frame
   (map = ground-truth odom frame); units are scene units (odometry noise parameters are applied in those units).
-- Frames are played in dataset order at ``image_rate_hz`` starting at ``start_time_s``.
+- Frames are played in dataset order at ``image_rate_hz`` starting at ``start_time_s``, unless the dataset records
+  its capture times (``SceneData.metadata["timestamps_s"]``, e.g. 7-Scenes' frame_index / 30 s): then each image is
+  stamped at ``start_time_s`` + its time since the first converted frame.
+- A dataset with depth maps (``SceneData.depths``: z-depth in scene units, 0 invalid) also gets
+  ``/camera/depth/image_raw``: 16UC1 millimetres (``depth / world_scale * 1000``, rounded, clipped to 65535; 0 stays
+  0 = invalid), aligned with and stamped like the colour images.
 - ``base_link``: by default the demo rig's convention, ``T_base_cam = scene.trajectory.base_to_camera_optical()``
   (camera 10 cm ahead, 5 cm above base_link, pitched 10 deg down), so a converted bag and the demo bag are consumed
   identically; ``extrinsic="identity"`` makes base_link coincide with the optical frame instead.
@@ -78,7 +83,8 @@ def convert_dataset_to_bag(
     """
     from nerf_mapping.geometry import opencv_to_opengl
     from nerf_mapping.scene import bag as bagmod
-    from nerf_mapping.scene.generate import SceneConfig, timeline
+    from nerf_mapping.scene.generate import SceneConfig, odometry_grid, timeline
+    from nerf_mapping.scene.sensors import depth_to_millimetres
     from nerf_mapping.scene.odometry import OdometryNoiseParams, body_twist, simulate_odometry_noise
     from nerf_mapping.scene.render import Intrinsics
     from nerf_mapping.scene.trajectory import base_to_camera_optical, inv_pose
@@ -111,8 +117,17 @@ def convert_dataset_to_bag(
     infos = [camera_info_fields(cams, i) for i in range(n)]  # also rejects EQUIRECTANGULAR early
 
     # timeline: the demo's (images at image_rate from start_time, odometry grid offset and bracketing the images)
-    cfg = SceneConfig(frames=n, image_rate_hz=image_rate_hz, odom_rate_hz=odom_rate_hz, start_time_s=start_time_s)
-    img_ns, odom_ns, t0 = timeline(cfg)
+    # or the dataset's own capture times
+    captured = frame_times_s(data)
+    if captured is None:
+        cfg = SceneConfig(frames=n, image_rate_hz=image_rate_hz, odom_rate_hz=odom_rate_hz, start_time_s=start_time_s)
+        img_ns, odom_ns, t0 = timeline(cfg)
+        timing = f"fixed rate {image_rate_hz:g} Hz"
+    else:
+        t0 = int(round(start_time_s * 1e9))
+        img_ns = t0 + np.round((captured - captured[0]) * 1e9).astype(np.int64)
+        odom_ns = odometry_grid(img_ns, odom_rate_hz)
+        timing = "dataset timestamps (metadata timestamps_s)"
 
     # ground truth: camera poses (OpenGL c2w, scene frame) -> optical (OpenCV) -> base_link
     c2w = np.asarray(cams.c2w, np.float64)
@@ -147,13 +162,37 @@ def convert_dataset_to_bag(
     def load_image(i: int) -> np.ndarray:
         return np.ascontiguousarray(data.images[i].numpy(), dtype=np.uint8)
 
+    def load_depth(i: int) -> np.ndarray:  # scene units -> file units (metres) -> millimetres
+        return depth_to_millimetres(data.depths[i].numpy().astype(np.float64) / float(data.world_scale))
+
     output.parent.mkdir(parents=True, exist_ok=True)
     counts = bagmod.write_scene_bag(output, storage, intr, img_ns, load_image, noisy_stream, gt_stream,
-                                    t_base_cam, custom, camera_info_for=lambda i: infos[i])
+                                    t_base_cam, custom, camera_info_for=lambda i: infos[i],
+                                    load_depth=load_depth if data.depths is not None else None)
     drift = np.linalg.norm(sim.noisy[-1, :3, 3] - gt_base[-1, :3, 3])
     return {"output": str(output), "format": data.format, "frames": n, "counts": counts,
             "duration_s": float((odom_ns[-1] - odom_ns[0]) * 1e-9), "final_odom_error": float(drift),
-            "image_size": list(sizes.pop()), "distortion_model": f0["distortion_model"]}
+            "image_size": list(sizes.pop()), "distortion_model": f0["distortion_model"], "timing": timing,
+            "depth": data.depths is not None}
+
+
+def frame_times_s(data) -> np.ndarray | None:
+    """[n] capture time (s) of each loaded frame from ``data.metadata["timestamps_s"]`` (one per loaded frame, or
+    one per frame of the full dataset, indexed by ``data.frame_indices``), or None when the dataset has none.
+    ValueError when they are not finite and strictly increasing."""
+    ts = data.metadata.get("timestamps_s") if data.metadata else None
+    if ts is None:
+        return None
+    ts = np.asarray(ts, np.float64).reshape(-1)
+    n = len(data)
+    if len(ts) != n:
+        idx = np.asarray(data.frame_indices, np.int64)
+        if not len(idx) or idx.max() >= len(ts):
+            raise ValueError(f"metadata timestamps_s has {len(ts)} entries for {n} frames")
+        ts = ts[idx]
+    if not np.all(np.isfinite(ts)) or np.any(np.diff(ts) <= 0):
+        raise ValueError("metadata timestamps_s must be finite and strictly increasing in frame order")
+    return ts
 
 
 # ---------------------------------------------------------------------------------------------------------------- CLI
@@ -166,7 +205,8 @@ def add_convert_arguments(p) -> None:
     p.add_argument("--split", default="all", choices=["all", "train", "val", "test"])
     p.add_argument("--downscale", type=int, default=1)
     p.add_argument("--max-frames", type=int, default=None, help="evenly subsample the frames")
-    p.add_argument("--image-rate", type=float, default=10.0, help="image rate in Hz (default 10)")
+    p.add_argument("--image-rate", type=float, default=10.0,
+                   help="image rate in Hz (default 10; unused when the dataset records capture times)")
     p.add_argument("--odom-rate", type=float, default=50.0, help="odometry rate in Hz (default 50)")
     p.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
     p.add_argument("--extrinsic", choices=("demo", "identity"), default="demo",
@@ -201,6 +241,7 @@ def run_convert(args) -> int:
         return 2
     print(f"bag written to {res['output']} ({res['format']}, {res['frames']} frames, "
           f"{res['image_size'][0]}x{res['image_size'][1]}, {res['distortion_model']}, {res['duration_s']:.1f} s)")
+    print(f"  image stamps: {res['timing']}; depth: {'yes' if res['depth'] else 'none in the dataset'}")
     for topic, c in res["counts"].items():
         print(f"  {topic}: {c}")
     return 0

@@ -1,6 +1,6 @@
 """numpy <-> ROS messages for the node: the message builders (they need the message packages), and the readers.
 
-The readers (``*_to_ns`` / ``*_to_array`` / ``*_to_matrix`` / ``*_to_intrinsics``) are ROS-free and live in
+The readers (``*_to_ns`` / ``*_to_array(s)`` / ``*_to_matrix`` / ``*_to_intrinsics``) are ROS-free and live in
 :mod:`nerf_mapping.bags` (the benchmarks read bags with them); they are re-exported here so the node converts
 every message through this one module. They raise ``ValueError`` with a human-readable reason on a malformed message
 (wrong encoding, step/size mismatch, non-finite values, non-unit quaternion ...); callers count and drop such
@@ -12,17 +12,26 @@ the quaternion math is :mod:`nerf_mapping.geometry.rigid`'s.
 """
 from __future__ import annotations
 
+import array
+
 import numpy as np
 
 from nerf_mapping.bags import (  # noqa: F401  (re-exported: the node's readers)
+    DEPTH_ENCODINGS,
     LABEL_ENCODINGS,
+    MAX_CLOUD_POINTS,
     MAX_IMAGE_PIXELS,
+    MAX_POINT_TIME_S,
+    POINT_TIME_FIELDS,
     QUAT_NORM_TOL,
     camera_info_to_intrinsics,
     compressed_image_to_array,
+    depth_msg_to_array,
     image_msg_to_array,
     label_msg_to_array,
     odometry_to_matrix,
+    pointcloud2_fields,
+    pointcloud_msg_to_arrays,
     pose_msg_to_matrix,
     pose_stamped_to_matrix,
     stamp_to_ns,
@@ -74,17 +83,34 @@ def array_to_image_msg(arr: np.ndarray, stamp, frame_id: str, encoding: str = "r
     return msg
 
 
-def depth_array_to_image_msg(depth: np.ndarray, stamp, frame_id: str):
-    """float [H,W] depth (metres) -> 32FC1 sensor_msgs/Image (little endian)."""
+def depth_image_msg(depth_m: np.ndarray, stamp_ns, frame_id: str, encoding: str = "16UC1"):
+    """float [H,W] depth in metres along the optical axis -> sensor_msgs/Image (little endian, no row padding), as
+    REP 118 has it: 16UC1 / mono16 in millimetres, rounded, where no return (0, NaN, inf, negative) and depths beyond
+    65.535 m are written 0; 32FC1 in metres, written as given (NaN / inf included). ``stamp_ns``: int ns or a Time."""
     from sensor_msgs.msg import Image
 
-    d = np.ascontiguousarray(np.asarray(depth, dtype="<f4"))
+    encoding = {"16uc1": "16UC1", "mono16": "mono16", "32fc1": "32FC1"}.get(str(encoding).lower(), encoding)
+    if encoding not in ("16UC1", "mono16", "32FC1"):
+        raise ValueError(f"unsupported depth encoding {encoding!r} (expected 16UC1, mono16 or 32FC1)")
+    d = np.asarray(depth_m, dtype=np.float32 if encoding == "32FC1" else np.float64)
     if d.ndim != 2:
         raise ValueError(f"depth must be [H,W], got {d.shape}")
+    if encoding == "32FC1":
+        d = np.ascontiguousarray(d, dtype="<f4")
+    else:
+        with np.errstate(invalid="ignore", over="ignore"):
+            mm = np.rint(d * 1000.0)
+        d = np.where((mm > 0) & (mm <= 65535), mm, 0.0).astype("<u2")  # NaN fails both tests: written as 0
     h, w = d.shape
-    msg = Image(header=_header(stamp, frame_id), height=h, width=w, encoding="32FC1", is_bigendian=0, step=w * 4)
-    msg.data = d.tobytes()
+    msg = Image(header=_header(stamp_ns, frame_id), height=h, width=w, encoding=encoding, is_bigendian=0,
+                step=w * d.itemsize)
+    msg.data = array.array("B", d.tobytes())
     return msg
+
+
+def depth_array_to_image_msg(depth: np.ndarray, stamp, frame_id: str):
+    """float [H,W] depth (metres) -> 32FC1 sensor_msgs/Image (little endian): the node's rendered depth."""
+    return depth_image_msg(depth, stamp, frame_id, "32FC1")
 
 
 # ---------------------------------------------------------------------------------------------------------- poses
@@ -177,6 +203,21 @@ def pointcloud2_xyzrgb(points, colors=None, extra_fields: dict | None = None, st
     msg = PointCloud2(header=_header(stamp, frame_id), height=1, width=n, fields=fields, is_bigendian=False,
                       point_step=4 * len(cols), row_step=4 * len(cols) * n, is_dense=True)
     msg.data = rec.tobytes()
+    return msg
+
+
+def pointcloud2_msg(xyz, times, stamp_ns, frame_id: str, height: int = 1):
+    """points float [N,3] (and per-point times [N] in seconds relative to the stamp, or None) -> sensor_msgs/PointCloud2
+    of float32 x, y, z (, time) as :func:`nerf_mapping.bags.pointcloud2_fields` lays them out (Velodyne's time
+    convention); ``height`` > 1 makes an organised cloud (NaN points: no returns). ``stamp_ns``: int ns or a Time."""
+    from sensor_msgs.msg import PointCloud2, PointField
+
+    f = pointcloud2_fields(xyz, times, height)
+    msg = PointCloud2(header=_header(stamp_ns, frame_id), height=f["height"], width=f["width"],
+                      fields=[PointField(name=n, offset=o, datatype=d, count=c) for n, o, d, c in f["fields"]],
+                      is_bigendian=f["is_bigendian"], point_step=f["point_step"], row_step=f["row_step"],
+                      is_dense=f["is_dense"])
+    msg.data = array.array("B", f["data"].tobytes())
     return msg
 
 

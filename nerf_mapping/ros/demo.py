@@ -6,6 +6,15 @@ Outputs in ``--output``: ``summary.json``, ``status.jsonl`` (every MapStatus), `
 renders next to ground truth, and a RenderView answer), ``paths.json`` (odometry, refined and ground-truth keyframe
 paths: stamps and base_link positions), ``map/`` (SaveMap checkpoint, ExportMesh mesh), ``logs/`` (node and player logs).
 
+Inputs (``--inputs``, :data:`DEMO_INPUTS`): the bag carries colour images, a depth camera and a LiDAR; ``rgb`` maps
+from the images alone, ``rgbd`` (the default) also from the depth camera (node parameter ``depth_topic``),
+``rgb+lidar`` from the images and the LiDAR sweeps (``points_topic``). ``summary.json["inputs"]`` records the choice.
+
+Mesh accuracy: ``summary.json["export_mesh"]`` scores the ExportMesh answer against the scene's ground-truth mesh
+exactly as ``benchmark mesh`` does (:func:`nerf_mapping.evaluation.mesh.score_reconstruction`: ``chamfer_rel``,
+``fscore_2pct``, ... in fractions of the scene box diagonal, against the ground truth seen by the views), the views
+being every frame of the bag (what the node mapped from).
+
 Trajectory error: ``summary.json["ate"]`` scores ``~/path/odom`` (raw odometry) and ``~/path/refined`` (pose
 refinement) against the ground-truth base_link positions at the same stamps: RMSE unaligned (the map frame starts at
 the first odometry pose, which is the ground truth at t0) and after a rigid SE(3) Umeyama fit, plus the error of the
@@ -26,7 +35,17 @@ from pathlib import Path
 import numpy as np
 
 from nerf_mapping.geometry import model_c2w_to_optical_pose
+from nerf_mapping.scene.bag import TOPIC_DEPTH, TOPIC_IMAGE, TOPIC_POINTS
 
+
+DEMO_INPUTS = {
+    "rgb": {"depth_topic": "", "points_topic": ""},
+    "rgbd": {"depth_topic": TOPIC_DEPTH, "points_topic": ""},
+    "rgb+lidar": {"depth_topic": "", "points_topic": TOPIC_POINTS},
+}
+"""``--inputs`` -> the node's range-input parameters (an empty topic turns that input off), on the demo bag's
+topics."""
+DEFAULT_INPUTS = "rgbd"
 
 PSNR_MILESTONES = (20.0, 25.0)
 """PSNR levels (dB against ground truth, with ``--psnr-bar``) whose first periodic render is timed in ``summary.json``
@@ -106,7 +125,7 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return psnr_from_mse(float(np.mean((a.astype(np.float64) / 255 - b.astype(np.float64) / 255) ** 2)))
 
 
-def _write_params(out: Path, scene: Path) -> Path:
+def _write_params(out: Path, scene: Path, inputs: str = DEFAULT_INPUTS) -> Path:
     import yaml
 
     from nerf_mapping.ros.bringup import default_params_file
@@ -117,6 +136,7 @@ def _write_params(out: Path, scene: Path) -> Path:
     p["output_dir"] = str(out / "map")
     # the scene's label images (/camera/labels in the bag) teach the language field: the oracle teacher
     p.setdefault("semantics", {}).update(teacher="labels", class_names=str(scene / "labels.json"))
+    p.update(DEMO_INPUTS[inputs])
     dst = out / "mapper.yaml"
     dst.write_text(yaml.safe_dump(params, sort_keys=False))
     return dst
@@ -129,6 +149,10 @@ def run(args) -> int:
 
     out = Path(args.output).resolve()
     (out / "renders").mkdir(parents=True, exist_ok=True)
+    inputs = getattr(args, "inputs", DEFAULT_INPUTS)
+    if inputs not in DEMO_INPUTS:
+        print(f"error: --inputs must be one of {', '.join(DEMO_INPUTS)}, got {inputs!r}", file=sys.stderr)
+        return 2
     scene = ensure_default_scene(progress=True)
     bag = scene / "bag"
     stamps, gt_paths, gt_c2w = ground_truth_frames(scene)
@@ -138,8 +162,9 @@ def run(args) -> int:
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     env.setdefault("ROS_LOG_DIR", str(out / "logs" / "ros"))
     os.environ.update({k: env[k] for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_LOG_DIR")})
-    params = _write_params(out, scene)
-    print(f"demo scene: {scene}\nstarting node + bag player (logs in {out / 'logs'}) ...", flush=True)
+    params = _write_params(out, scene, inputs)
+    print(f"demo scene: {scene}\ninputs: {describe_inputs(inputs)}\nstarting node + bag player (logs in "
+          f"{out / 'logs'}) ...", flush=True)
     launch = subprocess.Popen(
         [sys.executable, "-m", "nerf_mapping.cli", "launch", "--bag", str(bag), "--params", str(params), "--loop",
          "--quiet", "--log-dir", str(out / "logs")], env=env, start_new_session=True)
@@ -212,6 +237,7 @@ def run(args) -> int:
     spin.start()
 
     services = {}
+    mesh_scores = None
     rc = 0
     try:
         deadline = time.monotonic() + args.timeout
@@ -234,6 +260,19 @@ def run(args) -> int:
                 break
             time.sleep(0.5)
         services = _call_services(node, out, gt_c2w, gt_paths, args.psnr_bar) if rc == 0 else {}
+        sofa_file = services.get("query_segmentation", {}).get("sofa_points_file")
+        if sofa_file:
+            try:
+                services["query_segmentation"]["sofa_accuracy"] = score_query_points(scene, Path(sofa_file))
+            except Exception as exc:  # noqa: BLE001 - a scoring problem must not lose the other outputs
+                services["query_segmentation"]["sofa_accuracy"] = {"error": repr(exc)}
+        mesh_path = services.get("export_mesh", {}).get("path")
+        if mesh_path:
+            print("scoring the exported mesh against the ground truth (as benchmark mesh does) ...", flush=True)
+            try:
+                mesh_scores = score_export_mesh(scene, Path(mesh_path))
+            except Exception as exc:  # noqa: BLE001 - a scoring problem must not lose the other outputs
+                mesh_scores = {"path": mesh_path, "error": repr(exc)}
     finally:
         with lock:
             to_level = {f"{b:g}": (t - state["t_first_frame"]) if t and state["t_first_frame"] else None
@@ -243,12 +282,14 @@ def run(args) -> int:
             except Exception as exc:  # noqa: BLE001 - a scoring problem must not lose the other outputs
                 ate = {"error": repr(exc)}
             summary = {
-                "scene": str(scene), "psnr_bar_db": args.psnr_bar,
+                "scene": str(scene), "inputs": inputs, "input_topics": DEMO_INPUTS[inputs],
+                "psnr_bar_db": args.psnr_bar,
                 "reached_bar": state["t_psnr"][args.psnr_bar] is not None,
                 "seconds_first_frame_to_bar": to_level[f"{args.psnr_bar:g}"],
                 "seconds_first_frame_to_psnr": to_level,
                 "best_render_psnr_db": state["best_psnr"], "last_status": state["status"],
-                "ate": ate, "n_renders": len(state["renders"]), "renders": state["renders"], "services": services,
+                "ate": ate, "export_mesh": mesh_scores, "n_renders": len(state["renders"]),
+                "renders": state["renders"], "services": services,
             }
             (out / "paths.json").write_text(json.dumps(state["paths"]))
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -267,10 +308,77 @@ def run(args) -> int:
           + ", ".join(f"{b} dB " + ("after %.0f s" % t if t is not None else "not reached")
                       for b, t in summary["seconds_first_frame_to_psnr"].items()))
     print(_fmt_ate(ate) if "error" not in ate else f"ATE failed: {ate['error']}")
+    print(f"inputs: {describe_inputs(inputs)}")
+    if mesh_scores:
+        print(_fmt_mesh(mesh_scores))
     for k, v in services.items():
         print(f"  service {k}: {v.get('message', '')} ({v.get('seconds', 0):.2f} s)")
     print(f"outputs in {out}: summary.json, status.jsonl, renders/, paths.json, map/ (map, mesh), logs/")
     return rc if summary["reached_bar"] or rc else 2
+
+
+def describe_inputs(inputs: str) -> str:
+    topics = DEMO_INPUTS[inputs]
+    used = [TOPIC_IMAGE] + [t for t in (topics["depth_topic"], topics["points_topic"]) if t]
+    return f"{inputs} ({', '.join(used)})"
+
+
+def score_query_points(scene: Path, points_path: Path, class_name: str = "sofa", within_m: float = 0.14) -> dict:
+    """How well the points a text query returned sit on the object it names: the distance of each point to the
+    ground-truth surface of that class (area-uniform samples of its faces in the scene's mesh; a map-frame = world-frame
+    comparison, so pose drift counts, as it does for a user): ``within`` (fraction within ``within_m``) and the
+    median distance."""
+    import torch
+
+    from nerf_mapping.evaluation.mesh import sample_surface
+    from nerf_mapping.scene.layout import CLASSES
+    from nerf_mapping.scene.mesh_io import read_labeled_ply
+
+    cid = next(k for k, v in CLASSES.items() if v == class_name)
+    gt = read_labeled_ply(Path(scene) / "mesh.ply")
+    faces = gt["triangles"][gt["face_class"] == cid]
+    if not len(faces):
+        raise ValueError(f"the scene mesh has no {class_name!r} faces")
+    surf = torch.from_numpy(np.asarray(sample_surface(gt["vertices"], faces, 50_000, 0), dtype=np.float32))
+    pts = torch.from_numpy(np.atleast_2d(np.loadtxt(points_path, dtype=np.float32)).reshape(-1, 3))
+    d = torch.cat([torch.cdist(c, surf).min(1).values for c in pts.split(2048)]) if len(pts) else torch.zeros(0)
+    return {"class": class_name, "points": int(len(pts)), f"within_{round(within_m * 100)}cm":
+            float((d <= within_m).float().mean()) if len(pts) else 0.0,
+            "median_distance_m": float(d.median()) if len(pts) else None}
+
+
+def score_export_mesh(scene: Path, mesh_path: Path, samples: int | None = None) -> dict:
+    """The exported mesh (map frame = the scene's world frame) against the scene's ground-truth mesh, scored as
+    ``benchmark mesh`` scores (:func:`nerf_mapping.evaluation.mesh.score_reconstruction`), the visible truth being
+    what the bag's frames (all of the scene's views, with their ground-truth depth) saw. ``samples``: per mesh
+    (default: the benchmark's)."""
+    import open3d as o3d
+
+    from nerf_mapping.data import load_dataset
+    from nerf_mapping.evaluation.mesh import MESH_SAMPLES, score_reconstruction
+    from nerf_mapping.scene.mesh_io import read_labeled_ply
+
+    t0 = time.monotonic()
+    mesh = o3d.io.read_triangle_mesh(str(mesh_path))
+    pred = (np.asarray(mesh.vertices), np.asarray(mesh.triangles))
+    if len(pred[1]) == 0:
+        raise ValueError(f"{mesh_path} has no triangles")
+    gt = read_labeled_ply(Path(scene) / "mesh.ply")
+    views = load_dataset(scene, split="all")
+    scores, _ = score_reconstruction(pred, (gt["vertices"], gt["triangles"]), views.scene_box.numpy(), views.cameras,
+                                     views.depths, samples or MESH_SAMPLES)
+    keys = ("chamfer_rel", "fscore_1pct", "fscore_2pct", "precision_2pct", "recall_2pct", "chamfer_rel_full",
+            "scene_diagonal", "gt_visible_fraction")
+    return {"path": str(mesh_path), **{k: scores[k] for k in keys}, "views": len(views), "samples": samples or MESH_SAMPLES,
+            "visible": scores["visible"], "full": scores["full"], "seconds": time.monotonic() - t0}
+
+
+def _fmt_mesh(m: dict) -> str:
+    if "error" in m:
+        return f"exported mesh: scoring failed: {m['error']}"
+    return (f"exported mesh vs ground truth: Chamfer {m['chamfer_rel'] * 100:.2f} % of the scene diagonal, F-score "
+            f"{m['fscore_2pct']:.3f} at 2 % ({m['fscore_1pct']:.3f} at 1 %), precision / recall at 2 % "
+            f"{m['precision_2pct']:.3f} / {m['recall_2pct']:.3f}")
 
 
 def _call_services(node, out: Path, gt_c2w, gt_paths, bar) -> dict:

@@ -5,7 +5,10 @@ The node owns parameters, QoS, subscriptions, message conversions, publishers an
 
 Inputs (sensor QoS by default): camera images (raw or compressed) + CameraInfo, odometry (nav_msgs/Odometry or
 geometry_msgs/PoseStamped), /tf_static for the base->camera extrinsic, and with ``semantics.teacher: labels`` per-pixel
-class-id images (``semantics.label_topic``). Outputs: ``~/status`` (MapStatus),
+class-id images (``semantics.label_topic``). Optional range sensors: depth images (``depth_topic``, 16UC1 mm or 32FC1 m,
+aligned to the colour camera or with their own ``depth_info_topic``) and LiDAR clouds (``points_topic``, PointCloud2,
+decoded on their own callback group, bounded to ``range_input.max_points_per_scan``), handed to
+:class:`nerf_mapping.mapping.range_input.RangeInput`. Outputs: ``~/status`` (MapStatus),
 ``~/input_stats`` (std_msgs/String JSON with per-reason drop counters), ``~/rendered`` (periodic render at the latest
 keyframe pose, stamped with that keyframe's stamp), ``~/path/odom`` + ``~/path/refined`` (nav_msgs/Path), ``/tf``
 map->odom, ``~/mesh`` (MarkerArray of TRIANGLE_LIST, transient local: the last ExportMesh result),
@@ -116,6 +119,20 @@ class MapperNode(Node):
         if self.mapper.semantics.cfg.teacher == "labels":
             self.create_subscription(Image, nc.semantics.label_topic, self._on_labels, sensor_qos,
                                      callback_group=cb_sensors)
+        rng = self.mapper.range_input
+        if nc.depth_topic:
+            rng.expect_depth = True
+            self.create_subscription(Image, nc.depth_topic, self._on_depth, sensor_qos, callback_group=cb_sensors)
+            if nc.depth_info_topic:
+                self.create_subscription(CameraInfo, nc.depth_info_topic, self._on_depth_info, sensor_qos,
+                                         callback_group=cb_sensors)
+        if nc.points_topic:
+            rng.expect_points = True
+            # its own group: decoding a large cloud must not delay the images
+            self.create_subscription(PointCloud2, nc.points_topic, self._on_points, sensor_qos,
+                                     callback_group=MutuallyExclusiveCallbackGroup())
+        inputs = ["rgb"] + (["depth"] if nc.depth_topic else []) + (["lidar"] if nc.points_topic else [])
+        self.get_logger().info(f"inputs: {'+'.join(inputs)}")
 
         # --- publishers
         self.pub_status = self.create_publisher(MapStatus, "~/status", 10)
@@ -257,6 +274,33 @@ class MapperNode(Node):
             return
         self.mapper.intake.count("labels_received")
         self.mapper.semantics.add_labels(stamp_ns, labels)
+
+    def _on_depth(self, msg: Image) -> None:
+        try:
+            stamp_ns = conv.stamp_to_ns(msg.header.stamp)
+            depth = conv.depth_msg_to_array(msg)
+        except Exception as exc:  # noqa: BLE001 - dropped and counted, never fatal
+            self.mapper.intake.count("depth_invalid", f"depth image dropped: {exc}")
+            return
+        self.mapper.range_input.add_depth(stamp_ns, msg.header.frame_id, depth)
+
+    def _on_depth_info(self, msg: CameraInfo) -> None:
+        try:
+            intr = conv.camera_info_to_intrinsics(msg)
+        except Exception as exc:  # noqa: BLE001
+            self.mapper.intake.count("depth_info_invalid", f"depth camera_info dropped: {exc}")
+            return
+        self.mapper.range_input.set_depth_intrinsics(intr, msg.header.frame_id)
+
+    def _on_points(self, msg: PointCloud2) -> None:
+        try:
+            stamp_ns = conv.stamp_to_ns(msg.header.stamp)
+            xyz, times = conv.pointcloud_msg_to_arrays(msg, max_points=self.mapper.cfg.range_input.max_points_per_scan,
+                                                       seed=stamp_ns & 0xFFFF)
+        except Exception as exc:  # noqa: BLE001 - dropped and counted, never fatal
+            self.mapper.intake.count("points_invalid", f"point cloud dropped: {exc}")
+            return
+        self.mapper.range_input.add_points(stamp_ns, msg.header.frame_id, xyz, times)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         try:

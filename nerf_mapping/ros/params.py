@@ -43,6 +43,15 @@ class NodeConfig:
     """raw (sensor_msgs/Image) or compressed (sensor_msgs/CompressedImage)."""
     camera_info_topic: str = "/camera/camera_info"
     """sensor_msgs/CameraInfo topic (intrinsics and distortion)."""
+    depth_topic: str = ""
+    """Depth image topic (sensor_msgs/Image 16UC1 millimetres or 32FC1 metres, 0 / NaN / inf = no return), aligned
+    to the colour camera (same stamps) unless ``depth_info_topic`` gives its own camera; '' = no depth camera."""
+    depth_info_topic: str = ""
+    """The depth camera's own sensor_msgs/CameraInfo when it is not the colour camera (its frame resolved through
+    /tf_static); '' = the depth images are aligned to the colour camera."""
+    points_topic: str = ""
+    """LiDAR topic (sensor_msgs/PointCloud2: x, y, z float32/64, any layout, optional per-point time), its frame
+    resolved through /tf_static to base_frame; '' = no LiDAR."""
     odom_topic: str = "/odom"
     """Odometry topic."""
     odom_type: str = "nav_msgs/Odometry"

@@ -1,5 +1,6 @@
-"""Built-in labeled demo scene: a small furnished room rendered with open3d raycasting (see generate.py for the
-output layout). Importing this package is cheap: open3d / rosbags are imported only when generating."""
+"""Built-in labeled demo scene: a small furnished room rendered with open3d raycasting, with a simulated depth camera
+and spinning LiDAR on the rig (see generate.py for the output layout, sensors.py for the sensor models). Importing
+this package is cheap: open3d / rosbags are imported only when generating."""
 
 from .generate import (
     SceneConfig,
@@ -13,10 +14,14 @@ from .generate import (
 from .layout import CLASSES, ROOM_BOX
 from .mesh_io import read_labeled_ply
 from .odometry import OdometryNoiseParams, OdometryNoiseResult, simulate_odometry_noise
+from .sensors import DepthCameraConfig, LidarConfig, LidarScans
 
 __all__ = [
     "CLASSES",
     "ROOM_BOX",
+    "DepthCameraConfig",
+    "LidarConfig",
+    "LidarScans",
     "OdometryNoiseParams",
     "OdometryNoiseResult",
     "SceneConfig",

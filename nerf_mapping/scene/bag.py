@@ -8,11 +8,19 @@ Topics (all stamps in header.stamp == bag log time, nanoseconds):
 - ``/ground_truth/odometry``  nav_msgs/msg/Odometry, ``odom`` -> ``base_link``, exact (odom == world)
 - ``/camera/labels``          sensor_msgs/msg/Image, mono8 class ids (labels.json), same stamps as the images: what a
                               2D segmenter would publish; the node's oracle ``labels`` teacher reads it
-- ``/tf_static``              tf2_msgs/msg/TFMessage ``base_link`` -> ``camera_optical``, one message, offered QoS
-                              transient_local + reliable (what static TF broadcasters offer), written first
+- ``/camera/depth/image_raw`` sensor_msgs/msg/Image, 16UC1 little-endian z-depth in millimetres (0 = no reading),
+                              frame_id ``camera_optical``, same stamps as the images: the simulated depth camera
+                              (aligned with the colour camera, so ``/camera/camera_info`` describes it too)
+- ``/lidar/points``           sensor_msgs/msg/PointCloud2, frame_id ``lidar``, one per sweep (header stamp = sweep
+                              start), height 1, float32 fields x, y, z, time (seconds after the header stamp); each
+                              point in the lidar frame at its own capture time (no motion compensation)
+- ``/tf_static``              tf2_msgs/msg/TFMessage ``base_link`` -> ``camera_optical`` (and ``base_link`` -> ``lidar``
+                              when the bag has points), one message, offered QoS transient_local + reliable (what
+                              static TF broadcasters offer), written first
 
 Odometry runs on its own clock grid (not aligned with image stamps), so consumers must interpolate.
-Messages are written in timestamp order. The extrinsic and scene id are also stored in the bag's ``custom_data``.
+Messages are written in timestamp order. The extrinsics and scene id are also stored in the bag's ``custom_data``.
+The labels, depth and points topics are optional (written when their loader is given).
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -32,7 +41,9 @@ TOPIC_ODOM = "/odom"
 TOPIC_GT_ODOM = "/ground_truth/odometry"
 TOPIC_TF_STATIC = "/tf_static"
 TOPIC_LABELS = "/camera/labels"
-FRAME_ODOM, FRAME_BASE, FRAME_CAMERA = "odom", "base_link", "camera_optical"
+TOPIC_DEPTH = "/camera/depth/image_raw"
+TOPIC_POINTS = "/lidar/points"
+FRAME_ODOM, FRAME_BASE, FRAME_CAMERA, FRAME_LIDAR = "odom", "base_link", "camera_optical", "lidar"
 
 MSGTYPES = {
     TOPIC_IMAGE: "sensor_msgs/msg/Image",
@@ -41,6 +52,8 @@ MSGTYPES = {
     TOPIC_GT_ODOM: "nav_msgs/msg/Odometry",
     TOPIC_TF_STATIC: "tf2_msgs/msg/TFMessage",
     TOPIC_LABELS: "sensor_msgs/msg/Image",
+    TOPIC_DEPTH: "sensor_msgs/msg/Image",
+    TOPIC_POINTS: "sensor_msgs/msg/PointCloud2",
 }
 
 
@@ -59,6 +72,13 @@ class OdometryStream:
     angular: np.ndarray  # [M,3] body-frame angular velocity (rad/s)
     pose_cov_diag: tuple[float, ...]  # 6 variances: x, y, z, rot x, rot y, rot z
     twist_cov_diag: tuple[float, ...]
+
+
+@dataclass
+class LidarStream:
+    stamps_ns: np.ndarray  # [S] int64 sweep starts (header stamps)
+    t_base_lidar: np.ndarray  # [4,4] static pose of the lidar frame in base_link (written to /tf_static)
+    load: Callable[[int], tuple[np.ndarray, np.ndarray]]  # sweep index -> (xyz [n,3] lidar frame, time [n] s)
 
 
 class _Msgs:
@@ -86,6 +106,25 @@ class _Msgs:
             header=self.header(stamp_ns, FRAME_CAMERA), height=h, width=w, encoding="mono8" if mono else "rgb8",
             is_bigendian=0, step=(1 if mono else 3) * w, data=np.ascontiguousarray(rgb, np.uint8).reshape(-1))
 
+    def depth_image(self, stamp_ns: int, depth_mm: np.ndarray):
+        """16UC1 little-endian image of uint16 millimetres [H,W]."""
+        h, w = depth_mm.shape
+        data = np.ascontiguousarray(depth_mm, dtype="<u2").view(np.uint8).reshape(-1)
+        return self.t["sensor_msgs/msg/Image"](header=self.header(stamp_ns, FRAME_CAMERA), height=h, width=w,
+                                                encoding="16UC1", is_bigendian=0, step=2 * w, data=data)
+
+    def pointcloud2(self, stamp_ns: int, xyz: np.ndarray, times: np.ndarray):
+        """Unorganised cloud with float32 x, y, z, time (:func:`nerf_mapping.bags.pointcloud2_fields`)."""
+        from nerf_mapping.bags import pointcloud2_fields
+
+        f = pointcloud2_fields(xyz, times)
+        field = self.t["sensor_msgs/msg/PointField"]
+        return self.t["sensor_msgs/msg/PointCloud2"](
+            header=self.header(stamp_ns, FRAME_LIDAR), height=f["height"], width=f["width"],
+            fields=[field(name=n, offset=o, datatype=d, count=c) for n, o, d, c in f["fields"]],
+            is_bigendian=bool(f["is_bigendian"]), point_step=f["point_step"], row_step=f["row_step"],
+            data=f["data"], is_dense=bool(f["is_dense"]))
+
     def camera_info(self, stamp_ns: int, info: dict):
         """``info``: width, height, k [3,3], and optionally distortion_model (default plumb_bob) and d."""
         k = np.asarray(info["k"], float).reshape(3, 3)
@@ -107,13 +146,16 @@ class _Msgs:
             pose=g["geometry_msgs/msg/PoseWithCovariance"](pose=pose_msg, covariance=pcov),
             twist=g["geometry_msgs/msg/TwistWithCovariance"](twist=twist_msg, covariance=tcov))
 
-    def tf_static(self, stamp_ns: int, t_base_cam: np.ndarray):
+    def tf_static(self, stamp_ns: int, children: dict[str, np.ndarray]):
+        """One TFMessage with base_link -> each child frame (``{frame_id: T_base_child}``)."""
         g = self.t
-        tr = g["geometry_msgs/msg/Transform"](translation=self.vec3(t_base_cam[:3, 3]),
-                                               rotation=self.quat(quat_xyzw_from_matrix(t_base_cam[:3, :3])))
-        ts = g["geometry_msgs/msg/TransformStamped"](header=self.header(stamp_ns, FRAME_BASE),
-                                                     child_frame_id=FRAME_CAMERA, transform=tr)
-        return g["tf2_msgs/msg/TFMessage"](transforms=[ts])
+        out = []
+        for child, t_base_child in children.items():
+            tr = g["geometry_msgs/msg/Transform"](translation=self.vec3(t_base_child[:3, 3]),
+                                                   rotation=self.quat(quat_xyzw_from_matrix(t_base_child[:3, :3])))
+            out.append(g["geometry_msgs/msg/TransformStamped"](header=self.header(stamp_ns, FRAME_BASE),
+                                                               child_frame_id=child, transform=tr))
+        return g["tf2_msgs/msg/TFMessage"](transforms=out)
 
 
 def _static_qos():
@@ -138,11 +180,13 @@ def write_scene_bag(
     custom_data: dict[str, str] | None = None,
     camera_info_for=None,  # callable: frame index -> CameraInfo dict (see _Msgs.camera_info); default from intr
     load_labels=None,  # callable: frame index -> uint8 [H,W] class ids (written on TOPIC_LABELS); None: no topic
+    load_depth=None,  # callable: frame index -> uint16 [H,W] millimetres (written on TOPIC_DEPTH); None: no topic
+    lidar: LidarStream | None = None,  # sweeps written on TOPIC_POINTS, its mount on /tf_static; None: no topic
 ) -> dict[str, int]:
     """Write the bag directory ``path`` (must not exist). Returns message counts per topic.
 
     The camera is ``intr`` (pinhole, no distortion) for every frame unless ``camera_info_for`` gives per-frame
-    intrinsics and distortion (datasets converted to bags)."""
+    intrinsics and distortion (datasets converted to bags). Depth images share the colour images' stamps."""
     from rosbags.rosbag2 import StoragePlugin, Writer
 
     plugins = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
@@ -150,18 +194,24 @@ def write_scene_bag(
         raise ValueError(f"bag storage must be one of {sorted(plugins)}, got {storage!r}")
     ts = get_scene_typestore()
     msgs = _Msgs(ts)
-    topics = {t: m for t, m in MSGTYPES.items() if t != TOPIC_LABELS or load_labels is not None}
+    optional = {TOPIC_LABELS: load_labels is not None, TOPIC_DEPTH: load_depth is not None,
+                TOPIC_POINTS: lidar is not None}
+    topics = {t: m for t, m in MSGTYPES.items() if optional.get(t, True)}
     counts = {topic: 0 for topic in topics}
+    tf_children = {FRAME_CAMERA: t_base_cam} | ({FRAME_LIDAR: lidar.t_base_lidar} if lidar is not None else {})
 
     # event list sorted by stamp; ties resolved by topic order below (tf_static first, image before its camera_info)
-    order = {TOPIC_TF_STATIC: 0, TOPIC_IMAGE: 1, TOPIC_CAMERA_INFO: 2, TOPIC_LABELS: 3, TOPIC_GT_ODOM: 4,
-             TOPIC_ODOM: 5}
-    t_start = int(min(image_stamps_ns.min(), noisy.stamps_ns.min(), ground_truth.stamps_ns.min()))
+    order = {TOPIC_TF_STATIC: 0, TOPIC_IMAGE: 1, TOPIC_CAMERA_INFO: 2, TOPIC_LABELS: 3, TOPIC_DEPTH: 4,
+             TOPIC_POINTS: 5, TOPIC_GT_ODOM: 6, TOPIC_ODOM: 7}
+    starts = [image_stamps_ns.min(), noisy.stamps_ns.min(), ground_truth.stamps_ns.min()]
+    if lidar is not None and len(lidar.stamps_ns):
+        starts.append(np.min(lidar.stamps_ns))
+    t_start = int(min(starts))
     events = [(t_start, order[TOPIC_TF_STATIC], TOPIC_TF_STATIC, 0)]
-    events += [(int(s), order[TOPIC_IMAGE], TOPIC_IMAGE, i) for i, s in enumerate(image_stamps_ns)]
-    events += [(int(s), order[TOPIC_CAMERA_INFO], TOPIC_CAMERA_INFO, i) for i, s in enumerate(image_stamps_ns)]
-    if load_labels is not None:
-        events += [(int(s), order[TOPIC_LABELS], TOPIC_LABELS, i) for i, s in enumerate(image_stamps_ns)]
+    per_image = [TOPIC_IMAGE, TOPIC_CAMERA_INFO] + [t for t in (TOPIC_LABELS, TOPIC_DEPTH) if t in topics]
+    events += [(int(s), order[t], t, i) for t in per_image for i, s in enumerate(image_stamps_ns)]
+    if lidar is not None:
+        events += [(int(s), order[TOPIC_POINTS], TOPIC_POINTS, i) for i, s in enumerate(lidar.stamps_ns)]
     events += [(int(s), order[TOPIC_ODOM], TOPIC_ODOM, i) for i, s in enumerate(noisy.stamps_ns)]
     events += [(int(s), order[TOPIC_GT_ODOM], TOPIC_GT_ODOM, i) for i, s in enumerate(ground_truth.stamps_ns)]
     events.sort()
@@ -180,11 +230,15 @@ def write_scene_bag(
         }
         for stamp, _, topic, i in events:
             if topic == TOPIC_TF_STATIC:
-                msg = msgs.tf_static(stamp, t_base_cam)
+                msg = msgs.tf_static(stamp, tf_children)
             elif topic == TOPIC_IMAGE:
                 msg = msgs.image(stamp, load_image(i))
             elif topic == TOPIC_LABELS:
                 msg = msgs.image(stamp, np.asarray(load_labels(i), np.uint8))
+            elif topic == TOPIC_DEPTH:
+                msg = msgs.depth_image(stamp, np.asarray(load_depth(i), np.uint16))
+            elif topic == TOPIC_POINTS:
+                msg = msgs.pointcloud2(stamp, *lidar.load(i))
             elif topic == TOPIC_CAMERA_INFO:
                 msg = msgs.camera_info(stamp, camera_info_for(i) if camera_info_for else
                                        {"width": intr.width, "height": intr.height, "k": intr.k_matrix()})
@@ -198,8 +252,11 @@ def write_scene_bag(
     return counts
 
 
-def extrinsic_custom_data(t_base_cam: np.ndarray) -> dict[str, str]:
-    return {
+def extrinsic_custom_data(t_base_cam: np.ndarray, t_base_lidar: np.ndarray | None = None) -> dict[str, str]:
+    out = {
         "nerf_mapping.scene": "demo_scene",
         "nerf_mapping.extrinsic_base_to_camera_optical": json.dumps(np.asarray(t_base_cam).tolist()),
     }
+    if t_base_lidar is not None:
+        out["nerf_mapping.extrinsic_base_to_lidar"] = json.dumps(np.asarray(t_base_lidar).tolist())
+    return out

@@ -1,21 +1,43 @@
-"""Demo scene generation: render the labeled room along a handheld trajectory and write every output.
+"""Demo scene generation: render the labeled room along a handheld trajectory, simulate the rig's range sensors and
+write every output.
 
 Output layout of ``generate_scene(cfg, DIR)``::
 
     DIR/
       transforms.json        nerfstudio (PINHOLE) poses = ground truth camera-to-world, OpenGL camera axes, world frame
       images/frame_00000.png RGB uint8
-      depth/frame_00000.png  uint16 z-depth along the optical axis in millimetres (0 = no hit)
+      depth/frame_00000.png  uint16 ground-truth z-depth along the optical axis in millimetres (0 = no hit): what the
+                             evaluation reads
+      sensor_depth/frame_00000.png  uint16 millimetres, the simulated depth camera's reading of the same view (noise,
+                             holes at depth edges, dropouts, range gate; 0 = no reading); per frame
+                             ``sensor_depth_file_path`` in transforms.json (absent with ``depth_camera.enabled=False``)
       labels/frame_00000.png uint8 class ids (see labels.json)
       labels.json            {"0": "unknown", "1": "floor", ...}
       mesh.ply               ground-truth mesh, per-vertex and per-face class_id (see mesh_io)
-      metadata.json          config, intrinsics, frames/extrinsic, noise model, classes, room box, timings
+      metadata.json          config, intrinsics, frames/extrinsics, noise models, sensors, classes, room box, timings
       odometry.npz           odometry-rate stamps + ground-truth / noisy / bias poses, camera poses at image stamps
+      lidar.npz              the simulated LiDAR's sweeps (absent with ``lidar.enabled=False``), see below
       bag/                   rosbag2 (mcap or sqlite3), see bag.py for topics
       .nerf_mapping_scene.json  marker: written first as incomplete, rewritten (atomically) as complete last
 
 World frame = map = ground-truth odom frame: z up, metres, the room spans ``layout.ROOM_BOX`` (the corridor layout
 ``layout.CORRIDOR_BOX``).
+
+Sensor models (:mod:`nerf_mapping.scene.sensors`): the depth camera shares the colour camera's intrinsics, pose and
+stamps (Kinect-like axial noise ``0.0012 + 0.0019 (z - 0.4)^2`` m); the LiDAR is a 16-beam, +-15 degree, 10 Hz
+spinning head 15 cm above base_link (level, x forward), whose points are each expressed in the lidar frame at their
+own capture time. ``lidar.npz`` (plain ``np.load``)::
+
+    stamps_ns     [S]     int64    sweep start = the PointCloud2 header stamp
+    offsets       [S+1]   int64    the points of sweep s are rows offsets[s]:offsets[s+1]
+    points        [N,3]   float32  x, y, z (m) in the lidar frame at the point's capture time
+    times         [N]     float32  capture time, seconds after its sweep's stamp (0 <= time < 1 / rate)
+    rings         [N]     uint8    beam index, 0 = lowest elevation
+    t_base_lidar  [4,4]   float64  static pose of the lidar frame in base_link
+
+A point's world position is ``T_world_base(stamp + time) @ t_base_lidar @ [x, y, z, 1]`` with the ground-truth base
+pose (odometry.npz ``odom_gt`` at ``odom_stamps_ns``, 50 Hz, SE(3)-interpolated: under a millimetre from the exact
+path).
 """
 
 from __future__ import annotations
@@ -24,18 +46,20 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .sensors import DepthCameraConfig, LidarConfig
+
 MARKER = ".nerf_mapping_scene.json"
-FORMAT_VERSION = 1
-DEFAULT_SCENE_NAME = "demo_scene_v2"  # v2: the bag carries /camera/labels
+FORMAT_VERSION = 2  # 2: nested sensor configs, sensor_depth/, lidar.npz
+DEFAULT_SCENE_NAME = "demo_scene_v3"  # v2: the bag carries /camera/labels; v3: depth camera and LiDAR
 LAYOUTS = ("room", "corridor")
 # names generate_scene owns inside an output dir (only these are removed when overwriting)
-_OUTPUT_NAMES = ("transforms.json", "metadata.json", "labels.json", "mesh.ply", "odometry.npz", "images", "depth",
-                 "labels", "bag", MARKER)
+_OUTPUT_NAMES = ("transforms.json", "metadata.json", "labels.json", "mesh.ply", "odometry.npz", "lidar.npz", "images",
+                 "depth", "sensor_depth", "labels", "bag", MARKER)
 
 
 @dataclass
@@ -61,6 +85,8 @@ class SceneConfig:
     shadows: bool = True
     start_time_s: float = 1_700_000_000.0  # ROS time of the first image (bag stamps and transforms.json timestamps)
     layout: str = "room"  # "room": the 5 m x 4 m demo room | "corridor": a 30 m corridor with three side rooms
+    depth_camera: DepthCameraConfig = field(default_factory=DepthCameraConfig)  # aligned with the colour camera
+    lidar: LidarConfig = field(default_factory=LidarConfig)  # spinning LiDAR on the rig
 
     def validate(self) -> None:
         if self.frames < 1:
@@ -79,6 +105,8 @@ class SceneConfig:
                  self.odom_jitter_rot)
         if min(noise) < 0:
             raise ValueError("odometry noise parameters must be >= 0")
+        self.depth_camera.validate()
+        self.lidar.validate()
 
 
 @dataclass
@@ -92,6 +120,8 @@ class SceneInfo:
     images_dir: Path
     depth_dir: Path
     labels_dir: Path
+    sensor_depth_dir: Path | None  # None: the depth camera was off
+    lidar: Path | None  # lidar.npz (sensors.LidarScans.load); None: the LiDAR was off
     bag: Path | None
     num_frames: int
     seconds: float  # wall-clock generation time (0 when reused from cache)
@@ -100,12 +130,16 @@ class SceneInfo:
     def from_dir(root: Path, seconds: float = 0.0) -> "SceneInfo":
         root = Path(root)
         marker = json.loads((root / MARKER).read_text())
-        bag = root / "bag"
         return SceneInfo(root=root, transforms=root / "transforms.json", metadata=root / "metadata.json",
                          labels=root / "labels.json", mesh=root / "mesh.ply", odometry=root / "odometry.npz",
                          images_dir=root / "images", depth_dir=root / "depth", labels_dir=root / "labels",
-                         bag=bag if bag.exists() else None, num_frames=int(marker["config"]["frames"]),
+                         sensor_depth_dir=_existing(root / "sensor_depth"), lidar=_existing(root / "lidar.npz"),
+                         bag=_existing(root / "bag"), num_frames=int(marker["config"]["frames"]),
                          seconds=seconds)
+
+
+def _existing(path: Path) -> Path | None:
+    return path if path.exists() else None
 
 
 def ground_truth_frames(root: Path) -> tuple[list[int], list[Path], list[np.ndarray]]:
@@ -124,7 +158,7 @@ def ground_truth_frames(root: Path) -> tuple[list[int], list[Path], list[np.ndar
 
 
 def default_scene_dir() -> Path:
-    """Cache folder of the built-in demo scene: $NERF_MAPPING_CACHE (or ~/.cache/nerf_mapping)/demo_scene_v2."""
+    """Cache folder of the built-in demo scene: $NERF_MAPPING_CACHE (or ~/.cache/nerf_mapping)/DEFAULT_SCENE_NAME."""
     base = os.environ.get("NERF_MAPPING_CACHE") or os.path.join("~", ".cache", "nerf_mapping")
     return Path(base).expanduser() / DEFAULT_SCENE_NAME
 
@@ -208,11 +242,46 @@ def timeline(cfg: SceneConfig) -> tuple[np.ndarray, np.ndarray, int]:
     before the first and after the last image."""
     t0 = int(round(cfg.start_time_s * 1e9))
     img = t0 + np.round(np.arange(cfg.frames) * 1e9 / cfg.image_rate_hz).astype(np.int64)
-    period = 1e9 / cfg.odom_rate_hz
-    first = t0 - 0.37 * period
-    count = int(np.ceil((img[-1] - first) / period)) + 2
-    odom = np.round(first + np.arange(count) * period).astype(np.int64)
-    return img, odom, t0
+    return img, odometry_grid(img, cfg.odom_rate_hz), t0
+
+
+def odometry_grid(image_stamps_ns: np.ndarray, odom_rate_hz: float) -> np.ndarray:
+    """Odometry stamps (int ns) at ``odom_rate_hz`` bracketing the (increasing) image stamps, starting 0.37 of a
+    period before the first image (see :func:`timeline`)."""
+    period = 1e9 / odom_rate_hz
+    first = int(image_stamps_ns[0]) - 0.37 * period
+    count = int(np.ceil((int(image_stamps_ns[-1]) - first) / period)) + 2
+    return np.round(first + np.arange(count) * period).astype(np.int64)
+
+
+def _sensors_metadata(cfg: SceneConfig, t_base_lidar: np.ndarray, scans) -> dict:
+    """metadata.json's description of the simulated range sensors (models, mount, what was written)."""
+    from . import bag as bagmod
+
+    d, li = cfg.depth_camera, cfg.lidar
+    out = {"depth_camera": {
+        **asdict(d), "folder": "sensor_depth" if d.enabled else None, "topic": bagmod.TOPIC_DEPTH,
+        "frame_id": bagmod.FRAME_CAMERA, "encoding": "16UC1 millimetres (little-endian), 0 = no reading",
+        "model": "aligned with the colour camera (same intrinsics, pose, stamps); measured z = z + N(0, sigma(z)^2), "
+                 "sigma(z) = sigma_base + sigma_quad (z - sigma_offset)^2 (Nguyen et al. 2012), rounded to mm; 0 "
+                 "at depth edges (both sides: the second difference of the clean inverse depth along the pixel's "
+                 "row or column, zero on any plane, above edge_threshold_rel / z; and next to a miss), with "
+                 "probability dropout, and outside [min_range, max_range]"}}
+    out["lidar"] = {
+        **asdict(li), "file": "lidar.npz" if scans is not None else None, "topic": bagmod.TOPIC_POINTS,
+        "frame_id": bagmod.FRAME_LIDAR, "columns": li.columns, "t_base_lidar": t_base_lidar.tolist(),
+        "elevations_deg": np.rad2deg(li.elevations()).tolist(),
+        "model": "beams fire together once per column, columns * rate_hz columns per second, clockwise from the "
+                 "rear; column j at time j / (columns * rate_hz) after the sweep stamp, cast from the ground-truth "
+                 "pose at that time; range + N(0, range_noise^2); misses, returns beyond max_range or nearer than "
+                 "min_range and dropouts omitted; each point in the lidar frame at its own capture time, PointCloud2 "
+                 "fields x, y, z, time (float32, time relative to the header stamp)"}
+    if scans is not None:
+        counts = np.diff(scans.offsets)
+        out["lidar"].update(sweeps=len(scans), points=int(scans.offsets[-1]),
+                            points_per_sweep_mean=float(counts.mean()) if len(counts) else 0.0,
+                            first_stamp_ns=int(scans.stamps_ns[0]) if len(scans) else None)
+    return out
 
 
 def _check_clearance(renderer, positions: np.ndarray, min_dist: float = 0.25) -> float:
@@ -235,6 +304,7 @@ def generate_scene(cfg: SceneConfig, output: Path, progress: bool = True, force:
     from .mesh_io import write_labeled_ply
     from .odometry import OdometryNoiseParams, body_twist, simulate_odometry_noise
     from .render import Intrinsics, LightingConfig, Renderer
+    from .sensors import depth_to_millimetres, simulate_depth, simulate_lidar, sweep_stamps
     from .trajectory import (TrajectoryParams, base_to_camera_optical, camera_poses, camera_to_base_poses,
                              corridor_camera_poses, opencv_c2w_to_opengl)
 
@@ -243,7 +313,8 @@ def generate_scene(cfg: SceneConfig, output: Path, progress: bool = True, force:
     output = Path(output)
     _prepare_output(output, force)
     _write_marker(output, cfg, complete=False)
-    for sub in ("images", "depth", "labels"):
+    dcam, lidar_cfg = cfg.depth_camera, cfg.lidar
+    for sub in ("images", "depth", "labels") + (("sensor_depth",) if dcam.enabled else ()):
         (output / sub).mkdir()
 
     corridor = cfg.layout == "corridor"
@@ -259,26 +330,51 @@ def generate_scene(cfg: SceneConfig, output: Path, progress: bool = True, force:
     cams = poses(traj, rel(img_ns))  # T_world_cam, OpenCV optical axes
     t_base_cam = base_to_camera_optical()
     gt_base = camera_to_base_poses(poses(traj, rel(odom_ns)))  # T_odom_base (odom == world for ground truth)
-    clearance = _check_clearance(renderer, np.concatenate([cams[:, :3, 3], gt_base[:, :3, 3]]))
+    t_base_lidar = lidar_cfg.t_base_lidar()
+    lidar_ns = sweep_stamps(img_ns[0], img_ns[-1], lidar_cfg) if lidar_cfg.enabled else np.zeros(0, np.int64)
+    rig = [cams[:, :3, 3], gt_base[:, :3, 3]] + ([(gt_base @ t_base_lidar)[:, :3, 3]] if lidar_cfg.enabled else [])
+    clearance = _check_clearance(renderer, np.concatenate(rig))
+    timings = {}
 
     # --- render
+    t_phase = time.perf_counter()
     frames = []
     c2w_gl = opencv_c2w_to_opengl(cams)
+    depth_rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 0xDE9]))
     for i in tqdm(range(cfg.frames), desc=f"rendering the {cfg.layout} scene", unit="frame", disable=not progress):
         rgb, depth, labels = renderer.render(cams[i], intr, cfg.supersample)
         name = f"frame_{i:05d}.png"
         _save_png(output / "images" / name, rgb)
-        depth_mm = np.clip(np.round(depth * 1000.0), 0, 65535).astype(np.uint16)
-        _save_png(output / "depth" / name, depth_mm)
+        _save_png(output / "depth" / name, depth_to_millimetres(depth))
         _save_png(output / "labels" / name, labels)
-        frames.append({
+        frame = {
             "file_path": f"images/{name}",
             "transform_matrix": c2w_gl[i].tolist(),
             "depth_file_path": f"depth/{name}",
             "semantic_file_path": f"labels/{name}",
             "timestamp": int(img_ns[i]) * 1e-9,
             "timestamp_ns": int(img_ns[i]),
-        })
+        }
+        if dcam.enabled:
+            _save_png(output / "sensor_depth" / name, depth_to_millimetres(simulate_depth(depth, dcam, depth_rng)))
+            frame["sensor_depth_file_path"] = f"sensor_depth/{name}"
+        frames.append(frame)
+    timings["render_s"] = time.perf_counter() - t_phase
+
+    # --- LiDAR: each column cast from the exact (closed-form) pose at its firing time
+    t_phase = time.perf_counter()
+    scans = None
+    if lidar_cfg.enabled:
+        lidar_rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, 0x11DA2]))
+        sweep_s = rel(lidar_ns)
+
+        def world_lidar_at(s: int, dt: np.ndarray) -> np.ndarray:
+            return camera_to_base_poses(poses(traj, sweep_s[s] + dt)) @ t_base_lidar
+
+        scans = simulate_lidar(lambda rays: renderer.cast(rays)["t_hit"], world_lidar_at, lidar_ns, lidar_cfg,
+                               lidar_rng)
+        scans.save(output / "lidar.npz")
+    timings["lidar_s"] = time.perf_counter() - t_phase
 
     # --- odometry
     noise = OdometryNoiseParams(cfg.odom_trans_rw_sigma, cfg.odom_z_rw_sigma, cfg.odom_yaw_rw_sigma,
@@ -308,9 +404,12 @@ def generate_scene(cfg: SceneConfig, output: Path, progress: bool = True, force:
         "bag": "bag" if cfg.write_bag else None,
         "depth_unit_scale_factor": 0.001,
     }
+    if scans is not None:
+        transforms.update(lidar="lidar.npz", extrinsic_base_to_lidar=t_base_lidar.tolist())
     (output / "transforms.json").write_text(json.dumps(transforms, indent=1))
 
     # --- bag
+    t_phase = time.perf_counter()
     bag_counts = None
     if cfg.write_bag:
         from PIL import Image
@@ -322,8 +421,13 @@ def generate_scene(cfg: SceneConfig, output: Path, progress: bool = True, force:
         bag_counts = bagmod.write_scene_bag(
             output / "bag", cfg.bag_storage, intr, img_ns,
             lambda i: np.asarray(Image.open(output / frames[i]["file_path"]).convert("RGB")),
-            noisy_stream, gt_stream, t_base_cam, bagmod.extrinsic_custom_data(t_base_cam),
-            load_labels=lambda i: np.asarray(Image.open(output / frames[i]["semantic_file_path"])))
+            noisy_stream, gt_stream, t_base_cam,
+            bagmod.extrinsic_custom_data(t_base_cam, t_base_lidar if scans is not None else None),
+            load_labels=lambda i: np.asarray(Image.open(output / frames[i]["semantic_file_path"])),
+            load_depth=(lambda i: np.asarray(Image.open(output / frames[i]["sensor_depth_file_path"])))
+            if dcam.enabled else None,
+            lidar=bagmod.LidarStream(scans.stamps_ns, t_base_lidar, scans.scan) if scans is not None else None)
+    timings["bag_s"] = time.perf_counter() - t_phase
 
     seconds = time.perf_counter() - t_begin
     metadata = {
@@ -336,8 +440,16 @@ def generate_scene(cfg: SceneConfig, output: Path, progress: bool = True, force:
                                "ground truth, expressed in the world frame",
             "camera_optical": "z forward, x right, y down (REP 103 optical frame)",
             "pixel_centers": "pixel (col i, row j) has its centre at (i + 0.5, j + 0.5)",
-            "depth": "depth/*.png: uint16 z-depth along the optical axis in millimetres (multiply by "
+            "depth": "depth/*.png: uint16 ground-truth z-depth along the optical axis in millimetres (multiply by "
                      "depth_unit_scale_factor=0.001 for metres), 0 = no hit",
+            "sensor_depth": "sensor_depth/*.png: the simulated depth camera (sensors.depth_camera), same encoding as "
+                            "depth/, 0 = no reading",
+            "lidar": "lidar.npz: stamps_ns [S] sweep starts (= PointCloud2 header stamps), offsets [S+1] (sweep s = "
+                     "rows offsets[s]:offsets[s+1]), points [N,3] float32 in the lidar frame at each point's own "
+                     "capture time, times [N] float32 seconds after the sweep stamp, rings [N] uint8 (0 = lowest "
+                     "beam), t_base_lidar [4,4]; world point = T_world_base(stamp + time) @ t_base_lidar @ p",
+            "lidar_frame": "lidar: x forward, y left, z up (REP 103); the head turns clockwise seen from above, each "
+                           "sweep starting at the rear (azimuth +180 deg)",
             "labels": "labels/*.png: uint8 class id per pixel (labels.json maps id -> name), 0 = unknown/no hit",
             "mesh": "mesh.ply: binary PLY, vertex/face property class_id; vertex colour = material base colour",
             "room": "closed rooms (floor, walls, ceiling): every ray from inside hits a surface",
@@ -346,8 +458,10 @@ def generate_scene(cfg: SceneConfig, output: Path, progress: bool = True, force:
         },
         "intrinsics": {"model": "PINHOLE", "fx": intr.fx, "fy": intr.fy, "cx": intr.cx, "cy": intr.cy,
                        "width": intr.width, "height": intr.height, "distortion": [0.0] * 5},
-        "frames": {"odom": bagmod.FRAME_ODOM, "base": bagmod.FRAME_BASE, "camera": bagmod.FRAME_CAMERA},
+        "frames": {"odom": bagmod.FRAME_ODOM, "base": bagmod.FRAME_BASE, "camera": bagmod.FRAME_CAMERA,
+                   "lidar": bagmod.FRAME_LIDAR},
         "extrinsic_base_to_camera_optical": t_base_cam.tolist(),
+        "sensors": _sensors_metadata(cfg, t_base_lidar, scans),
         "scene_box": scene_box.tolist(),
         "classes": labels_map,
         "class_colors": {str(k): list(v) for k, v in CLASS_COLORS.items()},
@@ -366,6 +480,7 @@ def generate_scene(cfg: SceneConfig, output: Path, progress: bool = True, force:
                                                 "topics": bagmod.MSGTYPES},
         "camera_path_clearance_m": clearance,
         "generation_seconds": seconds,
+        "generation_phase_seconds": timings,
     }
     (output / "metadata.json").write_text(json.dumps(metadata, indent=2))
     _write_marker(output, cfg, complete=True)  # last: marks the scene usable

@@ -12,7 +12,7 @@ from nerf_mapping.training.trainer import SceneSpec, Trainer, TrainerConfig
 
 def scene_spec(data) -> SceneSpec:
     return SceneSpec(scene_box=data.scene_box.tolist(), unbounded=bool(data.unbounded),
-                     near=float(data.near), far=float(data.far))
+                     near=float(data.near), far=float(data.far), world_scale=float(data.world_scale))
 
 
 def frame_store_from(data, seed: int = 0) -> FrameStore:

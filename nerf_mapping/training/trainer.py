@@ -30,6 +30,7 @@ from nerf_mapping.fields.appearance import AppearanceEmbedding
 from nerf_mapping.extension import StepContext, TrainerExtension
 from nerf_mapping.training.frame_store import FrameStore
 from nerf_mapping.pose.correction import PoseCorrection, PoseCorrectionConfig
+from nerf_mapping.training.range import RangeConfig, RangeSupervision
 
 
 @dataclass
@@ -63,6 +64,8 @@ class TrainerConfig:
     """The field's optimiser and learning-rate schedule."""
     pose: PoseCorrectionConfig = _field(default_factory=PoseCorrectionConfig)
     """Joint pose refinement (off by default)."""
+    range: RangeConfig = _field(default_factory=RangeConfig)
+    """Range supervision and carving from depth images and LiDAR returns (where frames carry them)."""
     target_samples_per_step: int = 1 << 16
     """Rays per step are adapted so that about this many samples are rendered per step."""
     init_rays_per_step: int = 512
@@ -98,6 +101,9 @@ class SceneSpec:
     """Ray near bound (scene units)."""
     far: float
     """Ray far bound (scene units)."""
+    world_scale: float = 1.0
+    """Scene units per metre (datasets normalised into a unit box have their own; the online map is in metres):
+    sensor noise models are in metres."""
     occupancy_box: list[list[float]] | None = None
     """Level 0 of the occupancy grid when it differs from ``scene_box`` (the online mapper's automatic extent: a
     small inner box around the first cameras, cascades growing out to and beyond the field's box); None: the
@@ -121,7 +127,9 @@ class Trainer:
         self.background = torch.tensor(cfg.background, dtype=torch.float32)
         self.pose = PoseCorrection(cfg.pose, self.frames.num_ids)
         self.appearance = AppearanceEmbedding(cfg.field.appearance_dim, self.frames.num_ids, cfg.optim.lr)
-        self.extensions: list[TrainerExtension] = [self.pose, self.appearance]
+        self.range = RangeSupervision(cfg.range, 1.0 / float(scene.world_scale))
+        self.range.sync(self.frames, scene)  # it sizes the step's LiDAR rays before the step's sync
+        self.extensions: list[TrainerExtension] = [self.pose, self.appearance, self.range]
         self.step_count = 0
         self.n_rays = cfg.init_rays_per_step
         self.lock = threading.RLock()  # guards parameters against concurrent render calls
@@ -173,7 +181,9 @@ class Trainer:
             cam = self.frames.camera_if_live(fid)
             if cam is None:  # evicted by the keyframe thread since it was listed (a full store): nothing to mark
                 continue
-            self.grid.mark_visible(cam, self.scene.far)
+            # range frames see up to their returns only (with range supervision on)
+            depth = self.frames.depth(fid) if self.range.enabled else None
+            self.grid.mark_visible(cam, self.scene.far, None if depth is None else [depth])
             self._visible_marked.add(fid)
             budget -= 1
             if budget == 0:
@@ -206,14 +216,29 @@ class Trainer:
                   for k in ("t_starts", "t_ends"))
         return distortion_loss(out["weights"], s0, s1, out["ray_indices"], n_rays).mean()
 
+    def _render_range_rays(self, cams: Cameras, rr) -> dict:
+        """Render range rays without colour (``CameraRays`` in their keyframes' camera frames) at the keyframes'
+        corrected poses: each ray's origin and direction move with its keyframe's pose correction."""
+        c2w = cams.c2w[rr.slot]
+        inputs: dict = {}
+        for ext in self.extensions:
+            c2w = ext.transform_c2w(c2w, rr.frame_ids)
+            inputs.update(ext.render_inputs(rr.frame_ids))
+        origins = torch.einsum("rij,rj->ri", c2w[:, :3, :3], rr.origins) + c2w[:, :3, 3]
+        _, dirs = rays_from_c2w(c2w, rr.directions)
+        return render_rays(self.field, self.grid, origins, dirs, self.scene.near, self.scene.far, self.render_cfg,
+                           self.background, **inputs)
+
     def step(self) -> dict[str, float]:
         """One optimisation step. Returns stats (loss, psnr, n_rays, n_samples)."""
         with self.lock:
             # Sample first, then size the pose parameters: a frame added by another thread in between would
             # otherwise be sampled without a pose parameter (num_ids only grows, so this order is safe).
-            batch, cams, slot = self.frames.sample(self.n_rays)
+            n_extra = sum(e.extra_rays(self.n_rays) for e in self.extensions if e.enabled)
+            batch, cams, slot = self.frames.sample(self.n_rays, n_extra)
             f = self.lr_factor()
-            ctx = StepContext(step=self.step_count, progress=self.progress, lr_factor=f, field=self.field)
+            ctx = StepContext(step=self.step_count, progress=self.progress, lr_factor=f, field=self.field,
+                              grid=self.grid, step_size=float(self.render_cfg.step_size))
             for ext in self.extensions:
                 ext.sync(self.frames, self.scene)  # frames added by another thread: grow per-frame parameters
                 ext.before_step(ctx)  # own lr schedule (and e.g. coarse-to-fine level weights)
@@ -221,6 +246,7 @@ class Trainer:
             self._mark_visible_frames()
             self.grid.update_every_n_steps(self.step_count, self.density_fn, self.render_cfg.step_size)
             dirs_cam = camera_directions(cams, slot, batch.px, batch.py)
+            batch.dirs_cam = dirs_cam
             c2w = cams.c2w[slot]
             inputs: dict = {}
             for ext in self.extensions:
@@ -230,10 +256,13 @@ class Trainer:
             out = render_rays(self.field, self.grid, origins, dirs, self.scene.near, self.scene.far,
                               self.render_cfg, self.background, **inputs)
             n_samples = int(out["n_samples"])
+            if batch.range_rays is not None:
+                batch.range_out = self._render_range_rays(cams, batch.range_rays)
+                n_samples += int(batch.range_out["n_samples"])
             target = self.target_rgb(batch.rgb, batch.mask)
             err = (out["rgb"] - target) ** 2
             loss = err.mean()
-            if self.cfg.distortion_loss_mult > 0 and n_samples > 0:
+            if self.cfg.distortion_loss_mult > 0 and "weights" in out:
                 loss = loss + self.cfg.distortion_loss_mult * self._distortion(out, target.shape[0])
             for ext in self.extensions:
                 extra = ext.loss(batch.frame_ids, out, batch)
@@ -258,6 +287,7 @@ class Trainer:
                 "loss": mse, "psnr": psnr_from_mse(mse), "n_rays": float(batch.rgb.shape[0]),
                 "n_samples": float(n_samples), "n_marched": float(out.get("n_marched", n_samples)),
                 "step": float(self.step_count),
+                **{f"range_{k}": v for k, v in self.range.last_stats.items()},
             }
             return self.last_stats
 
