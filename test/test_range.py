@@ -12,8 +12,8 @@ import torch
 from nerf_mapping.cameras import Cameras
 from nerf_mapping.rendering.occupancy_grid import OccupancyGrid, OccupancyGridConfig
 from nerf_mapping.training.frame_store import CameraRays, FrameStore
-from nerf_mapping.training.range import (RangeConfig, depth_edge_mask, depth_to_range_rays, line_of_sight_loss,
-                                         optical_to_model, sensor_sigma)
+from nerf_mapping.training.range import (RangeConfig, RangeSupervision, depth_edge_mask, depth_to_range_rays,
+                                         line_of_sight_loss, optical_to_model, sensor_sigma)
 
 
 def test_line_of_sight_loss_matches_its_definition():
@@ -50,6 +50,32 @@ def test_termination_gradient_never_vanishes():
     ce.sum().backward()
     g = w.grad
     assert float(g[10]) < 0 and float(g.abs().max()) > 0  # pushes the weight at the return up
+
+
+def test_depth_pixels_are_supervised_at_their_ray_distance():
+    """A depth camera measures z along the optical axis; the loss's target is the distance along each pixel's ray
+    (z / cos of its angle to the axis): an off-axis ray whose weight sits at that distance scores well below one
+    whose weight sits at z or at z * cos."""
+    from types import SimpleNamespace
+
+    dirs_cam = torch.tensor([[0.0, 0.0, -1.0], [0.6, 0.0, -0.8]])  # on the axis; 36.9 degrees off it
+    depth = torch.tensor([2.0, 2.4])  # z-depth: the off-axis ray meets the surface 3.0 along itself
+    t0 = torch.arange(0.0, 4.0, 0.02)
+    n = t0.numel()
+
+    def masses(mu: float, sigma: float) -> torch.Tensor:  # a ray whose weight is the sensor's noise about mu
+        cdf = lambda t: 0.5 * (1 + torch.erf((t - mu) / (sigma * math.sqrt(2))))  # noqa: E731
+        return cdf(t0 + 0.02) - cdf(t0)
+
+    def loss_with_weight_at(t_ray1: float) -> float:
+        w = torch.cat([masses(2.0, 0.05), masses(t_ray1, 0.05)])
+        out = {"weights": w, "t_starts": torch.cat([t0, t0]), "t_ends": torch.cat([t0, t0]) + 0.02,
+               "ray_indices": torch.arange(2).repeat_interleave(n)}
+        batch = SimpleNamespace(depth=depth, dirs_cam=dirs_cam, range_rays=None, range_out=None)
+        return float(RangeSupervision(RangeConfig()).loss(torch.zeros(2, dtype=torch.long), out, batch))
+
+    right, at_z, at_z_cos = loss_with_weight_at(3.0), loss_with_weight_at(2.4), loss_with_weight_at(2.4 * 0.8)
+    assert right < 0.5 * at_z and right < 0.5 * at_z_cos, (right, at_z, at_z_cos)
 
 
 def test_sensor_sigma_models():

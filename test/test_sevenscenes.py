@@ -10,10 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from nerf_mapping.cameras import Cameras, camera_directions, pixel_centers, project
+from nerf_mapping.cameras import (Cameras, camera_directions, distance_to_z_depth, pixel_centers, project,
+                                  z_depth_to_distance)
 from nerf_mapping.config.presets import capture_kind
 from nerf_mapping.data import FORMATS, DataError, detect_format, load_dataset
-from nerf_mapping.evaluation.depth import depth_abs_errors, median_of, ray_to_z_depth, z_depth_image
+from nerf_mapping.evaluation.depth import depth_abs_errors, median_of, z_depth_image
 from nerf_mapping.evaluation.images import evaluate
 
 FOLDER = "7scenes_redkitchen_rgbd"
@@ -194,8 +195,9 @@ def test_z_depth_of_a_plane():
     t = (2.0 / -dirs[:, 2]).reshape(6, 8)
     assert float(t.max()) > 2.1  # off-axis rays are longer
     torch.testing.assert_close(z_depth_image(t, cams, 0), torch.full((6, 8), 2.0))
-    torch.testing.assert_close(ray_to_z_depth(torch.tensor([3.0]), torch.tensor([[0.6, 0.0, -0.8]])),
-                               torch.tensor([2.4]))
+    d = torch.tensor([[0.6, 0.0, -0.8]])
+    torch.testing.assert_close(distance_to_z_depth(torch.tensor([3.0]), d), torch.tensor([2.4]))
+    torch.testing.assert_close(z_depth_to_distance(torch.tensor([2.4]), d), torch.tensor([3.0]))
 
 
 def test_depth_abs_errors_and_median():

@@ -2,7 +2,7 @@
 
 Sensor depth is *z-depth* (along the optical axis), while the renderer's ``depth`` is the distance ``t`` along each
 unit ray; off-centre they differ by the cosine of the ray's angle to the axis (~20 % at the corner of a 640x480
-Kinect image), far more than the errors being measured. So a render is converted first: ``z = t * (-d_cam.z)``
+Kinect image), far more than the errors being measured. So a render is converted first: ``z = t * (-d_cam.z)`` (:func:`nerf_mapping.cameras.distance_to_z_depth`)
 with ``d_cam`` the unit camera-frame ray directions (OpenGL axes: the camera looks down -z) of the same pixel
 centres the renderer uses.
 
@@ -17,14 +17,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from nerf_mapping.cameras import Cameras, camera_directions, pixel_centers
-
-
-def ray_to_z_depth(ray_depth: torch.Tensor, dirs_cam: torch.Tensor) -> torch.Tensor:
-    """Distance along unit rays -> depth along the optical axis.
-
-    ray_depth: [...] distances t; dirs_cam: [..., 3] unit camera-frame directions, OpenGL axes. Returns [...]."""
-    return ray_depth * (-dirs_cam[..., 2])
+from nerf_mapping.cameras import Cameras, camera_directions, distance_to_z_depth, pixel_centers
 
 
 def z_depth_image(ray_depth: torch.Tensor, cameras: Cameras, index: int) -> torch.Tensor:
@@ -33,7 +26,7 @@ def z_depth_image(ray_depth: torch.Tensor, cameras: Cameras, index: int) -> torc
     w, h = int(cameras.width[index]), int(cameras.height[index])
     px, py = pixel_centers(w, h, device=ray_depth.device)
     dirs = camera_directions(cameras, torch.tensor(index), px, py)
-    return ray_to_z_depth(ray_depth.reshape(-1).float(), dirs).reshape(h, w)
+    return distance_to_z_depth(ray_depth.reshape(-1).float(), dirs).reshape(h, w)
 
 
 def depth_abs_errors(pred_z: torch.Tensor, target: torch.Tensor, world_scale: float = 1.0) -> torch.Tensor:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from nerf_mapping.cameras import Cameras, camera_directions
+from nerf_mapping.cameras import Cameras, camera_directions, z_depth_to_distance
 
 
 @dataclass
@@ -249,7 +249,7 @@ def world_range_rays(camera: Cameras, depth: torch.Tensor | None, rays: CameraRa
         d = camera_directions(camera, torch.zeros_like(u), u.float() + 0.5, v.float() + 0.5)
         o_l.append(torch.zeros_like(d))
         d_l.append(d)
-        r_l.append(depth[v, u].float() / (-d[:, 2]).clamp_min(1e-3))
+        r_l.append(z_depth_to_distance(depth[v, u].float(), d))
     if rays is not None and len(rays):
         sub = rays if len(rays) <= max_rays else rays.subset(torch.linspace(0, len(rays) - 1, max_rays).round().long())
         o_l.append(sub.origins)

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 
 import torch
 
+from nerf_mapping.cameras import z_depth_to_distance
 from nerf_mapping.extension import StepContext, TrainerExtension
 from nerf_mapping.training.frame_store import CameraRays
 
@@ -246,7 +247,7 @@ class RangeSupervision(TrainerExtension):
         terms = []
         stats = {}
         if batch.depth is not None and batch.dirs_cam is not None and "weights" in out:
-            z = batch.depth * (-batch.dirs_cam[:, 2]).clamp_min(1e-3)  # z-depth -> distance along the unit ray
+            z = z_depth_to_distance(batch.depth, batch.dirs_cam)
             z = torch.where((batch.depth > 0) & (z > lo) & (z < hi), z, torch.zeros_like(z))
             if bool((z > 0).any()):
                 terms.append(self._ray_loss(out, z, None))
