@@ -86,10 +86,11 @@ def test_mapper_ingests_trains_refines_and_round_trips_its_map(tiny_scene, tmp_p
     assert np.linalg.norm(T_map_odom[:3, 3]) < 0.5
     assert np.allclose(mapper.drift_estimate(), T_map_odom)
     assert renders and renders[-1][0][1] == 96  # the periodic render: 160 px wide, at most the keyframe width
+    assert mapper.views.render_cost.seconds_per_ray is None  # interleaved with training: not a render's own cost
     view = mapper.views.render_view(refined_path[-1][1] @ np.load(tiny_scene / "odometry.npz")[
         "extrinsic_base_to_camera_optical"], 48, 36)
     assert view["rgb"].shape == (36, 48, 3) and view["rgb"].dtype == np.uint8 and view["depth"].shape == (36, 48)
-    assert mapper.views.render_cost.seconds_per_ray > 0  # the periodic renders and this one were timed
+    assert mapper.views.render_cost.seconds_per_ray > 0  # RenderView (training paused) is timed
     # a map that renders slowly (say 0.5 ms a ray) answers a 1 s budget at a smaller size, upsampled to the request
     pose = refined_path[-1][1] @ np.load(tiny_scene / "odometry.npz")["extrinsic_base_to_camera_optical"]
     mapper.views.render_cost.seconds_per_ray = 5e-4

@@ -88,12 +88,15 @@ class Views:
     # ------------------------------------------------------------------------------------------------ on request
     def _timed_render(self, tr: Trainer, cam: Cameras, c2w: torch.Tensor | None = None,
                       exclusive: bool = True, **kw) -> dict[str, torch.Tensor]:
-        """Render, timed for the cost model. ``exclusive`` (RenderView): the trainer lock is held for the whole
-        render, training paused; otherwise (the periodic render) it interleaves with training per chunk of rays.
-        ``kw``: :func:`render_camera`'s (``pixel_order``, ``deadline``)."""
+        """Render; ``exclusive`` (RenderView): the trainer lock is held for the whole render, training paused, and
+        the render is timed for the cost model; otherwise (the periodic render) it interleaves with training per
+        chunk of rays, and is not timed: its duration includes the training steps between its chunks, and counting
+        it made RenderView plan views about half as wide as its budget allowed. ``kw``: :func:`render_camera`'s
+        (``pixel_order``, ``deadline``)."""
         t0 = time.monotonic()
         out = tr.render(cam, 0, c2w=c2w, chunk=kw.pop("chunk", RENDER_CHUNK), exclusive=exclusive, **kw)
-        self.render_cost.update(time.monotonic() - t0, int(out["rendered_pixels"]))
+        if exclusive:
+            self.render_cost.update(time.monotonic() - t0, int(out["rendered_pixels"]))
         return out
 
     def render_view(self, T_map_optical: np.ndarray, width: int = 0, height: int = 0,
