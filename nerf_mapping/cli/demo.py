@@ -68,4 +68,5 @@ def run(args) -> int:
     print(f"\nheld-out PSNR {res['psnr']:.2f} dB, SSIM {res['ssim']:.3f} on {res['n_images']} views after "
           f"{summary['train_seconds']:.0f} s of training")
     print(f"outputs in {out}: metrics.json, checkpoint.pt, renders/, flythrough.mp4")
+    print(f"browse the map: nerf-mapping view --checkpoint {ckpt}")
     return 0

@@ -235,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     _register_optional(sub, "nerf_mapping.cli.poses", "add_cli")
     _register_optional(sub, "nerf_mapping.cli.export", "add_cli")
     _register_optional(sub, "nerf_mapping.cli.semantics", "add_cli")
+    _register_optional(sub, "nerf_mapping.cli.view", "add_cli")  # the browser viewer on a saved map
     _register_optional(sub, "nerf_mapping.ros.cli", "add_cli")
     _register_optional(sub, "nerf_mapping.ros.soak", "add_cli")
 
@@ -251,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs", choices=("rgb", "rgbd", "rgb+lidar"), default="rgbd",
                    help="ROS demo: what the node maps from: the colour images alone, with the depth camera "
                         "(default), or with the LiDAR sweeps (nerf_mapping.ros.demo.DEMO_INPUTS)")
+    p.add_argument("--viewer-port", type=int, default=8080,
+                   help="ROS demo: the node's browser viewer on this port (its URL is printed; 0 = no viewer)")
     p.add_argument("--time-budget", type=float, default=120.0, help="offline demo: training seconds")
     p.add_argument("--frames", type=int, default=90, help="offline demo: video frames")
     p.set_defaults(func=cmd_demo)

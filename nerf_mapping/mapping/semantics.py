@@ -102,9 +102,11 @@ class OnlineSemantics:
         inside torch when the interpreter exits can abort the process ("terminate called without an active
         exception", the demo's node exited with -6 after its last queries)."""
         t_end = time.monotonic() + timeout
-        for th in (self._thread, self._refresh_thread):
-            if th is not None and th.is_alive():
-                th.join(timeout=max(0.0, t_end - time.monotonic()))
+        if self._thread is not None and self._thread.is_alive():
+            self._thread.join(timeout=max(0.0, t_end - time.monotonic()))
+        th = self._refresh_thread  # read after the worker ended: a refresh it started meanwhile is joined too
+        if th is not None and th.is_alive():
+            th.join(timeout=max(0.0, t_end - time.monotonic()))
 
     def wake(self) -> None:
         with self._cv:
@@ -321,7 +323,7 @@ class OnlineSemantics:
         trainer = self.mapper.trainer
         with self._cands_lock:
             have = self._cands is not None and self._cands[0] is trainer
-        if (have or self.cfg.warm_after_steps <= 0 or trainer.step_count < self.cfg.warm_after_steps
+        if (have or self.mapper.stopping or self.cfg.warm_after_steps <= 0 or trainer.step_count < self.cfg.warm_after_steps
                 or self._refreshing.is_set()):
             return
         ext = find_language_field(trainer)

@@ -15,6 +15,8 @@ map->odom, ``~/mesh`` (MarkerArray of TRIANGLE_LIST, transient local: the last E
 ``~/segmentation`` (PointCloud2 x y z rgb relevancy, transient local: the last QuerySegmentation result) and
 ``~/segmentation/image`` (that query's relevancy over the newest keyframe's view). Services
 under ``~/``: render_view, save_map, load_map, export_mesh, query_segmentation (the last two on their own threads).
+With ``viewer.port`` > 0 the node also serves the browser viewer (:mod:`nerf_mapping.viewer`: it calls the mapper
+itself, as these services do, and shows their latest mesh and query cloud).
 
 Threads: subscription callbacks only validate, convert and hand over to the mapper (whose keyframe worker decodes
 images and whose training thread steps). The executor is single-threaded: rclpy's MultiThreadedExecutor with Fast
@@ -173,6 +175,23 @@ class MapperNode(Node):
             f"nerf_mapper: image {topic} ({transport}), odom {nc.odom_topic} ({otype}), scene_box "
             f"{self.mapper.cfg.scene_box}, output_dir {self.output_dir}, hash encoding "
             f"{self.mapper.trainer.field.encoding.impl}")
+        self.viewer = self._start_viewer(nc)
+
+    def _start_viewer(self, nc):
+        """The browser viewer on ``viewer.port`` (None when 0, or when it cannot start: mapping goes on)."""
+        if nc.viewer.port <= 0:
+            return None
+        try:
+            from nerf_mapping.viewer.viewer import Viewer
+
+            viewer = Viewer(self.mapper, nc.viewer, output_dir=self.output_dir, log=self.get_logger(),
+                            save_meta={"node": NODE_NAME, "map_frame": self.map_frame, "odom_frame": self.odom_frame},
+                            on_mesh=self._publish_mesh, label=NODE_NAME)
+            self.get_logger().info(f"viewer: {viewer.start()}")
+            return viewer
+        except Exception as exc:  # noqa: BLE001 - no viewer (viser missing, bad host): the node maps without it
+            self.get_logger().error(f"viewer not started: {exc!r}")
+            return None
 
     # ------------------------------------------------------------------------------------------------ helpers
     def _p(self, name):
@@ -427,6 +446,8 @@ class MapperNode(Node):
                            + (f"{n_pub} triangles on ~/mesh ({time.perf_counter() - t_pub:.1f} s)" if n_pub else
                               "not published (mesh.marker_max_triangles 0)"))
             self.get_logger().info(f"export_mesh: {res.message} -> {path}")
+            if self.viewer is not None:
+                self.viewer.show_mesh(r.geometry)
         except Exception as exc:  # noqa: BLE001
             res.success, res.message = False, f"export_mesh failed: {exc}"
         return res
@@ -463,6 +484,8 @@ class MapperNode(Node):
             res.cloud = conv.pointcloud2_xyzrgb(seg.xyz, seg.colors, {"relevancy": seg.relevancy}, stamp,
                                                 self.map_frame)
             self._publish(self.pub_seg, res.cloud)
+            if self.viewer is not None:
+                self.viewer.show_query(seg)
             res.num_points, res.num_candidates, res.teacher = len(seg.xyz), seg.n_candidates, seg.teacher
             res.success = True
             res.message = (f"{seg.text!r}: {len(seg.xyz)} of {seg.n_candidates} surface points with relevancy >= "
@@ -492,6 +515,8 @@ class MapperNode(Node):
 
     # ------------------------------------------------------------------------------------------------ shutdown
     def shutdown(self) -> None:
+        if getattr(self, "viewer", None) is not None:
+            self.viewer.stop()
         self.mapper.stop()
         self._service_pool.shutdown(wait=False, cancel_futures=True)
         self._export_pool.shutdown(wait=False, cancel_futures=True)

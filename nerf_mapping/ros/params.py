@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from nerf_mapping.config.params import Param, build, flatten, to_yaml
 from nerf_mapping.mapping.config import MapperConfig
+from nerf_mapping.viewer.config import ViewerConfig
 
 NODE_NAME = "nerf_mapper"
 
@@ -75,6 +76,8 @@ class NodeConfig:
     """Largest width or height RenderView accepts (pixels)."""
     mesh: NodeMeshConfig = field(default_factory=NodeMeshConfig)
     semantics: NodeSemanticsConfig = field(default_factory=NodeSemanticsConfig)
+    viewer: ViewerConfig = field(default_factory=ViewerConfig)
+    """The browser viewer (:mod:`nerf_mapping.viewer`): started when ``viewer.port`` > 0."""
 
 
 RENAMED = {"odom_buffer_s": "sync.buffer_s", "odom_max_gap_s": "sync.max_gap_s",
@@ -86,7 +89,7 @@ one, which ROS would otherwise ignore silently)."""
 
 def parameters() -> list[Param]:
     """Every node parameter: :class:`NodeConfig`'s own, then :class:`MapperConfig`'s, then the node's additions to
-    the mapper's groups (``mesh.``, ``semantics.``); ValueError on a name clash."""
+    the mapper's groups (``mesh.``, ``semantics.``) and its own groups (``viewer.``); ValueError on a name clash."""
     node = flatten(NodeConfig())
     params = [p for p in node if "." not in p.name] + flatten(MapperConfig()) + [p for p in node if "." in p.name]
     seen: set[str] = set()
