@@ -125,7 +125,7 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return psnr_from_mse(float(np.mean((a.astype(np.float64) / 255 - b.astype(np.float64) / 255) ** 2)))
 
 
-def _write_params(out: Path, scene: Path, inputs: str = DEFAULT_INPUTS) -> Path:
+def _write_params(out: Path, scene: Path, inputs: str = DEFAULT_INPUTS, viewer_port: int = 0) -> Path:
     import yaml
 
     from nerf_mapping.ros.bringup import default_params_file
@@ -137,6 +137,7 @@ def _write_params(out: Path, scene: Path, inputs: str = DEFAULT_INPUTS) -> Path:
     # the scene's label images (/camera/labels in the bag) teach the language field: the oracle teacher
     p.setdefault("semantics", {}).update(teacher="labels", class_names=str(scene / "labels.json"))
     p.update(DEMO_INPUTS[inputs])
+    p.setdefault("viewer", {})["port"] = int(viewer_port)  # the browser viewer (0 = none)
     dst = out / "mapper.yaml"
     dst.write_text(yaml.safe_dump(params, sort_keys=False))
     return dst
@@ -162,9 +163,13 @@ def run(args) -> int:
     env.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     env.setdefault("ROS_LOG_DIR", str(out / "logs" / "ros"))
     os.environ.update({k: env[k] for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_LOG_DIR")})
-    params = _write_params(out, scene, inputs)
+    viewer_port = max(0, int(getattr(args, "viewer_port", 0) or 0))
+    params = _write_params(out, scene, inputs, viewer_port)
     print(f"demo scene: {scene}\ninputs: {describe_inputs(inputs)}\nstarting node + bag player (logs in "
           f"{out / 'logs'}) ...", flush=True)
+    if viewer_port:
+        print(f"browser viewer: http://127.0.0.1:{viewer_port}  (the live map; if that port is busy the node takes the "
+              f"next free one: see {out / 'logs'})", flush=True)
     launch = subprocess.Popen(
         [sys.executable, "-m", "nerf_mapping.cli", "launch", "--bag", str(bag), "--params", str(params), "--loop",
          "--quiet", "--log-dir", str(out / "logs")], env=env, start_new_session=True)
@@ -314,6 +319,8 @@ def run(args) -> int:
     for k, v in services.items():
         print(f"  service {k}: {v.get('message', '')} ({v.get('seconds', 0):.2f} s)")
     print(f"outputs in {out}: summary.json, status.jsonl, renders/, paths.json, map/ (map, mesh), logs/")
+    if (out / "map" / "demo_map.pt").is_file():
+        print(f"browse the saved map: nerf-mapping view --checkpoint {out / 'map' / 'demo_map.pt'}")
     return rc if summary["reached_bar"] or rc else 2
 
 
@@ -411,7 +418,7 @@ def _call_services(node, out: Path, gt_c2w, gt_paths, bar) -> dict:
 
     def fill_render(req):
         req.pose = conv.matrix_to_pose_msg(T)
-        req.width, req.height = 160, 120
+        req.width, req.height = 320, 240  # the size issue #40 asks RenderView to answer at full resolution in 1 s
 
     r = call("render_view", RenderView, fill_render)
     if r is not None and getattr(r, "success", False):
