@@ -271,6 +271,27 @@ def test_bags_reads_a_bag_and_its_messages_without_ros(scene, tmp_path):
     assert np.allclose(np.asarray(out["tf_static"][1])[:3, 3], [0.0, 0.0, 0.15])
 
 
+def test_benchmark_online_feeds_label_images_with_semantics(scene):
+    """``benchmark online --semantics labels`` runs the demo's feature set: the bag's label images reach the mapper's
+    semantics as the node's label topic does; without it they are not read."""
+    from types import SimpleNamespace
+
+    from nerf_mapping.benchmarks.online import BagFeed
+
+    got = []
+    intake = SimpleNamespace(submit_image=lambda *a: None, set_intrinsics=lambda *a: None,
+                             add_odometry=lambda *a: None, add_static_transform=lambda *a: None)
+    mapper = SimpleNamespace(intake=intake, semantics=SimpleNamespace(add_labels=lambda t, a: got.append((t, a))))
+    for labels in (False, True):
+        got.clear()
+        feed = BagFeed(scene, holdout_every=4, labels=labels)
+        for topic, msgtype, _, msg in feed.messages():
+            feed.dispatch(mapper, topic, msgtype, msg)
+        assert len(got) == (12 if labels else 0)
+    assert len(feed.held_out) == 3  # every 4th image, as without semantics
+    assert all(a.shape == (60, 80) and a.dtype == np.uint8 for _, a in got)
+
+
 # --------------------------------------------------------------------------------------------------- msg_bridge
 def _sample_messages():
     from builtin_interfaces.msg import Time

@@ -535,3 +535,40 @@ def test_mapper_extent_given_box_or_fixed_after_the_bootstrap_timeout(tiny_scene
     assert len(auto.trainer.frames) == 2 and sorted(auto.keyframes.info) == [0, 1]  # both entered, in order
     assert auto.extent.inner_half == pytest.approx(ExtentConfig().min_radius)  # 0.2 m of motion: the minimum
     assert auto.step() is not None and auto.trainer.step_count == 1
+
+
+def test_cpu_meter_charges_each_thread_by_name():
+    """The node's CPU by thread (:mod:`nerf_mapping.mapping.cpu`): a named thread that burns CPU is charged to its
+    name (pool numbers dropped), once, also after it ended; time before the meter started is not counted."""
+    import threading
+    import time
+
+    from nerf_mapping.mapping.cpu import CpuMeter, group_name
+
+    assert group_name("ThreadPoolExecutor-0_1") == "ThreadPoolExecutor" and group_name("nerf_mapper_train") == \
+        "nerf_mapper_train"
+    t_end = time.thread_time() + 0.3
+    while time.thread_time() < t_end:  # before the meter: not its time
+        pass
+    meter = CpuMeter()
+    started = threading.Event()
+
+    def burn():
+        started.set()
+        t = time.thread_time()
+        while time.thread_time() - t < 0.4:
+            pass
+
+    th = threading.Thread(target=burn, name="burner-7")
+    th.start()
+    started.wait()
+    time.sleep(0.2)
+    meter.sample()  # while it runs
+    th.join()
+    meter.sample()  # after it ended (its task may linger in /proc a moment)
+    cores = meter.cores()
+    wall = time.monotonic() - meter.t0
+    burnt = cores.get("burner", 0.0) * wall
+    assert 0.1 < burnt < 0.5, cores  # its 0.4 s, at most once (sampled while running, at least 0.2 s of it)
+    assert cores.get("main", 0.0) * wall < 0.2, cores  # the 0.3 s burnt before the meter started is not counted
+    assert cores["total"] == pytest.approx(sum(v for k, v in cores.items() if k != "total"), abs=0.01)

@@ -36,7 +36,7 @@ import numpy as np
 
 DEFAULT_TOPICS = {"image": "/camera/image_raw", "compressed": "/camera/image_raw/compressed",
                   "camera_info": "/camera/camera_info", "odom": "/odom", "tf_static": "/tf_static",
-                  "depth": "/camera/depth/image_raw", "points": "/lidar/points"}
+                  "depth": "/camera/depth/image_raw", "points": "/lidar/points", "labels": "/camera/labels"}
 
 
 def add_cli(bs) -> None:
@@ -54,6 +54,12 @@ def add_cli(bs) -> None:
     q.add_argument("--max-views", type=int, default=8, help="held-out views scored per snapshot (evenly spaced)")
     q.add_argument("--no-offline", action="store_true", help="skip the offline reference")
     add_inputs_arg(q)
+    q.add_argument("--semantics", choices=("off", "labels"), default="off",
+                   help="labels: the README demo's full feature set, the language field taught by the bag's label "
+                        "images (/camera/labels) with --class-names, its query candidates warmed up as in the node")
+    q.add_argument("--class-names", type=Path, default=None,
+                   help="--semantics labels: JSON {class id: name} (default: labels.json beside the bag's folder, "
+                        "as `scene generate` writes it)")
     q.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="mapper parameter override (node parameter names, e.g. scene_box=[-3,-2.5,0,3,2.5,3])")
     q.add_argument("--output", type=Path, default=None, help="snapshots (default: a folder beside --json)")
@@ -81,7 +87,7 @@ class BagFeed:
     """The bag's messages dispatched to a mapper as the node's callbacks do; every ``holdout_every``-th image is
     kept aside (stamp, uint8 image) instead. Odometry is recorded for scoring."""
 
-    def __init__(self, bag: Path, holdout_every: int, inputs: str = "rgb"):
+    def __init__(self, bag: Path, holdout_every: int, inputs: str = "rgb", labels: bool = False):
         from nerf_mapping.bags import open_reader
 
         self.bag = Path(bag)
@@ -105,6 +111,10 @@ class BagFeed:
         for t in self.range_topics:
             if t not in topics:
                 raise ValueError(f"{bag}: --inputs {inputs} needs the topic {t} (topics: {sorted(topics)})")
+        self.labels = bool(labels)
+        if self.labels and DEFAULT_TOPICS["labels"] not in topics:
+            raise ValueError(f"{bag}: --semantics labels needs the topic {DEFAULT_TOPICS['labels']} "
+                             f"(topics: {sorted(topics)})")
         self.held_out: list[tuple[int, np.ndarray]] = []
         self.odom: list[tuple[int, str, np.ndarray]] = []
         self.images = 0
@@ -115,7 +125,7 @@ class BagFeed:
 
     def messages(self):
         wanted = {self.image_topic, DEFAULT_TOPICS["camera_info"], DEFAULT_TOPICS["odom"], DEFAULT_TOPICS["tf_static"],
-                  *self.range_topics}
+                  *self.range_topics, *([DEFAULT_TOPICS["labels"]] if self.labels else [])}
         with self._open() as reader:
             conns = [c for c in reader.connections if c.topic in wanted]
             for conn, t_ns, raw in reader.messages(connections=conns):
@@ -135,6 +145,8 @@ class BagFeed:
         elif topic == DEFAULT_TOPICS["points"]:
             xyz, times = bags.pointcloud_msg_to_arrays(msg, max_points=mapper.cfg.range_input.max_points_per_scan)
             mapper.range_input.add_points(bags.stamp_to_ns(msg.header.stamp), msg.header.frame_id, xyz, times)
+        elif topic == DEFAULT_TOPICS["labels"]:  # a held-out image's labels stay unused in the bounded buffer
+            mapper.semantics.add_labels(bags.stamp_to_ns(msg.header.stamp), bags.label_msg_to_array(msg))
         elif topic == self.image_topic:
             decode = bags.compressed_image_to_array if msgtype.endswith("CompressedImage") else bags.image_msg_to_array
             stamp = bags.stamp_to_ns(msg.header.stamp)
@@ -216,7 +228,8 @@ def _spaced(items: list, n: int) -> list:
 def run_online(args, cfg, out_dir: Path, log=print) -> tuple[dict, BagFeed, object]:
     from nerf_mapping.mapping.mapper import OnlineMapper
 
-    feed = BagFeed(args.bag, args.holdout_every, getattr(args, "inputs", "rgb"))
+    feed = BagFeed(args.bag, args.holdout_every, getattr(args, "inputs", "rgb"),
+                   labels=bool(cfg.semantics.teacher == "labels"))
     renders = [0]
     mapper = OnlineMapper(cfg, on_render=lambda rgb, stamp: renders.__setitem__(0, renders[0] + 1))
     feed.attach(mapper)
@@ -344,6 +357,11 @@ def run(args, log=print) -> dict:
                                                         Path("outputs/benchmark_online"))
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = mapper_config_from(list(args.set))
+    if getattr(args, "semantics", "off") == "labels":
+        names = args.class_names or Path(args.bag).resolve().parent / "labels.json"
+        if not Path(names).is_file():
+            raise ValueError(f"--semantics labels: no class names file {names} (give --class-names)")
+        cfg.semantics = replace(cfg.semantics, teacher="labels", class_names=str(names))
     load_before = os.getloadavg()[0]
     online, feed, mapper = run_online(args, cfg, out_dir, log)
     if not feed.held_out:
@@ -360,7 +378,8 @@ def run(args, log=print) -> dict:
                        "samples_per_ray_median": round(s["samples_per_ray_median"], 2)})
         log(f"[online] t={t:6.1f} s  held-out PSNR {s['psnr_db']:.2f} dB over {s['views']} views")
     final_views = _spaced(feed.held_out, args.max_views)
-    res = {"bag": str(args.bag), "inputs": feed.inputs, "seconds": args.seconds, "holdout_every": args.holdout_every,
+    res = {"bag": str(args.bag), "inputs": feed.inputs, "semantics": cfg.semantics.teacher or "off",
+           "seconds": args.seconds, "holdout_every": args.holdout_every,
            "samples_per_ray_median": series[-1]["samples_per_ray_median"],
            "held_out_views": len(feed.held_out), "scored_views": len(final_views),
            "bag_duration_s": round(feed.duration_s, 1), "overrides": list(args.set),

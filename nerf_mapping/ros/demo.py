@@ -304,6 +304,13 @@ def run(args) -> int:
             launch.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(launch.pid, signal.SIGKILL)
+        cpu_file = out / "map" / "cpu_threads.json"  # the node's CPU by thread, written as it stopped
+        if cpu_file.is_file():
+            try:
+                summary["node_cpu_cores_by_thread"] = json.loads(cpu_file.read_text())
+                (out / "summary.json").write_text(json.dumps(summary, indent=2))
+            except ValueError as exc:
+                print(f"warning: {cpu_file}: {exc}", file=sys.stderr)
         ex.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
@@ -318,6 +325,9 @@ def run(args) -> int:
         print(_fmt_mesh(mesh_scores))
     for k, v in services.items():
         print(f"  service {k}: {v.get('message', '')} ({v.get('seconds', 0):.2f} s)")
+    if summary.get("node_cpu_cores_by_thread"):
+        print("node CPU by thread (average cores): " + ", ".join(
+            f"{k} {v:.2f}" for k, v in summary["node_cpu_cores_by_thread"].items()))
     print(f"outputs in {out}: summary.json, status.jsonl, renders/, paths.json, map/ (map, mesh), logs/")
     if (out / "map" / "demo_map.pt").is_file():
         print(f"browse the saved map: nerf-mapping view --checkpoint {out / 'map' / 'demo_map.pt'}")

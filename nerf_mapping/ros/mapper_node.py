@@ -55,11 +55,14 @@ from nerf_mapping_interfaces.msg import MapStatus
 from nerf_mapping_interfaces.srv import ExportMesh, LoadMap, QuerySegmentation, RenderView, SaveMap
 
 from nerf_mapping.export.paths import safe_output_path
+from nerf_mapping.mapping.cpu import CpuMeter
 from nerf_mapping.mapping.map_io import MAP_SUFFIX
 from nerf_mapping.mapping.mapper import OnlineMapper
 from nerf_mapping.ros import conversions as conv
 from nerf_mapping.ros.params import NODE_NAME, RENAMED, mapper_config, node_config, parameters
 
+CPU_FILE = "cpu_threads.json"
+"""Written into ``output_dir`` when the node stops: {thread name: average cores over the run}."""
 IMAGE_ENCODINGS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
 
 
@@ -167,6 +170,7 @@ class MapperNode(Node):
                             callback_group=cb_services)
 
         # --- timers and threads
+        self.cpu = CpuMeter()  # CPU time per thread, sampled with the status; written to cpu_threads.json at the end
         self.create_timer(nc.status_period_s, self._publish_status, callback_group=cb_timers)
         if self.pub_tf is not None:
             self.create_timer(nc.tf_period_s, self._publish_tf, callback_group=cb_timers)
@@ -376,6 +380,7 @@ class MapperNode(Node):
             msg.training = st["training"]
             self._publish(self.pub_status, msg)
             self._publish(self.pub_stats, String(data=json.dumps(self.mapper.input_stats(), sort_keys=True)))
+            self.cpu.sample()
             odom_path, refined_path, _ = self.mapper.pose_state()
             if odom_path:
                 self._publish(self.pub_path_odom, conv.path_msg([T for _, T in odom_path], [s for s, _ in odom_path],
@@ -518,6 +523,14 @@ class MapperNode(Node):
         if getattr(self, "viewer", None) is not None:
             self.viewer.stop()
         self.mapper.stop()
+        try:  # where the 2 cores went over the node's life (docs/results/online.md: the CPU plan)
+            cores = self.cpu.cores()
+            self.get_logger().info("CPU by thread (average cores over the run): "
+                                   + ", ".join(f"{k} {v:.2f}" for k, v in cores.items()))
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / CPU_FILE).write_text(json.dumps(cores, indent=2))
+        except Exception as exc:  # noqa: BLE001 - shutting down: report, never raise
+            self._report("CPU report", exc)
         self._service_pool.shutdown(wait=False, cancel_futures=True)
         self._export_pool.shutdown(wait=False, cancel_futures=True)
         self._query_pool.shutdown(wait=False, cancel_futures=True)
