@@ -505,6 +505,18 @@ def test_demo_inputs_switch_sets_node_parameters(scene, tmp_path):
     msgs = read_bag(scene)
     assert TOPIC_DEPTH in msgs and TOPIC_POINTS in msgs  # the demo bag carries both inputs
     assert describe_inputs("rgb+lidar") == "rgb+lidar (/camera/image_raw, /lidar/points)"
+    # --set: node parameters over the demo's, dotted names, YAML values; a malformed one is refused by name
+    assert parser.parse_args(["demo", "--set", "a.b=1"]).set == ["a.b=1"]
+    out = tmp_path / "sets"
+    out.mkdir()
+    p = yaml.safe_load(_write_params(out, scene.parent, "rgbd", 0, [
+        "keyframe.revisit_threshold=0.04", "render_budget_s=2", "semantics.teacher="]).read_text())[
+        "nerf_mapper"]["ros__parameters"]
+    assert p["keyframe"]["revisit_threshold"] == 0.04 and p["render_budget_s"] == 2
+    assert p["semantics"]["teacher"] == "" and p["semantics"]["class_names"]  # the rest of the group is kept
+    for bad in ("revisit_threshold", "=3", "a..b=1", "output_dir.x=1"):
+        with pytest.raises(ValueError, match="--set"):
+            _write_params(out, scene.parent, "rgbd", 0, [bad])
 
 
 def test_demo_scores_exported_mesh_like_benchmark_mesh(scene, tmp_path):

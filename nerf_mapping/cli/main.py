@@ -254,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default), or with the LiDAR sweeps (nerf_mapping.ros.demo.DEMO_INPUTS)")
     p.add_argument("--viewer-port", type=int, default=8080,
                    help="ROS demo: the node's browser viewer on this port (its URL is printed; 0 = no viewer)")
+    p.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                   help="ROS demo: a node parameter over the demo's (dotted name, YAML value; repeat), e.g. "
+                        "--set keyframe.revisit_threshold=0.04")
     p.add_argument("--time-budget", type=float, default=120.0, help="offline demo: training seconds")
     p.add_argument("--frames", type=int, default=90, help="offline demo: video frames")
     p.set_defaults(func=cmd_demo)

@@ -125,7 +125,11 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return psnr_from_mse(float(np.mean((a.astype(np.float64) / 255 - b.astype(np.float64) / 255) ** 2)))
 
 
-def _write_params(out: Path, scene: Path, inputs: str = DEFAULT_INPUTS, viewer_port: int = 0) -> Path:
+def _write_params(out: Path, scene: Path, inputs: str = DEFAULT_INPUTS, viewer_port: int = 0,
+                  sets: list[str] | None = None) -> Path:
+    """The node's parameter file of the demo: the shipped defaults, the demo's (output directory, the label teacher,
+    the input topics, the viewer port) and ``sets`` (``NAME=VALUE``, dotted node parameter names, YAML values: the
+    node validates them as it validates any parameter file). ValueError names a malformed ``sets`` item."""
     import yaml
 
     from nerf_mapping.ros.bringup import default_params_file
@@ -138,6 +142,17 @@ def _write_params(out: Path, scene: Path, inputs: str = DEFAULT_INPUTS, viewer_p
     p.setdefault("semantics", {}).update(teacher="labels", class_names=str(scene / "labels.json"))
     p.update(DEMO_INPUTS[inputs])
     p.setdefault("viewer", {})["port"] = int(viewer_port)  # the browser viewer (0 = none)
+    for item in sets or []:
+        name, sep, value = item.partition("=")
+        keys = name.strip().split(".")
+        if not sep or not all(keys):
+            raise ValueError(f"--set wants NAME=VALUE (a node parameter), got {item!r}")
+        node = p
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"--set {item!r}: {k} is not a group of parameters")
+        node[keys[-1]] = yaml.safe_load(value) if value.strip() else ""  # NAME= : the empty string (e.g. "off")
     dst = out / "mapper.yaml"
     dst.write_text(yaml.safe_dump(params, sort_keys=False))
     return dst
@@ -164,7 +179,11 @@ def run(args) -> int:
     env.setdefault("ROS_LOG_DIR", str(out / "logs" / "ros"))
     os.environ.update({k: env[k] for k in ("ROS_AUTOMATIC_DISCOVERY_RANGE", "ROS_LOG_DIR")})
     viewer_port = max(0, int(getattr(args, "viewer_port", 0) or 0))
-    params = _write_params(out, scene, inputs, viewer_port)
+    try:
+        params = _write_params(out, scene, inputs, viewer_port, list(getattr(args, "set", None) or []))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"demo scene: {scene}\ninputs: {describe_inputs(inputs)}\nstarting node + bag player (logs in "
           f"{out / 'logs'}) ...", flush=True)
     if viewer_port:
