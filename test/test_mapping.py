@@ -169,7 +169,7 @@ def test_mapper_starts_intake_afresh_when_the_player_loops(tiny_scene):
     'stamp backwards'); the keyframes of the first pass are kept, and the replayed views are revisits: the store
     holds one pass (at most 10 % more)."""
     cfg = _config(enabled=False)
-    cfg.keyframe.revisit_threshold = 0.04  # the revisit test (opt-in)
+    assert cfg.keyframe.revisit_threshold > 0  # the revisit test (on by default)
     mapper = OnlineMapper(cfg)
     mapper.start()
 

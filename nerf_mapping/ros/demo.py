@@ -331,6 +331,9 @@ def run(args) -> int:
             except ValueError as exc:
                 print(f"warning: {cpu_file}: {exc}", file=sys.stderr)
         ex.shutdown()
+        # the spin thread must have left rclpy before the interpreter exits: a daemon thread still inside the
+        # executor's C++ wait aborted the demo at exit ("terminate called without an active exception", exit 134)
+        spin.join(timeout=10)
         node.destroy_node()
         rclpy.try_shutdown()
     print(f"\nmap quality bar ({args.psnr_bar:.0f} dB vs ground truth) "
