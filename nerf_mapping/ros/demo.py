@@ -132,7 +132,10 @@ def _write_params(out: Path, scene: Path, inputs: str = DEFAULT_INPUTS, viewer_p
     node validates them as it validates any parameter file). ValueError names a malformed ``sets`` item."""
     import yaml
 
+    from nerf_mapping.config.params import apply_sets
+    from nerf_mapping.mapping.config import MapperConfig
     from nerf_mapping.ros.bringup import default_params_file
+    from nerf_mapping.ros.params import NodeConfig
 
     src = default_params_file()
     params = yaml.safe_load(src.read_text()) if src else {"nerf_mapper": {"ros__parameters": {}}}
@@ -143,16 +146,21 @@ def _write_params(out: Path, scene: Path, inputs: str = DEFAULT_INPUTS, viewer_p
     p.update(DEMO_INPUTS[inputs])
     p.setdefault("viewer", {})["port"] = int(viewer_port)  # the browser viewer (0 = none)
     for item in sets or []:
-        name, sep, value = item.partition("=")
-        keys = name.strip().split(".")
-        if not sep or not all(keys):
-            raise ValueError(f"--set wants NAME=VALUE (a node parameter), got {item!r}")
+        # checked as `--set` is everywhere (config.params.apply_sets: a known node parameter, a value of its type),
+        # then written as the YAML value into the parameter file
+        try:
+            apply_sets(MapperConfig(), [item])
+        except ValueError as exc:
+            try:
+                apply_sets(NodeConfig(), [item])
+            except ValueError:
+                raise ValueError(f"--set {item!r}: {exc}") from None
+        name, _, value = (t.strip() for t in item.partition("="))
+        *groups, leaf = name.split(".")
         node = p
-        for k in keys[:-1]:
+        for k in groups:
             node = node.setdefault(k, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"--set {item!r}: {k} is not a group of parameters")
-        node[keys[-1]] = yaml.safe_load(value) if value.strip() else ""  # NAME= : the empty string (e.g. "off")
+        node[leaf] = yaml.safe_load(value) if value else ""
     dst = out / "mapper.yaml"
     dst.write_text(yaml.safe_dump(params, sort_keys=False))
     return dst
